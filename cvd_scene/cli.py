@@ -1,0 +1,150 @@
+"""The ``cvd-scene`` command line: one subcommand per built stage plus ``run`` (all stages), tools and benchmarks.
+
+Subcommands are functions registered on :data:`app` (help text from their docstrings, via tyro). Stage commands
+live in ``cvd_scene/commands/<name>.py``; a command is listed only once what it runs is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+from tyro.extras import SubcommandApp
+
+from cvd_scene.config import ConfigError, load_config, parse_overrides
+from cvd_scene.runconfig import RunConfig
+from cvd_scene.runfolder import RunFolder, RunFolderError, StageRefused
+from cvd_scene.stages import BUILT, STAGE_ORDER, downstream
+
+log = logging.getLogger("cvd_scene.cli")
+
+app = SubcommandApp()
+
+COMMAND_MODULES: tuple[str, ...] = ()
+"""Modules under ``cvd_scene.commands`` that register more subcommands on :data:`app`."""
+
+Overrides = Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="KEY=VALUE")]
+"""Trailing ``KEY=VALUE`` config overrides of a command."""
+RunDir = Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+"""The run folder, first positional argument of every stage command."""
+
+
+class CliError(Exception):
+    """An error the command line reports in one line, without a traceback."""
+
+
+def resolve_config(
+    run_dir: Path | None, preset: str | None, overrides: tuple[str, ...] | dict, default_preset: str = "demo"
+) -> tuple[RunConfig, str | None]:
+    """The config a command runs with: ``--preset`` if given, else the run folder's own, else ``default_preset``;
+    then the ``KEY=VALUE`` overrides (or a mapping of them)."""
+    ov = parse_overrides(list(overrides)) if isinstance(overrides, tuple) else overrides
+    if preset is None and run_dir is not None and (run_dir / "run.json").is_file():
+        run = RunFolder.read(run_dir)
+        from cvd_scene.config import from_dict, merge
+
+        return from_dict(RunConfig, merge(run.state["config"], ov)), run.state.get("preset")
+    name = preset or default_preset
+    return load_config(RunConfig, "run", name, ov), name
+
+
+def command_line() -> str:
+    return " ".join(["cvd-scene", *sys.argv[1:]])
+
+
+@app.command
+def run(
+    run_dir: RunDir,
+    overrides: Overrides = (),
+    preset: str = "demo",
+    prompt: str | None = None,
+    until: str | None = None,
+    redo: str | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+    verbose: bool = False,
+) -> None:
+    """Run every stage (plan, generate, register, fit, export, evaluate) in RUN_DIR, resuming where it stopped.
+
+    Args:
+        run_dir: The run folder (created if missing).
+        overrides: Config overrides as KEY=VALUE, e.g. fit.iterations=300 plan.num_videos=6.
+        preset: Run preset: a name in configs/run/ (demo, default, quality) or a path to a YAML file.
+        prompt: Text prompt (also settable as prompt=...).
+        until: Stop after this stage.
+        redo: Run this stage and every stage after it again, even if finished.
+        overwrite: Replace a finished run in RUN_DIR (cvd-scene's own outputs only).
+        quiet: Only warnings and errors, no progress bars.
+        verbose: Debug logging.
+    """
+    from cvd_scene.logs import setup_logging
+    from cvd_scene.orchestrate import run_stages
+
+    setup_logging(quiet, verbose)
+    ov = parse_overrides(list(overrides))
+    if prompt is not None:
+        ov["prompt"] = prompt
+    config = load_config(RunConfig, "run", preset, ov)
+    for name, value in (("--until", until), ("--redo", redo)):
+        if value is not None and value not in STAGE_ORDER:
+            raise CliError(f"{name} {value!r} is not a stage; stages are {', '.join(STAGE_ORDER)}")
+    stages = list(STAGE_ORDER[: STAGE_ORDER.index(until) + 1]) if until else list(STAGE_ORDER)
+    redo_set = (redo, *downstream(redo)) if redo else ()
+    missing = [s for s in stages if s not in BUILT]
+    if missing:
+        log.warning("not built yet in this version: %s (those stages are skipped)", ", ".join(missing))
+    results = run_stages(
+        run_dir, config, stages, preset=preset, redo=redo_set, overwrite=overwrite, fresh=True, command=command_line()
+    )
+    failed = [n for n, r in results.items() if r is not None and r.status == "failed"]
+    log.info("run folder: %s", run_dir)
+    if failed:
+        raise CliError(f"stage {failed[0]} failed: {results[failed[0]].message}")
+
+
+def run_single_stage(
+    name: str,
+    run_dir: Path,
+    preset: str | None,
+    overrides: dict,
+    redo: bool,
+    quiet: bool,
+    verbose: bool,
+) -> None:
+    """What every stage command does: resolve the config, then run that one stage under the run folder's lock."""
+    from cvd_scene.logs import setup_logging
+    from cvd_scene.orchestrate import run_stages
+
+    setup_logging(quiet, verbose)
+    config, preset_name = resolve_config(run_dir, preset, overrides)
+    results = run_stages(
+        run_dir, config, [name], preset=preset_name, redo=(name,) if redo else (), command=command_line()
+    )
+    result = results.get(name)
+    if result is None:
+        log.info("stage %s is already finished in %s with this config (pass --redo to run it again)", name, run_dir)
+    elif result.status == "failed":
+        raise CliError(f"stage {name} failed: {result.message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cvd-scene`` console script."""
+    for mod in COMMAND_MODULES:
+        importlib.import_module(f"cvd_scene.commands.{mod}")
+    try:
+        app.cli(prog="cvd-scene", args=argv)
+    except (ConfigError, RunFolderError, StageRefused, CliError, FileNotFoundError) as e:
+        print(f"cvd-scene: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cvd-scene: interrupted; finished stages are kept, run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Running stages of a run folder in order: skip what is finished, redo what is asked, stop on failure."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from cvd_scene.config import to_dict
+from cvd_scene.runconfig import RunConfig
+from cvd_scene.runfolder import RunFolder, StageRefused, StageResult, run_lock
+from cvd_scene.stages import BUILT, REQUIRES, STAGE_ORDER, downstream, stage_function
+
+log = logging.getLogger(__name__)
+
+
+def stage_config_data(config: RunConfig, name: str, run: RunFolder) -> dict:
+    """What a stage's outputs depend on: prompt, seed, its section and the config hashes of its inputs."""
+    upstream = {d: (run.stage_record(d) or {}).get("config_hash") for d in REQUIRES[name]}
+    return {"prompt": config.prompt, "seed": config.seed, "section": to_dict(getattr(config, name)), "upstream": upstream}
+
+
+def run_stages(
+    run_dir: str | Path,
+    config: RunConfig,
+    stages: list[str],
+    preset: str | None = None,
+    redo: tuple[str, ...] = (),
+    overwrite: bool = False,
+    fresh: bool = False,
+    command: str = "",
+) -> dict[str, StageResult | None]:
+    """Run ``stages`` (in run order) in ``run_dir`` under its lock; returns each stage's result (None: skipped).
+
+    ``redo`` names stages to run again even if finished (``cvd-scene run --redo X`` passes X and every stage
+    after it). A stage that fails stops every later stage that needs it.
+    """
+    run_dir = Path(run_dir)
+    unknown = [s for s in stages if s not in STAGE_ORDER]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGE_ORDER)}")
+    results: dict[str, StageResult | None] = {}
+    with run_lock(run_dir, command):
+        run = RunFolder.open(run_dir, to_dict(config), preset, overwrite=overwrite, fresh=fresh)
+        for name in [s for s in STAGE_ORDER if s in stages]:
+            if name not in BUILT:
+                log.warning("stage %s: not built yet in this version of cvd-scene; skipped", name)
+                continue
+            run.require(name, REQUIRES[name])
+            fn = stage_function(name)
+            log.info("stage %s: running", name)
+            result = run.run_stage(
+                name,
+                lambda out, fn=fn: fn(config, run_dir, out),
+                stage_config_data(config, name, run),
+                redo=name in redo,
+            )
+            results[name] = result
+            if result is None:
+                continue
+            later = downstream(name)
+            if any(run.stage_record(s) for s in later):
+                run.invalidate_after(later)
+            level = logging.ERROR if result.status == "failed" else logging.INFO
+            log.log(level, "stage %s: %s%s", name, result.status, f" ({result.message})" if result.message else "")
+            if result.status == "failed":
+                blocked = [s for s in later if s in stages]
+                if blocked:
+                    log.error("not running %s: stage %s failed", ", ".join(blocked), name)
+                break
+        _write_report(run)
+    return results
+
+
+def _write_report(run: RunFolder) -> None:
+    """Write ``report.html`` when the report module is built (the End-to-end work)."""
+    try:
+        from cvd_scene.report import write_report
+    except ImportError:
+        return
+    try:
+        write_report(run.path)
+    except StageRefused:
+        pass

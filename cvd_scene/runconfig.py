@@ -1,0 +1,34 @@
+"""The whole config of a run: global settings plus one section per stage (``configs/run/<preset>.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cvd_scene.stages.evaluate import EvaluateConfig
+from cvd_scene.stages.export import ExportConfig
+from cvd_scene.stages.fit import FitConfig
+from cvd_scene.stages.generate import GenerateConfig
+from cvd_scene.stages.plan import PlanConfig
+from cvd_scene.stages.register import RegisterConfig
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """A run: the prompt, the seed and one section per stage."""
+
+    prompt: str = "a cosy room"
+    """Text prompt. With the reference generator its words pick the scene kind and colours."""
+    seed: int = 0
+    """Seed of every random choice in the run."""
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    """Stage ``plan``."""
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    """Stage ``generate``."""
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+    """Stage ``register``."""
+    fit: FitConfig = field(default_factory=FitConfig)
+    """Stage ``fit``."""
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """Stage ``export``."""
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    """Stage ``evaluate``."""

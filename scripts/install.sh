@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs cvd-scene and everything its tests and demo need, on Debian/Ubuntu with Python >= 3.10:
+#   system packages: libusb-1.0-0 (open3d), chromium (report test), nodejs/npm (independent format readers)
+#   .venv/          : torch 2.14.1 + torchvision 0.29.1, nerfstudio 1.1.5, gsplat 1.4.0, diffusers, pycolmap, open3d ...
+#   .tools/         : npm gltf-validator and @playcanvas/splat-transform (used by the export tests when present)
+# Idempotent: a second run only checks. Set CVD_SCENE_PYTHON to choose the interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+need_apt=()
+[ -e /usr/lib/x86_64-linux-gnu/libusb-1.0.so.0 ] || [ -e /usr/lib/aarch64-linux-gnu/libusb-1.0.so.0 ] || need_apt+=(libusb-1.0-0)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "install.sh: system packages: ${need_apt[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null \
+      || echo "install.sh: warning: could not install ${need_apt[*]} (tests that need them will skip)"
+  else
+    echo "install.sh: warning: no apt-get; install ${need_apt[*]} yourself (open3d needs libusb-1.0)"
+  fi
+fi
+
+PY="${CVD_SCENE_PYTHON:-python3}"
+stamp=".venv/.cvd-scene-installed"
+want="$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  # torch and torchvision first, as the pair nerfstudio needs (a CUDA build that also runs on the CPU).
+  .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import torch, torchvision, nerfstudio, gsplat, diffusers, pycolmap, trimesh" \
+    || { echo "install.sh: the Python install failed"; exit 1; }
+  .venv/bin/pip check
+  echo "$want" > "$stamp"
+fi
+
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -d .tools/node_modules/gltf-validator ] || [ ! -x .tools/node_modules/.bin/splat-transform ]; then
+    mkdir -p .tools
+    (cd .tools && [ -f package.json ] || echo '{"private": true}' > package.json
+     npm install --silent --no-audit --no-fund gltf-validator@2.0.0-dev.3.10 @playcanvas/splat-transform@3.7.0 >/dev/null 2>&1) \
+      || echo "install.sh: warning: npm tools not installed (export reader tests will skip)"
+  fi
+fi
+echo "install.sh: ready (.venv/bin/cvd-scene)"
