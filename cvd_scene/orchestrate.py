@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cvd_scene.config import to_dict
 from cvd_scene.runconfig import RunConfig
-from cvd_scene.runfolder import RunFolder, StageRefused, StageResult, run_lock
+from cvd_scene.runfolder import RunFolder, StageResult, run_lock
 from cvd_scene.stages import BUILT, REQUIRES, STAGE_ORDER, downstream, stage_function
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def run_stages(
         run = RunFolder.open(run_dir, to_dict(config), preset, overwrite=overwrite, fresh=fresh)
         for name in [s for s in STAGE_ORDER if s in stages]:
             if name not in BUILT:
-                log.warning("stage %s: not built yet in this version of cvd-scene; skipped", name)
+                log.debug("stage %s: not built yet in this version of cvd-scene; skipped", name)
                 continue
             run.require(name, REQUIRES[name])
             fn = stage_function(name)
@@ -72,12 +72,10 @@ def run_stages(
 
 
 def _write_report(run: RunFolder) -> None:
-    """Write ``report.html`` when the report module is built (the End-to-end work)."""
-    try:
-        from cvd_scene.report import write_report
-    except ImportError:
-        return
+    """Write ``report.html``; a report that cannot be written is a warning, never a failed run."""
+    from cvd_scene.report import write_report
+
     try:
         write_report(run.path)
-    except StageRefused:
-        pass
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("report.html could not be written: %s", e)

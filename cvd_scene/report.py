@@ -1,0 +1,354 @@
+"""``report.html``: one self-contained page (works offline, opened as a file) showing a whole run.
+
+Everything a person looks at is embedded (images and videos as data URIs); links to the exported assets are
+relative, so the page keeps working when the run folder is moved. Sections appear for the stages that ran.
+Imports matplotlib (Agg) lazily; must not import torch or any stage implementation.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# The CVD paper's numbers (NeurIPS 2024, Table 1/2), for the consistency table.
+PAPER_CROSS_VIDEO = {
+    "CVD (paper)": {"rot_auc": (25.2, 40.7, 57.5), "trans_auc": (3.7, 9.6, 19.9), "precision": 51.0, "matching_score": 23.5},
+    "MotionCtrl+SVD (paper)": {
+        "rot_auc": (12.2, 28.2, 48.0),
+        "trans_auc": (1.2, 4.9, 13.5),
+        "precision": 23.5,
+        "matching_score": 12.8,
+    },
+}
+PAPER_PER_VIDEO = {
+    "Real RealEstate10K frames (paper)": {
+        "rot_auc": (61.4, 77.2, 87.8),
+        "trans_auc": (6.9, 17.5, 41.0),
+        "precision": 60.2,
+        "matching_score": 36.5,
+    },
+    "CVD (paper)": {"rot_auc": (55.5, 71.8, 83.3), "trans_auc": (5.6, 15.9, 33.2), "precision": 76.9, "matching_score": 42.3},
+}
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d232a}
+header{background:#1d232a;color:#fff;padding:18px 28px}
+header h1{margin:0 0 4px 0;font-size:22px} header p{margin:0;color:#c8d0d8}
+main{padding:8px 28px 40px 28px;max-width:1400px}
+section{background:#fff;border-radius:8px;padding:14px 20px;margin:16px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}
+h2{font-size:18px;margin:4px 0 10px 0} h3{font-size:15px;margin:14px 0 6px 0}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}
+th,td{border:1px solid #dde2e7;padding:4px 9px;text-align:right} th{background:#eef1f4}
+td:first-child,th:first-child{text-align:left}
+img{max-width:100%;image-rendering:auto} .row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+figure{margin:0} figcaption{font-size:12px;color:#58636e;text-align:center}
+.status-finished{color:#137333} .status-partial{color:#b06000} .status-failed{color:#c5221f}
+.muted{color:#6b7680;font-size:13px} pre{background:#f1f3f5;padding:10px;overflow:auto;font-size:12px}
+video{border-radius:4px;background:#000}
+"""
+
+
+def _esc(x: object) -> str:
+    return html.escape(str(x))
+
+
+def _data_uri(path: Path, mime: str) -> str:
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _img(path: Path, alt: str, width: int | None = None) -> str:
+    if not path.is_file():
+        return ""
+    w = f' width="{width}"' if width else ""
+    return f'<img src="{_data_uri(path, "image/png")}" alt="{_esc(alt)}"{w}>'
+
+
+def _fig_png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _fmt(v: object, digits: int = 2) -> str:
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    if v is None:
+        return "–"
+    return str(v)
+
+
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+# -------------------------------------------------------------------------------------------- sections
+
+
+def _section_overview(run_dir: Path, state: dict) -> str:
+    cfg = state.get("config", {})
+    rows = []
+    for name, rec in state.get("stages", {}).items():
+        status = rec.get("status", "?")
+        rows.append(
+            f'<tr><td>{_esc(name)}</td><td class="status-{_esc(status)}">{_esc(status)}</td>'
+            f"<td>{_esc(_fmt(rec.get('seconds'), 1))}</td><td style='text-align:left'>{_esc(rec.get('message', ''))}</td></tr>"
+        )
+    stages = (
+        "<table><thead><tr><th>stage</th><th>status</th><th>seconds</th><th>message</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        if rows
+        else "<p class='muted'>No stage has run yet.</p>"
+    )
+    versions = ", ".join(f"{k} {v}" for k, v in state.get("versions", {}).items() if v)
+    return (
+        "<section><h2>Run</h2>"
+        f"<p><b>Prompt:</b> {_esc(cfg.get('prompt', ''))} &nbsp; <b>Preset:</b> {_esc(state.get('preset'))} &nbsp; "
+        f"<b>Seed:</b> {_esc(cfg.get('seed'))}</p>{stages}"
+        f"<details><summary>Config</summary><pre>{_esc(json.dumps(cfg, indent=1))}</pre></details>"
+        f"<p class='muted'>{_esc(versions)}</p></section>"
+    )
+
+
+def _covisibility_plot(cov: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    M = np.asarray(cov["covisibility"], dtype=float).mean(axis=-1)  # [V, V] mean over frames
+    ids = cov.get("videos", [str(i) for i in range(len(M))])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(ids), 1.0 + 0.45 * len(ids)))
+    im = ax.imshow(M, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(ids)), ids, rotation=90)
+    ax.set_yticks(range(len(ids)), ids)
+    for i in range(len(ids)):
+        for j in range(len(ids)):
+            ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w" if M[i, j] < 0.6 else "k")
+    ax.set_title("co-visibility (mean over frames)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _fig_png(fig)
+
+
+def _section_plan(run_dir: Path) -> str:
+    d = run_dir / "plan"
+    if not d.is_dir():
+        return ""
+    parts = [_img(d / "trajectories.png", "trajectories")]
+    cov = _read_json(d / "covisibility.json")
+    extra = ""
+    if cov and cov.get("covisibility"):
+        parts.append(f'<img src="{_covisibility_plot(cov)}" alt="co-visibility matrix">')
+        extra = f"<p>Coverage of the plan: <b>{_fmt(cov.get('coverage'))}</b></p>"
+    cams = _read_json(d / "cameras.json") or {}
+    vids = cams.get("videos", [])
+    if vids:
+        fr = vids[0]["frames"][0]
+        extra += (
+            f"<p class='muted'>{len(vids)} videos × {len(vids[0]['frames'])} frames at "
+            f"{fr['width']}×{fr['height']}</p>"
+        )
+    return f"<section><h2>Plan</h2>{extra}<div class='row'>{''.join(p for p in parts if p)}</div></section>"
+
+
+def _section_generate(run_dir: Path) -> str:
+    d = run_dir / "generate"
+    if not d.is_dir():
+        return ""
+    rep = _read_json(d / "report.json") or {}
+    summary = ", ".join(
+        f"{k}: {_fmt(rep[k])}" for k in ("generator", "model", "seed", "unet_calls", "wall_time_s", "peak_memory_mb") if k in rep
+    )
+    videos = []
+    for mp4 in sorted((d / "videos").glob("*.mp4")):
+        videos.append(
+            f"<figure><video controls loop muted playsinline width='220' src='{_data_uri(mp4, 'video/mp4')}'></video>"
+            f"<figcaption>{_esc(mp4.stem)}</figcaption></figure>"
+        )
+    sheet = _img(d / "contact_sheet.png", "contact sheet")
+    return (
+        f"<section><h2>Generated videos</h2><p class='muted'>{_esc(summary)}</p>"
+        f"<div class='row'>{''.join(videos)}</div><h3>Contact sheet</h3>{sheet}</section>"
+    )
+
+
+def _section_register(run_dir: Path) -> str:
+    d = run_dir / "register"
+    rep = _read_json(d / "report.json")
+    if rep is None:
+        return ""
+    rows = []
+    for vid, v in sorted((rep.get("videos") or {}).items()):
+        if not isinstance(v, dict):
+            continue
+        rows.append(
+            [
+                vid,
+                f"{v.get('registered', '?')}/{v.get('total', '?')}",
+                v.get("rotation_error_deg", {}).get("median") if isinstance(v.get("rotation_error_deg"), dict) else None,
+                v.get("position_error_m", {}).get("median") if isinstance(v.get("position_error_m"), dict) else None,
+                v.get("status", v.get("reason", "")),
+            ]
+        )
+    table = _table(["video", "registered", "rotation err. median (°)", "position err. median (m)", "note"], rows) if rows else ""
+    overall = {k: v for k, v in rep.items() if not isinstance(v, (dict, list))}
+    return (
+        "<section><h2>Registration</h2>"
+        f"<p class='muted'>{_esc(', '.join(f'{k}: {_fmt(v)}' for k, v in overall.items()))}</p>{table}"
+        f"{_pose_error_plot(rep)}</section>"
+    )
+
+
+def _pose_error_plot(rep: dict) -> str:
+    per_frame = rep.get("per_frame")
+    if not isinstance(per_frame, list) or not per_frame:
+        return ""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 2.8))
+    by_vid: dict[str, list[dict]] = {}
+    for row in per_frame:
+        by_vid.setdefault(str(row.get("video")), []).append(row)
+    for vid, rows in sorted(by_vid.items()):
+        rows = sorted(rows, key=lambda r: r.get("frame", 0))
+        f = [r.get("frame", i) for i, r in enumerate(rows)]
+        axes[0].plot(f, [r.get("rotation_error_deg") for r in rows], marker=".", label=vid)
+        axes[1].plot(f, [r.get("position_error_m") for r in rows], marker=".", label=vid)
+    axes[0].set_ylabel("rotation error (°)")
+    axes[1].set_ylabel("position error (m)")
+    for ax in axes:
+        ax.set_xlabel("frame")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    return f'<h3>Pose error against the plan</h3><img src="{_fig_png(fig)}" alt="pose errors">'
+
+
+def _section_fit(run_dir: Path) -> str:
+    d = run_dir / "fit"
+    metrics = _read_json(d / "metrics.json")
+    if metrics is None:
+        return ""
+    keys = [k for k in metrics if not isinstance(metrics[k], (dict, list))]
+    table = _table(keys, [[metrics[k] for k in keys]])
+    figs = []
+    for pred in sorted(d.glob("eval/*_pred.png"))[:8]:
+        gt = pred.with_name(pred.name.replace("_pred.png", "_gt.png"))
+        figs.append(
+            f"<figure>{_img(gt, 'ground truth', 192)}{_img(pred, 'render', 192)}"
+            f"<figcaption>{_esc(pred.name.replace('_pred.png', ''))}: ground truth | render</figcaption></figure>"
+        )
+    return (
+        f"<section><h2>Fit</h2>{table}<h3>Held-out views</h3><div class='row'>{''.join(figs)}</div></section>"
+    )
+
+
+def _auc_row(name: str, m: dict) -> list[object]:
+    r = list(m.get("rot_auc", (None,) * 3))
+    t = list(m.get("trans_auc", (None,) * 3))
+    return [name, *r, *t, m.get("precision"), m.get("matching_score")]
+
+
+def _section_evaluate(run_dir: Path) -> str:
+    cons = _read_json(run_dir / "evaluate" / "consistency.json")
+    if cons is None:
+        return ""
+    headers = ["", "rot AUC@5", "@10", "@20", "trans AUC@5", "@10", "@20", "precision", "matching score"]
+    out = ["<section><h2>Geometric consistency (the CVD paper's protocol, SIFT matches)</h2>"]
+    for key, title, paper in (
+        ("cross_video", "Across videos (corresponding frames)", PAPER_CROSS_VIDEO),
+        ("within_video", "Within each video (first frame vs later frames)", PAPER_PER_VIDEO),
+    ):
+        ours = cons.get(key)
+        if not isinstance(ours, dict):
+            continue
+        rows = [_auc_row("this run", ours)] + [_auc_row(n, m) for n, m in paper.items()]
+        skipped = {k: v for k, v in ours.items() if k.startswith(("pairs", "skipped"))}
+        out.append(f"<h3>{_esc(title)}</h3>{_table(headers, rows)}")
+        if skipped:
+            out.append(f"<p class='muted'>{_esc(', '.join(f'{k}: {v}' for k, v in skipped.items()))}</p>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _section_export(run_dir: Path) -> str:
+    d = run_dir / "export"
+    if not d.is_dir():
+        return ""
+    rows = []
+    for p in sorted(d.iterdir()):
+        if p.is_file():
+            rel = os.path.relpath(p, run_dir)
+            rows.append(f"<tr><td><a href='{_esc(rel)}'>{_esc(p.name)}</a></td><td>{_human_size(p.stat().st_size)}</td></tr>")
+    rep = _read_json(d / "report.json") or {}
+    counts = rep.get("splats") if isinstance(rep.get("splats"), dict) else {}
+    note = ", ".join(f"{k}: {v}" for k, v in counts.items())
+    return (
+        "<section><h2>Exports</h2>"
+        f"<table><thead><tr><th>file</th><th>size</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"<p class='muted'>{_esc(note)}</p></section>"
+    )
+
+
+def build_report(run_dir: str | os.PathLike) -> str:
+    """The HTML text of the report of ``run_dir``."""
+    run_dir = Path(run_dir)
+    state = _read_json(run_dir / "run.json") or {}
+    sections = [
+        _section_overview(run_dir, state),
+        _section_plan(run_dir),
+        _section_generate(run_dir),
+        _section_register(run_dir),
+        _section_fit(run_dir),
+        _section_evaluate(run_dir),
+        _section_export(run_dir),
+    ]
+    title = f"cvd-scene · {state.get('config', {}).get('prompt', run_dir.name)}"
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_esc(title)}</title>"
+        f"<style>{CSS}</style></head><body><header><h1>{_esc(title)}</h1>"
+        f"<p>{_esc(run_dir.resolve())} · cvd-scene {_esc(state.get('cvd_scene_version', ''))} · "
+        f"updated {_esc(state.get('updated', ''))}</p></header><main>{''.join(s for s in sections if s)}</main></body></html>"
+    )
+
+
+def write_report(run_dir: str | os.PathLike) -> Path:
+    """Write ``RUN_DIR/report.html`` atomically and return its path."""
+    run_dir = Path(run_dir)
+    text = build_report(run_dir)
+    out = run_dir / "report.html"
+    tmp = out.with_name(f".report.html.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    log.info("report: %s", out)
+    return out
