@@ -53,16 +53,16 @@ __all__ = [
     "MASKED_BIAS",
     "EpipolarBiasConfig",
     "EpipolarBiasStats",
-    "plucker_embedding",
-    "relative_pose",
-    "fundamental_matrix",
-    "infinite_homography",
-    "token_centres",
     "correspondence_lines",
     "epipolar_bias",
     "epipolar_bias_pyramid",
+    "fundamental_matrix",
     "homography_bias",
     "homography_bias_pyramid",
+    "infinite_homography",
+    "plucker_embedding",
+    "relative_pose",
+    "token_centres",
 ]
 
 MASKED_BIAS = -1.0e4
