@@ -105,7 +105,7 @@ def read_ply(path: str | os.PathLike) -> Gaussians:
     Raises :class:`PlyFormatError` for a file that is not a PLY, has no ``vertex`` element, lacks one of
     :data:`REQUIRED_PROPERTIES`, or has a number of ``f_rest_*`` properties that is not 0, 9, 24 or 45.
     """
-    from plyfile import PlyData, PlyHeaderParseError, PlyElementParseError
+    from plyfile import PlyData, PlyElementParseError, PlyHeaderParseError
 
     path = Path(path)
     if not path.is_file():
@@ -116,8 +116,14 @@ def read_ply(path: str | os.PathLike) -> Gaussians:
         raise PlyFormatError(f"{path} is not a readable PLY file ({e})") from None
     names = [el.name for el in ply.elements]
     if "vertex" not in names:
-        hint = " (a compressed splat PLY: decompress it first, e.g. with splat-transform)" if "chunk" in names else ""
-        raise PlyFormatError(f"{path} has no 'vertex' element (elements: {names}){hint}; it is not a 3DGS PLY")
+        hint = (
+            " (a compressed splat PLY: decompress it first, e.g. with splat-transform)"
+            if "chunk" in names
+            else ""
+        )
+        raise PlyFormatError(
+            f"{path} has no 'vertex' element (elements: {names}){hint}; it is not a 3DGS PLY"
+        )
     vertex = ply["vertex"].data
     props = set(vertex.dtype.names or ())
     missing = [p for p in REQUIRED_PROPERTIES if p not in props]

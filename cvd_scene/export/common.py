@@ -1,0 +1,44 @@
+"""Small numeric helpers shared by the export formats (activations, quaternions, atomic writes). Pure numpy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Elementwise logistic function, computed in float64 and returned as float32."""
+    return (1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))).astype(np.float32)
+
+
+def logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Inverse of :func:`sigmoid` with ``p`` clipped to ``[eps, 1 - eps]`` so 0 and 1 stay finite."""
+    p = np.clip(np.asarray(p, np.float64), eps, 1.0 - eps)
+    return np.log(p / (1.0 - p)).astype(np.float32)
+
+
+def normalized_quats(quats: np.ndarray) -> np.ndarray:
+    """[N, 4] unit quaternions, w first; a zero quaternion becomes the identity (1, 0, 0, 0)."""
+    q = np.asarray(quats, np.float64)  # [N, 4]
+    norm = np.linalg.norm(q, axis=1, keepdims=True)  # [N, 1]
+    out = np.where(norm > 0, q / np.where(norm > 0, norm, 1.0), 0.0)
+    out[norm[:, 0] == 0, 0] = 1.0
+    return out.astype(np.float32)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename (no half-written file on a crash)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def round_half_away(x: np.ndarray) -> np.ndarray:
+    """Round to the nearest integer, halves away from zero (C's ``round``, as the reference encoders use)."""
+    x = np.asarray(x, np.float64)
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
