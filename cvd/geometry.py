@@ -13,7 +13,10 @@ an ``H x W`` image sits at pixel ``((j+0.5)·W/w, (i+0.5)·H/h)``; tokens are fl
 * ``"soft"`` (default; what the released weights were trained with): ``d`` = pixel distance of each key token to
   the query's epipolar line, ``band = band_px / (S/2) · max d`` (max over every query-key entry of that frame
   pair, ``S`` = ``band_reference_px`` or the longer image side), ``bias = -max(0, d - band) · decay / band``.
-  On a square 256² image this is the released formula exactly (its ``S // 2`` equals our ``S / 2``).
+  On a square 256² image this is the released formula (its ``S // 2`` equals our ``S / 2``) up to one
+  regulariser: the release divides by ``|(a, b)| + 1e-6`` for its unnormalised F (entries ~1e-5, so distances
+  move by up to ~1 %); we normalise lines exactly. ``max d`` is read at the grid's four corner tokens (both
+  distances are convex in the key position), so no reduction over the full matrix is needed.
 * ``"binary"`` (the paper): 0 where ``d <= band_px`` pixels, :data:`MASKED_BIAS` elsewhere. The band is widened
   to half a token-cell diagonal when the grid is coarser than that (otherwise a line through the image could
   catch no token centre at 8x8); a row whose line still catches no key (the line misses the image) gets no
@@ -36,7 +39,11 @@ logit that ``exp`` underflows to exactly 0 in every dtype, while never producing
 SDPA. Output dtype defaults to fp16: build it once per UNet level per pairing and share it across heads and
 modules (broadcast ``bias[:, None]`` as SDPA's ``attn_mask``).
 
-Imports torch and numpy only; must never import ``cvd_scene``.
+Inputs are validated on the host (shapes, and a finite check that reads the cameras once per call). Build
+the bias outside the UNet call: it depends only on the cameras and the grid, so it can be reused for every
+denoising step (redraw it when a fresh pseudo-line orientation per step is wanted, as the release does).
+
+Imports torch only (numpy-free); must never import ``cvd_scene``.
 """
 
 from __future__ import annotations
@@ -234,9 +241,9 @@ def plucker_embedding(
     d = (R @ ray[..., None])[..., 0]  # [..., H, W, 3]
     o = c2w[..., None, None, :3, 3].expand_as(d)  # [..., H, W, 3]
     moment = torch.linalg.cross(o, d, dim=-1)  # [..., H, W, 3]
-    out = torch.cat([moment, d], dim=-1).movedim(-1, -3)  # [..., 6, H, W]
-    out = out.expand(*batch, 6, height, width)
-    return out.to(dtype) if dtype is not None else out.contiguous()
+    out = torch.cat([moment, d], dim=-1).movedim(-1, -3).contiguous()  # [..., 6, H, W]
+    assert out.shape == (*batch, 6, height, width), out.shape
+    return out if dtype is None else out.to(dtype)
 
 
 def _invert_rigid(T: Tensor) -> Tensor:  # [..., 4, 4] -> [..., 4, 4]
@@ -497,37 +504,51 @@ def _bias_one_level(
 
     cdt = config.torch_compute_dtype
     tokens = token_centres(grid_hw, image_hw, device=device)  # [n, 3] float64
-    lines, line_valid, points, point_valid = _lines_and_points(geom, tokens)
+    corners = tokens[[0, w - 1, n - w, n - 1]]  # [4, 3] the grid's corner tokens
+    lines, line_valid, points, point_valid = _lines_and_points(geom, tokens)  # [..., Q, 3], [..., Q], ...
+    use_points = config.zero_baseline == "homography-point"
+    if use_points:
+        zero = geom.zero_baseline[..., None]  # [..., 1]
+        valid = torch.where(zero, point_valid, line_valid)  # [..., Q]
+        lines = torch.where((zero & ~point_valid)[..., None], torch.zeros_like(lines), lines)
+    else:
+        valid = line_valid
+    lines = lines * valid[..., None]  # an unconstrained row has the zero line: distance 0 to every key
+    # Largest distance of each pair: |l . p| and |p - x| are convex in p, so over the grid they peak at a corner.
+    corner_dist = (lines @ corners.T).abs()  # [..., Q, 4]
+    if use_points:
+        point_corner = torch.linalg.vector_norm(points[..., None, :] - corners[:, :2], dim=-1)  # [..., Q, 4]
+        corner_dist = torch.where(zero[..., None], point_corner * valid[..., None], corner_dist)
+    max_dist = corner_dist.amax(dim=(-2, -1))  # [...]
     keys = tokens.to(cdt)  # [n, 3]
-    # Distance of every key to every query's line: one matmul with unit-normal lines.
-    dist = (lines.to(cdt) @ keys.T).abs_()  # [..., Q, K]
-    valid = line_valid
-    if config.zero_baseline == "homography-point":
-        point_dist = torch.cdist(  # [..., Q, K]; the direct formula (no matmul expansion: exact near 0)
-            points.to(cdt), keys[:, :2].expand(*batch, n, 2), compute_mode="donot_use_mm_for_euclid_dist"
-        )
-        zero = geom.zero_baseline[..., None, None]
-        dist = torch.where(zero, point_dist, dist)
-        del point_dist
-        valid = torch.where(geom.zero_baseline[..., None], point_valid, line_valid)
-    dist.masked_fill_(~valid[..., None], 0.0)  # [..., Q, K]
+
+    def distances(scale: Tensor) -> Tensor:  # [...] -> [..., Q, K] = scale · distance (0 on unconstrained rows)
+        dist = ((lines * scale[..., None, None]).to(cdt) @ keys.T).abs_()  # [..., Q, K], unit-normal lines
+        if use_points:
+            point_dist = torch.cdist(  # direct formula (no matmul expansion: exact near 0)
+                points.to(cdt), keys[:, :2].expand(*batch, n, 2), compute_mode="donot_use_mm_for_euclid_dist"
+            )  # [..., Q, K]
+            point_dist.mul_((scale[..., None] * valid).to(cdt)[..., None])
+            dist = torch.where(zero[..., None].expand(*batch, 1, 1), point_dist, dist)
+        return dist
 
     if config.mode == "soft":
         side = float(config.band_reference_px or max(H_img, W_img))
-        band = (config.band_px / (side / 2.0)) * dist.amax(dim=(-2, -1))  # [...]
-        band = band.clamp_min(_MIN_BAND_PX)
-        scale = (-config.decay / band)[..., None, None]  # [..., 1, 1]
-        bias = dist.sub_(band[..., None, None]).clamp_(min=0.0).mul_(scale)  # [..., Q, K], in place
-        bias.clamp_(min=MASKED_BIAS).masked_fill_(~valid[..., None], 0.0)
+        band = ((config.band_px / (side / 2.0)) * max_dist).clamp_min(_MIN_BAND_PX)  # [...]
+        scale = config.decay / band  # [...]
+        # bias = -max(0, d - band)·decay/band = min(0, s·band - s·d) with s = decay/band, in two passes.
+        dist = distances(scale)  # [..., Q, K]
+        bias = torch.sub((scale * band).to(cdt)[..., None, None], dist, out=dist)
+        bias = bias.clamp_(min=MASKED_BIAS, max=0.0).to(out_dtype)
         unconstrained = (~valid).sum(-1)
-        band_used = band.to(torch.float64)
+        band_used = band
     else:  # binary
         tau = config.band_px
         if config.binary_widen_to_token_cell:
             tau = max(tau, 0.5 * math.hypot(W_img / w, H_img / h))
-        allowed = dist <= tau  # [..., Q, K]
-        del dist
-        free_row = ~valid | ~allowed.any(dim=-1)  # [..., Q]
+        allowed = distances(torch.ones_like(max_dist)) <= tau  # [..., Q, K]
+        free_row = ~allowed.any(dim=-1)  # [..., Q] (unconstrained rows have distance 0: allowed everywhere)
+        free_row |= ~valid
         allowed |= free_row[..., None]
         bias = torch.zeros(allowed.shape, dtype=out_dtype, device=device).masked_fill_(~allowed, MASKED_BIAS)
         unconstrained = free_row.sum(-1)
@@ -538,7 +559,7 @@ def _bias_one_level(
         band_px=band_used,
         line_angle_rad=geom.angle_rad,
     )
-    return bias.to(out_dtype), stats
+    return bias, stats
 
 
 def _check_grids(grids: Sequence[Sequence[int]]) -> list[tuple[int, int]]:

@@ -298,7 +298,8 @@ def test_epipolar_bias_matches_loop_reference(mode, policy, grid_hw, image_hw):
 
 
 @pytest.mark.parametrize("mode", ["soft", "binary"])
-def test_homography_bias_matches_loop_reference(mode):
+@pytest.mark.parametrize("policy", ["homography-line", "homography-point"])
+def test_homography_bias_matches_loop_reference(mode, policy):
     rng = np.random.default_rng(7)
     grid_hw, image_hw = (4, 5), (40, 64)
     Hs = []
@@ -308,11 +309,11 @@ def test_homography_bias_matches_loop_reference(mode):
     Hs[3][2] = [0.0, 0.1, -2.0]  # much of the query image maps behind the partner: no constraint there
     H = torch.from_numpy(np.stack(Hs))
     angles = torch.from_numpy(rng.uniform(0, math.pi, 4))
-    cfg = EpipolarBiasConfig(mode=mode, dtype="float64", compute_dtype="float64")
+    cfg = EpipolarBiasConfig(mode=mode, zero_baseline=policy, dtype="float64", compute_dtype="float64")
     bias, stats = homography_bias(H, grid_hw, image_hw, cfg, line_angle_rad=angles, return_stats=True)
     assert stats.zero_baseline.all()
     for b in range(4):
-        ref, unconstrained = reference_bias("homography", Hs[b], grid_hw, image_hw, mode, "homography-line", float(angles[b]))
+        ref, unconstrained = reference_bias("homography", Hs[b], grid_hw, image_hw, mode, policy, float(angles[b]))
         assert np.abs(bias[b].numpy() - ref).max() < 1e-9
         assert int(stats.unconstrained_rows[b]) == unconstrained
     assert int(stats.unconstrained_rows[3]) > 0 and int(stats.unconstrained_rows[3]) < 20
