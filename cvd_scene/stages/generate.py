@@ -1,9 +1,28 @@
-"""Stage ``generate``: N videos along the plan, by the reference renderer or the CVD model."""
+"""Stage ``generate``: N videos along the plan, by the reference renderer or the CVD model.
+
+Both generators return frames ``[V, F, H, W, 3]`` float32 in [0, 1] (plus report entries); everything written
+from frames is shared (:func:`write_generate_outputs`), so ``generate/`` has one layout whichever generator made
+it: ``frames/<vid>/<NNNN>.png``, ``videos/<vid>.mp4``, ``contact_sheet.png``, ``transforms.json`` (planned poses)
+and ``report.json``. The reference generator adds ``gt/depth/<vid>/<NNNN>.npy``, ``gt/scene.glb`` and
+``gt/scene.json``. Import-light: heavy libraries are imported inside the functions.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cvd_scene.cameras import Cameras
+    from cvd_scene.runconfig import RunConfig
+    from cvd_scene.runfolder import StageResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -16,6 +35,9 @@ class GenerateConfig:
     """Reference generator: scene kind (``room``, ``courtyard``, ``table``); None picks it from the prompt's words."""
     samples_per_pixel: int = 4
     """Reference generator: rays per pixel for anti-aliasing (1 = none)."""
+    moving_objects: int | None = None
+    """Reference generator: number of moving objects (0-8); None takes it from the prompt's words ("moving",
+    "spinning", ... ask for one; default none, which a static-scene fit needs)."""
     model: str = "tiny"
     """CVD generator: a model config name in ``configs/model/`` (``tiny``, ``tiny-trained``, ``sd15``)."""
     weights: str | None = None
@@ -32,3 +54,174 @@ class GenerateConfig:
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Model dtype: ``auto`` is float16 on CUDA, float32 on the CPU."""
+    contact_sheet_frames: int = 8
+    """Frame columns of ``contact_sheet.png`` (evenly spaced over the clip)."""
+
+    def __post_init__(self) -> None:
+        if self.samples_per_pixel < 1:
+            raise ValueError(f"samples_per_pixel must be >= 1, got {self.samples_per_pixel}")
+        if self.moving_objects is not None and not 0 <= self.moving_objects <= 8:
+            raise ValueError(f"moving_objects must be in 0..8 or null, got {self.moving_objects}")
+        if self.scene is not None and self.scene not in ("room", "courtyard", "table"):
+            raise ValueError(f"scene must be room, courtyard, table or null, got {self.scene!r}")
+        if self.contact_sheet_frames < 1:
+            raise ValueError(f"contact_sheet_frames must be >= 1, got {self.contact_sheet_frames}")
+
+
+# ---------------------------------------------------------------------------------------------- stage
+
+
+def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult:
+    """Make the videos of the plan in ``run_dir/plan/cameras.json`` and write ``generate/`` into ``out_dir``."""
+    from cvd_scene.camera_io import read_cameras_json
+    from cvd_scene.runfolder import StageRefused
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    cams_path = run_dir / "plan" / "cameras.json"
+    if not cams_path.is_file():
+        raise StageRefused(f"stage 'generate' needs {cams_path}; run the plan stage first (cvd-scene plan {run_dir})")
+    cams = read_cameras_json(cams_path)
+    gen = config.generate
+    t0 = time.perf_counter()
+    if gen.generator == "reference":
+        frames, report = _generate_reference(config, cams, out_dir)
+    elif gen.generator == "cvd":
+        frames, report = _generate_cvd(config, cams, run_dir, out_dir)
+    else:  # the config type admits only the two; a hand-made config object may not
+        raise ValueError(f"generate.generator must be 'reference' or 'cvd', got {gen.generator!r}")
+    generate_s = time.perf_counter() - t0
+    write_s = write_generate_outputs(frames, cams, out_dir, contact_sheet_frames=gen.contact_sheet_frames)
+    report = {
+        "generator": gen.generator,
+        "model": report.pop("model", None),
+        "seed": config.seed,
+        "prompt": config.prompt,
+        "videos": cams.num_videos,
+        "frames": cams.num_frames,
+        "width": cams.width,
+        "height": cams.height,
+        "unet_calls": report.pop("unet_calls", 0),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+        "generate_time_s": round(generate_s, 3),
+        "write_time_s": round(write_s, 3),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        **report,
+    }
+    from cvd_scene.camera_io import write_json
+
+    write_json(out_dir / "report.json", report)
+    from cvd_scene.runfolder import StageResult
+
+    summary = {k: report[k] for k in ("generator", "videos", "frames", "width", "height", "wall_time_s") if k in report}
+    for k in ("scene_kind", "caption", "valid_fraction"):
+        if k in report:
+            summary[k] = report[k]
+    status, message = "finished", f"{cams.num_videos} videos x {cams.num_frames} frames by the {gen.generator} generator"
+    empty = report.get("empty_frames") or []
+    if empty:
+        status = "partial"
+        message += f"; {len(empty)} frame(s) see almost nothing of the scene (e.g. {empty[0]}): check the plan"
+    return StageResult(status=status, summary=summary, message=message)
+
+
+def write_generate_outputs(frames: np.ndarray, cams: Cameras, out_dir: Path, contact_sheet_frames: int = 8) -> float:
+    """Write what every generator writes: frames, videos, contact sheet and ``transforms.json``; returns seconds.
+
+    ``frames`` [V, F, H, W, 3] float in [0, 1] must match the plan ``cams`` (videos, frames, size).
+    """
+    import numpy as np
+
+    from cvd_scene.camera_io import write_transforms_json
+    from cvd_scene.media import contact_sheet, write_frames, write_mp4
+
+    t0 = time.perf_counter()
+    want = (cams.num_videos, cams.num_frames, cams.height, cams.width, 3)
+    if tuple(np.shape(frames)) != want:
+        raise ValueError(f"generated frames have shape {np.shape(frames)}, the plan needs {want} [V, F, H, W, 3]")
+    out_dir = Path(out_dir)
+    write_frames(frames, out_dir / "frames", cams.video_ids)
+    for v, vid in enumerate(cams.video_ids):
+        write_mp4(frames[v], out_dir / "videos" / f"{vid}.mp4", fps=cams.fps)
+    contact_sheet(frames, out_dir / "contact_sheet.png", max_frames=contact_sheet_frames, video_ids=cams.video_ids)
+    write_transforms_json(cams, out_dir / "transforms.json", "frames")
+    return time.perf_counter() - t0
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, MiB (Linux/macOS ``ru_maxrss``)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+
+
+# ------------------------------------------------------------------------------------------ generators
+
+
+def _generate_reference(config: RunConfig, cams: Cameras, out_dir: Path) -> tuple[np.ndarray, dict]:
+    """Build the prompt's procedural scene, render the plan, write ``gt/``; returns frames and report entries."""
+    import numpy as np
+
+    from cvd_scene.camera_io import write_json
+    from cvd_scene.logs import progress_enabled
+    from cvd_scene.reference import build_scene, render
+
+    gen = config.generate
+    t0 = time.perf_counter()
+    scene = build_scene(config.prompt, config.seed, kind=gen.scene, moving_objects=gen.moving_objects)
+    build_s = time.perf_counter() - t0
+    log.info("reference scene: %s (%s, seed %d)", scene.caption, scene.kind, config.seed)
+    _warn_outside(scene, cams)
+    out = render(scene, cams, samples_per_pixel=gen.samples_per_pixel, progress=progress_enabled())
+    gt = out_dir / "gt"
+    for v, vid in enumerate(cams.video_ids):
+        (gt / "depth" / vid).mkdir(parents=True, exist_ok=True)
+        for f in range(cams.num_frames):
+            np.save(gt / "depth" / vid / f"{f:04d}.npy", out.depth[v, f].astype(np.float32))
+    scene.export_glb(gt / "scene.glb")
+    write_json(gt / "scene.json", scene.describe())
+    valid = out.mask.mean(axis=(2, 3))  # [V, F]
+    empty = [f"{cams.video_ids[v]}/{f:04d}" for v, f in zip(*np.nonzero(valid < 0.02))]
+    report = {
+        "model": None,
+        "unet_calls": 0,
+        "scene_kind": scene.kind,
+        "caption": scene.caption,
+        "samples_per_pixel": gen.samples_per_pixel,
+        "moving_objects": len(scene.moving),
+        "scene_build_s": round(build_s, 3),
+        "render_s": round(out.seconds, 3),
+        "render_fps": round(cams.num_videos * cams.num_frames / max(out.seconds, 1e-9), 2),
+        "valid_fraction": round(float(out.mask.mean()), 4),
+        "empty_frames": empty,
+        "depth_range_m": [round(float(out.depth[out.mask].min()), 4), round(float(out.depth[out.mask].max()), 4)]
+        if out.mask.any()
+        else None,
+    }
+    return out.rgb, report
+
+
+def _generate_cvd(config: RunConfig, cams: Cameras, run_dir: Path, out_dir: Path) -> tuple[np.ndarray, dict]:
+    """The CVD model's videos along the plan: frames [V, F, H, W, 3] float32 in [0, 1] and report entries
+    (``model``, ``unet_calls``, device and timing details). Not built yet."""
+    from cvd_scene.runfolder import StageRefused
+
+    raise StageRefused(
+        "the CVD generator is not built in this version of cvd-scene yet; use the reference generator "
+        "(cvd-scene generate RUN_DIR --generator reference, or generate.generator=reference)"
+    )
+
+
+def _warn_outside(scene, cams: Cameras) -> None:
+    """Log a warning for planned cameras outside the scene's bounds (their views may show the scene's outside)."""
+    import numpy as np
+
+    lo, hi = scene.bounds
+    pos = cams.positions.reshape(-1, 3)
+    outside = np.any((pos < lo - 1e-6) | (pos > hi + 1e-6), axis=1)
+    if outside.any():
+        log.warning(
+            "%d of %d planned cameras are outside the %s scene's bounds %s .. %s", int(outside.sum()), len(pos),
+            scene.kind, np.round(lo, 2).tolist(), np.round(hi, 2).tolist(),
+        )
