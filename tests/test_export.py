@@ -507,3 +507,385 @@ def test_our_glb_matches_splat_transforms_glb(tmp_path):
     R_ours = quaternion_to_rotation(ours.quats_wxyz.astype(np.float64))
     R_theirs = quaternion_to_rotation(theirs.quats_wxyz.astype(np.float64))
     np.testing.assert_allclose(R_theirs, turn @ R_ours, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------- cleaning and budget
+
+
+def look_around_cameras(num_videos: int = 2, num_frames: int = 5, size: int = 32, fov_deg: float = 70.0):
+    """Cameras at 1.5 m height near the origin looking out horizontally, each video sweeping 60 degrees."""
+    from cvd_scene.cameras import Cameras, intrinsics_from_fov, look_at
+
+    c2w = np.zeros((num_videos, num_frames, 4, 4))
+    for v in range(num_videos):
+        for f in range(num_frames):
+            yaw = 2 * np.pi * v / num_videos + np.radians(60) * f / max(num_frames - 1, 1)
+            eye = np.array([0.1 * np.cos(yaw), 1.5, 0.1 * np.sin(yaw)])
+            c2w[v, f] = look_at(eye, eye + [np.cos(yaw), 0.0, np.sin(yaw)])
+    K = intrinsics_from_fov(fov_deg, size, size)
+    return Cameras(world_from_cam=c2w, K=K, width=size, height=size, fps=8.0)
+
+
+def test_nonfinite_splats_are_removed_and_counted(tmp_path):
+    from cvd_scene.export.pipeline import ExportOptions, export_gaussians
+
+    g = random_gaussians(200, 3)
+    g.means[3, 1] = np.nan
+    g.opacity_logits[10] = np.inf
+    g.sh_rest[20, 2, 1] = -np.inf
+    g.log_scales[20, 0] = np.nan  # one splat bad in two fields: counted once
+    g.quats_wxyz[30] = 0.0  # degenerate but finite: fixed to the identity, kept
+    report = export_gaussians(g, tmp_path, ExportOptions(formats=("ply", "spz")))
+    s = report["splats"]
+    assert (s["in"], s["nonfinite_removed"], s["out"], s["zero_rotation_fixed"]) == (200, 3, 197, 1)
+    assert s["nonfinite_by_field"] == {"means": 1, "log_scales": 1, "opacity_logits": 1, "sh_rest": 1}
+    back = read_ply(tmp_path / "scene.ply")
+    assert len(back) == 197 and back.finite_mask().all()
+    assert len(read_spz(tmp_path / "scene.spz")) == 197
+
+
+def test_budget_keeps_the_most_important_splats():
+    from cvd_scene.export.budget import apply_budget, clean_and_budget
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    important = rng.choice(n, 100, replace=False)
+    g = random_gaussians(n, 0)
+    g.log_scales[:] = np.log(0.01)
+    g.opacity_logits[:] = -2.0
+    g.log_scales[important] = np.log(0.05)  # 25x the area ...
+    g.opacity_logits[important] = 3.0  # ... and 8x the opacity
+    kept, pruned = apply_budget(g, 100)
+    assert pruned == 900
+    np.testing.assert_array_equal(kept.means, g.means[np.sort(important)])  # original order kept
+    out, report = clean_and_budget(g, max_splats=2000)
+    assert len(out) == n and report.pruned_by_budget == 0
+    with pytest.raises(ValueError, match="max_splats"):
+        apply_budget(g, 0)
+
+
+def test_budget_with_cameras_prunes_what_no_camera_sees_first():
+    from cvd_scene.export.budget import apply_budget
+
+    cams = look_around_cameras(num_videos=1, num_frames=3)  # looking towards +x, sweeping to +z
+    g = random_gaussians(4, 0)
+    g.means[:] = [[3.0, 1.5, 0.5], [-3.0, 1.5, -0.5], [3.0, 1.5, 1.0], [0.0, 1.5, -3.0]]
+    g.log_scales[:] = np.log(0.05)
+    g.log_scales[1] = np.log(0.5)  # the biggest splat is behind every camera
+    g.opacity_logits[:] = 2.0
+    kept, _ = apply_budget(g, 2, cams)
+    np.testing.assert_array_equal(kept.means, g.means[[0, 2]])
+    kept_no_cams, _ = apply_budget(g, 1)
+    np.testing.assert_array_equal(kept_no_cams.means, g.means[[1]])  # without cameras: area x opacity
+
+
+def test_importance_matches_a_per_camera_reference():
+    """The vectorised projected-area importance against a plain loop over splats and cameras."""
+    from cvd_scene.export.budget import importance
+
+    cams = look_around_cameras(num_videos=2, num_frames=3, size=40)
+    g = random_gaussians(60, 0, seed=2)
+    fast = importance(g, cams)
+    ref = np.zeros(len(g))
+    c2w_all, K_all = cams.world_from_cam.reshape(-1, 4, 4), cams.K.reshape(-1, 3, 3)
+    for i in range(len(g)):
+        s = sorted(np.exp(g.log_scales[i].astype(np.float64)))
+        area = np.pi * s[1] * s[2]
+        opacity = 1 / (1 + np.exp(-float(g.opacity_logits[i])))
+        total = 0.0
+        for c2w, K in zip(c2w_all, K_all):
+            p = np.linalg.inv(c2w) @ np.append(g.means[i].astype(np.float64), 1.0)
+            if p[2] <= 1e-3:
+                continue
+            u, v = K[0, 0] * p[0] / p[2] + K[0, 2], K[1, 1] * p[1] / p[2] + K[1, 2]
+            if 0 <= u < cams.width and 0 <= v < cams.height:
+                total += min(area * K[0, 0] * K[1, 1] / p[2] ** 2, cams.width * cams.height)
+        ref[i] = opacity * total / len(c2w_all)
+    np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-12)
+    assert np.count_nonzero(ref) > 5
+
+
+# --------------------------------------------------------------------------------------- camera path
+
+
+def test_camera_path_loads_with_nerfstudios_own_loader():
+    from nerfstudio.cameras.camera_paths import get_path_from_json
+
+    from cvd_scene.cameras import opencv_to_opengl
+    from cvd_scene.export.camera_path import camera_path_json
+
+    cams = look_around_cameras(num_videos=2, num_frames=5, size=48)
+    doc = json.loads(json.dumps(camera_path_json(cams, fps=24.0, transition_s=0.5)))  # as read from disk
+    path = get_path_from_json(doc)  # what `ns-render camera-path` calls (after reading "seconds" and "crop")
+    assert doc["crop"] is None  # ns-render's get_crop_from_json: no crop box
+    n = len(doc["camera_path"])
+    # each video lasts 4 frames at 8 fps = 0.5 s -> 13 samples at 24 fps; one 0.5 s transition = 12 frames
+    assert n == 13 + 12 + 13 and doc["seconds"] == pytest.approx(n / 24.0)
+    assert path.camera_to_worlds.shape == (n, 3, 4)
+    np.testing.assert_allclose(
+        path.camera_to_worlds[0].numpy(), opencv_to_opengl(cams.world_from_cam[0, 0])[:3], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        path.camera_to_worlds[12].numpy(), opencv_to_opengl(cams.world_from_cam[0, -1])[:3], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        path.camera_to_worlds[-1].numpy(), opencv_to_opengl(cams.world_from_cam[1, -1])[:3], atol=1e-6
+    )
+    np.testing.assert_allclose(path.fy.numpy(), cams.K[0, 0, 1, 1], rtol=1e-6)  # fov round trip
+    assert int(path.height[0]) == 48 and int(path.width[0]) == 48
+    # the viewer's "load path" reads these keys of every keyframe
+    assert len(doc["keyframes"]) == 10
+    assert all({"matrix", "fov", "aspect"} <= set(k) for k in doc["keyframes"])
+    assert {
+        "default_fov",
+        "default_transition_sec",
+        "render_height",
+        "render_width",
+        "fps",
+        "seconds",
+    } <= set(doc)
+
+
+def test_camera_path_in_a_nerfstudio_model_frame():
+    from nerfstudio.cameras.camera_paths import get_path_from_json
+
+    from cvd_scene.cameras import axis_angle_to_rotation, opencv_to_opengl
+    from cvd_scene.export.camera_path import camera_path_json, nerfstudio_from_world
+
+    cams = look_around_cameras(num_videos=1, num_frames=3)
+    T = np.eye(4)[:3]
+    T[:, :3] = axis_angle_to_rotation(np.array([1.0, 0.0, 0.0]), -np.pi / 2)  # y-up world -> z-up model
+    T[:, 3] = [0.1, -0.2, 0.3]
+    M = nerfstudio_from_world(T, scale=0.25)
+    path = get_path_from_json(
+        json.loads(json.dumps(camera_path_json(cams, ns_from_world=M, frame_name="ns")))
+    )
+    c2w = opencv_to_opengl(cams.world_from_cam[0, 0])
+    want_R = T[:, :3] @ c2w[:3, :3]
+    want_t = 0.25 * (
+        T[:, :3] @ c2w[:3, 3] + T[:, 3]
+    )  # nerfstudio's dataparser: transform, then scale positions
+    np.testing.assert_allclose(path.camera_to_worlds[0, :, :3].numpy(), want_R, atol=1e-6)
+    np.testing.assert_allclose(path.camera_to_worlds[0, :, 3].numpy(), want_t, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------- mesh and points
+
+
+ROOM_LO, ROOM_HI = np.array([-2.0, 0.0, -2.0]), np.array([2.0, 2.5, 2.0])
+
+
+def room_views(size: int = 32):
+    """Exact depth and colour of the inside of a box room (floor at y = 0) seen from look-around cameras;
+    walls coloured by their axis (x red, y green, z blue)."""
+    from cvd_scene.export.mesh import View, ring_cameras
+
+    cams = ring_cameras(ROOM_LO + 0.5, ROOM_HI - 0.5, size_px=size, n_yaw=6, pitches_deg=(-35.0, 0.0, 35.0))
+    views = []
+    for c2w, K in zip(cams.world_from_cam.reshape(-1, 4, 4), cams.K.reshape(-1, 3, 3)):
+        vs, us = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
+        ray_cam = np.stack([(us - K[0, 2]) / K[0, 0], (vs - K[1, 2]) / K[1, 1], np.ones_like(us)], -1)
+        ray = ray_cam @ c2w[:3, :3].T  # [H, W, 3], z-depth 1 along the optical axis
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(ray > 0, (ROOM_HI - c2w[:3, 3]) / ray, (ROOM_LO - c2w[:3, 3]) / ray)
+        t = np.where(np.isfinite(t), t, np.inf)
+        colours = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)
+        views.append(
+            View(rgb=colours[np.argmin(t, -1)], depth_m=t.min(-1).astype(np.float32), K=K, world_from_cam=c2w)
+        )
+    return views
+
+
+def distance_to_room(points: np.ndarray) -> np.ndarray:
+    return np.minimum(np.abs(points - ROOM_LO), np.abs(points - ROOM_HI)).min(axis=1)
+
+
+def test_tsdf_mesh_of_a_room_lies_on_its_walls_and_passes_the_validator(tmp_path):
+    import trimesh
+
+    from cvd_scene.export.mesh import fuse_tsdf, write_mesh_glb
+
+    mesh = fuse_tsdf(room_views(), voxel_m=0.1, max_triangles=3000)
+    assert 1000 < mesh.info["triangles"] <= 3000 and mesh.info["triangles_fused"] > 3000
+    d = distance_to_room(mesh.vertices.astype(np.float64))
+    assert np.median(d) < 0.05 and np.percentile(d, 90) < 0.15
+    lo, hi = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)
+    np.testing.assert_allclose(lo, ROOM_LO, atol=0.2)  # Y-up, floor at y = 0: no axis change
+    np.testing.assert_allclose(hi, ROOM_HI, atol=0.2)
+    floor = mesh.vertices[:, 1] < 0.05
+    assert np.mean(mesh.colors[floor, 1]) > 150  # the floor (a y face) is green
+    path = write_mesh_glb(mesh, tmp_path / "mesh.glb")
+    loaded = trimesh.load(path, force="mesh")
+    assert len(loaded.faces) == mesh.info["triangles"]
+    report = gltf_validate(path)
+    assert report["issues"]["numErrors"] == 0, json.dumps(report["issues"]["messages"][:5], indent=1)
+    assert report["info"]["totalTriangleCount"] == mesh.info["triangles"]
+
+
+def test_mesh_from_splats_rendered_with_the_fit_rasteriser():
+    pytest.importorskip(
+        "cvd_scene.fit.raster", reason="needs the fit stage's rasteriser (cvd_scene.fit.raster)"
+    )
+    from cvd_scene.cameras import rotation_to_quaternion
+    from cvd_scene.export.mesh import fuse_tsdf, render_views_from_gaussians, ring_cameras, splat_bounds
+
+    rng = np.random.default_rng(0)
+    means, quats, cols, per_face = [], [], [], 1500
+    for axis in range(3):
+        for side in (ROOM_LO, ROOM_HI):
+            p = rng.uniform(ROOM_LO, ROOM_HI, size=(per_face, 3))
+            p[:, axis] = side[axis]
+            R = np.eye(3)[:, [(axis + 1) % 3, (axis + 2) % 3, axis]]  # thin local z along the wall normal
+            R[:, 0] *= np.sign(np.linalg.det(R))
+            means.append(p)
+            quats.append(np.tile(rotation_to_quaternion(R), (per_face, 1)))
+            c = np.full((per_face, 3), 0.1)
+            c[:, axis] = 0.9
+            cols.append(c)
+    n = 6 * per_face
+    g = Gaussians(
+        means=np.concatenate(means),
+        log_scales=np.log(np.tile([0.05, 0.05, 0.003], (n, 1))),
+        quats_wxyz=np.concatenate(quats),
+        opacity_logits=np.full(n, 4.0),
+        sh_dc=(np.concatenate(cols) - 0.5) / SH_C0,
+        sh_rest=np.zeros((n, 0, 3)),
+    )
+    lo, hi = splat_bounds(g)
+    views = render_views_from_gaussians(
+        g, ring_cameras(lo, hi, size_px=40, n_yaw=6, pitches_deg=(-30.0, 30.0))
+    )
+    assert np.mean([np.mean(v.depth_m > 0) for v in views]) > 0.95
+    mesh = fuse_tsdf(views, voxel_m=0.1, max_triangles=3000)
+    assert np.median(distance_to_room(mesh.vertices.astype(np.float64))) < 0.06
+
+
+def test_nerf_fit_exports_mesh_and_coloured_points(tmp_path):
+    from plyfile import PlyData
+
+    from cvd_scene.export.pipeline import ExportOptions, export_views
+
+    views = room_views()
+    report = export_views(
+        views, tmp_path, ExportOptions(mesh_voxel_m=0.1, mesh_max_triangles=2000, point_cloud_max_points=5000)
+    )
+    assert set(report["files"]) == {"mesh", "points"}
+    assert set(report["skipped"]) == {"ply", "splat", "spz", "glb"}
+    v = PlyData.read(str(tmp_path / "points.ply"))["vertex"].data
+    assert 1000 < len(v) <= 5000 and report["files"]["points"]["points"] == len(v)
+    pts = np.stack([v["x"], v["y"], v["z"]], 1).astype(np.float64)
+    assert distance_to_room(pts).max() < 1e-3
+    green = np.abs(pts[:, 1] - ROOM_LO[1]) < 1e-3  # floor points
+    assert green.any() and np.all(v["green"][green] == 220)
+
+
+# ------------------------------------------------------------------------------------- stage and command
+
+
+def make_run(tmp_path: Path, with_views: bool = True) -> Path:
+    """A run folder with the files the export stage reads: plan, registration, fit (splats and views)."""
+    import imageio.v3 as iio
+
+    from cvd_scene.camera_io import write_cameras_json, write_transforms_json
+    from cvd_scene.cameras import Cameras
+
+    run = tmp_path / "run"
+    views = room_views(size=24)
+    c2w = np.stack([v.world_from_cam for v in views]).reshape(2, -1, 4, 4)
+    K = np.stack([v.K for v in views]).reshape(2, -1, 3, 3)
+    cams = Cameras(world_from_cam=c2w, K=K, width=24, height=24)
+    write_cameras_json(cams, run / "plan" / "cameras.json")
+    write_transforms_json(cams, run / "register" / "transforms.json", "../generate/frames")
+    g = random_gaussians(500, 3)
+    g.means[:] = np.random.default_rng(1).uniform(ROOM_LO, ROOM_HI, size=(500, 3))
+    g.means[7] = np.nan
+    write_ply(g, run / "fit" / "gaussians.ply")
+    if with_views:
+        for i, view in enumerate(views):
+            vid, f = cams.video_ids[i // cams.num_frames], i % cams.num_frames
+            (run / "fit" / "views" / "rgb" / vid).mkdir(parents=True, exist_ok=True)
+            (run / "fit" / "views" / "depth" / vid).mkdir(parents=True, exist_ok=True)
+            iio.imwrite(run / "fit" / "views" / "rgb" / vid / f"{f:04d}.png", view.rgb)
+            np.save(run / "fit" / "views" / "depth" / vid / f"{f:04d}.npy", view.depth_m)
+    return run
+
+
+def test_export_stage_writes_every_asset_and_the_report(tmp_path):
+    from cvd_scene.runconfig import RunConfig
+    from cvd_scene.stages.export import run_export
+
+    run = make_run(tmp_path)
+    config = RunConfig()
+    config.export.max_splats = 300
+    config.export.mesh_voxel_m = 0.1
+    config.export.mesh_max_triangles = 2000
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_export(config, run, out)
+    assert result.status == "finished"
+    names = {p.name for p in out.iterdir()}
+    want = {
+        "scene.ply",
+        "scene.splat",
+        "scene.spz",
+        "scene_khr.glb",
+        "mesh.glb",
+        "camera_path.json",
+        "report.json",
+    }
+    assert want <= names and ("scene_v4.spz" in names) == zstd_available()
+    report = json.loads((out / "report.json").read_text())
+    assert report["splats"]["in"] == 500 and report["splats"]["nonfinite_removed"] == 1
+    assert report["splats"]["pruned_by_budget"] == 199 and report["splats"]["out"] == 300
+    assert report["files"]["ply"]["bytes"] == (out / "scene.ply").stat().st_size
+    assert report["files"]["spz"]["ratio_to_ply"] < 0.5
+    assert report["mesh"]["source"].startswith("fit views") and report["mesh"]["triangles"] <= 2000
+    assert report["camera_path"]["frame"] == "world"
+    assert len(read_ply(out / "scene.ply")) == 300
+    np.testing.assert_allclose(report["bounding_box"]["min"], read_ply(out / "scene.ply").means.min(axis=0))
+    assert result.summary["splats_out"] == 300
+
+
+def test_export_stage_refuses_without_a_fit(tmp_path):
+    from cvd_scene.runconfig import RunConfig
+    from cvd_scene.runfolder import StageRefused
+    from cvd_scene.stages.export import run_export
+
+    run = make_run(tmp_path, with_views=False)
+    (run / "fit" / "gaussians.ply").unlink()
+    with pytest.raises(StageRefused, match="gaussians.ply"):
+        run_export(RunConfig(), run, tmp_path / "out")
+
+
+def cli(*args: str) -> int:
+    import importlib
+
+    from cvd_scene.cli import main
+
+    importlib.import_module("cvd_scene.commands.export")
+    return main(list(args))
+
+
+def test_export_from_file_converts_and_refuses_to_overwrite(tmp_path, capsys):
+    src = write_ply(random_gaussians(50, 0), tmp_path / "in.ply")
+    out = tmp_path / "out"
+    assert cli("export", "--from", str(src), "--out", str(out), "--formats", "ply,splat,glb", "--quiet") == 0
+    assert {p.name for p in out.iterdir()} == {"scene.ply", "scene.splat", "scene_khr.glb", "report.json"}
+    before = (out / "scene.ply").read_bytes()
+    write_ply(random_gaussians(60, 0, seed=9), src)
+    assert cli("export", "--from", str(src), "--out", str(out), "--formats", "ply", "--quiet") == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "scene.ply").read_bytes() == before  # untouched
+    assert (
+        cli("export", "--from", str(src), "--out", str(out), "--formats", "ply", "--overwrite", "--quiet")
+        == 0
+    )
+    assert len(read_ply(out / "scene.ply")) == 60
+    assert (
+        cli("export", "--from", str(tmp_path / "missing.ply"), "--out", str(tmp_path / "o2"), "--quiet") == 2
+    )
+    assert (
+        cli("export", "--from", str(src), "--out", str(tmp_path / "o3"), "--formats", "ply,obj", "--quiet")
+        == 2
+    )
+    assert "obj" in capsys.readouterr().err

@@ -1,8 +1,15 @@
-"""Stage ``export``: VR and web assets (3DGS PLY, .splat, SPZ, KHR_gaussian_splatting GLB, mesh GLB, camera path)."""
+"""Stage ``export``: VR and web assets (3DGS PLY, .splat, SPZ, KHR_gaussian_splatting GLB, mesh GLB, camera path).
+
+Reads ``fit/gaussians.ply`` (a Gaussian fit, in the run's world frame) or, for a NeRF fit, the depth and colour
+views the fit rendered (``fit/views/``); the registered cameras (``register/transforms.json``) weigh splats for
+the budget and place the fit's views; the planned cameras (``plan/cameras.json``) become ``camera_path.json``.
+Writes ``export/`` (file names in docs/architecture.md) and ``export/report.json``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(kw_only=True)
@@ -13,3 +20,111 @@ class ExportConfig:
     """Formats to write: ``ply``, ``splat``, ``spz``, ``glb`` (KHR_gaussian_splatting), ``mesh`` (mesh GLB)."""
     max_splats: int | None = None
     """Splat budget (e.g. 400000 for Quest-class headsets); the least-contributing splats are pruned first."""
+    spz_versions: list[int] = field(default_factory=lambda: [3, 4])
+    """SPZ versions written: 3 -> ``scene.spz`` (gzip, read by every SPZ reader), 4 -> ``scene_v4.spz`` (ZSTD,
+    written when the zstandard package is installed)."""
+    mesh_max_triangles: int = 200_000
+    """Triangle budget of ``mesh.glb`` (quadric decimation down to it)."""
+    mesh_voxel_m: float | None = None
+    """TSDF voxel size in metres; None: 1/384 of the scene's largest extent (at least 2 mm)."""
+    mesh_min_views: float = 1.0
+    """Surface voxels seen by fewer views than this are left out of the mesh (TSDF weight threshold)."""
+    mesh_render_size_px: int = 256
+    """Size of the depth views rendered from the splats for the mesh when the fit left no views."""
+    camera_path_fps: float = 30.0
+    """Frame rate of ``camera_path.json``."""
+    camera_path_transition_s: float = 1.0
+    """Seconds of the eased move between the end of one planned video and the start of the next."""
+    point_cloud_max_points: int = 500_000
+    """Most points in ``points.ply`` (NeRF fits)."""
+
+
+def export_options(config: ExportConfig):
+    """The :class:`cvd_scene.export.pipeline.ExportOptions` of a stage config (formats checked)."""
+    from cvd_scene.export.pipeline import ExportOptions, parse_formats
+
+    for v in config.spz_versions:
+        if v not in (3, 4):
+            raise ValueError(f"export.spz_versions may hold 3 and 4, got {config.spz_versions}")
+    if config.max_splats is not None and config.max_splats < 1:
+        raise ValueError(
+            f"export.max_splats must be at least 1 (or null for no budget), got {config.max_splats}"
+        )
+    if config.mesh_max_triangles < 1:
+        raise ValueError(f"export.mesh_max_triangles must be positive, got {config.mesh_max_triangles}")
+    return ExportOptions(
+        formats=parse_formats(config.formats),
+        max_splats=config.max_splats,
+        spz_versions=tuple(config.spz_versions),
+        mesh_max_triangles=config.mesh_max_triangles,
+        mesh_voxel_m=config.mesh_voxel_m,
+        mesh_render_size_px=config.mesh_render_size_px,
+        mesh_min_weight=config.mesh_min_views,
+        point_cloud_max_points=config.point_cloud_max_points,
+    )
+
+
+def find_dataparser_transforms(fit_dir: Path) -> Path | None:
+    """The nerfstudio ``dataparser_transforms.json`` under ``fit_dir`` (the newest, if several), or None."""
+    found = sorted(fit_dir.rglob("dataparser_transforms.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def run_export(config, run_dir: Path, out_dir: Path):
+    """Export the fitted scene of ``run_dir`` into ``out_dir`` (becomes ``run_dir/export``)."""
+    import logging
+
+    from cvd_scene.camera_io import read_cameras_json, read_transforms_json
+    from cvd_scene.export.mesh import load_fit_views
+    from cvd_scene.export.pipeline import export_gaussians, export_views, write_camera_path, write_report
+    from cvd_scene.export.ply import read_ply
+    from cvd_scene.runfolder import StageRefused, StageResult
+
+    log = logging.getLogger("cvd_scene.stages.export")
+    cfg: ExportConfig = config.export
+    options = export_options(cfg)
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    fit_dir = run_dir / "fit"
+    transforms = run_dir / "register" / "transforms.json"
+    registered = read_transforms_json(transforms).cameras if transforms.is_file() else None
+    planned_path = run_dir / "plan" / "cameras.json"
+    planned = read_cameras_json(planned_path) if planned_path.is_file() else None
+    views = (
+        load_fit_views(fit_dir, registered) if registered is not None and (fit_dir / "views").is_dir() else []
+    )
+    splats_path = fit_dir / "gaussians.ply"
+    if splats_path.is_file():
+        gaussians = read_ply(splats_path)
+        source = {"path": "fit/gaussians.ply", "splats": len(gaussians)}
+        report = export_gaussians(
+            gaussians, out_dir, options, cameras=registered or planned, views=views, source=source
+        )
+    elif views:
+        report = export_views(views, out_dir, options, source={"path": "fit/views", "views": len(views)})
+    else:
+        raise StageRefused(
+            f"stage 'export' found neither {splats_path} (a Gaussian fit) nor depth/colour views in "
+            f"{fit_dir / 'views'} (a NeRF fit); run the fit stage first"
+        )
+    path_cameras = planned or registered
+    if path_cameras is not None:
+        write_camera_path(
+            out_dir, path_cameras, report, cfg.camera_path_fps, cfg.camera_path_transition_s,
+            find_dataparser_transforms(fit_dir),
+        )  # fmt: skip
+    else:
+        log.warning("no plan/cameras.json or register/transforms.json: camera_path.json not written")
+    write_report(out_dir, report)
+    splats = report["splats"]
+    summary = {"files": {k: v["bytes"] for k, v in report["files"].items()}}
+    if splats:
+        summary.update(
+            splats_in=splats["in"], splats_out=splats["out"], nonfinite_removed=splats["nonfinite_removed"]
+        )
+    if report["mesh"]:
+        summary["mesh_triangles"] = report["mesh"]["triangles"]
+    message = f"{len(report['files'])} files"
+    if splats:
+        message += f", {splats['out']} splats ({splats['nonfinite_removed']} NaN/Inf removed, "
+        message += f"{splats['pruned_by_budget']} over budget)"
+    return StageResult(status="finished", summary=summary, message=message)

@@ -1,0 +1,284 @@
+"""Exporting a fitted scene: every asset of ``export/`` from a Gaussian fit (or from views, for a NeRF fit).
+
+From Gaussians: non-finite splats removed and counted, the splat budget applied, then the master 3DGS PLY and
+from the very same splats ``.splat``, SPZ (v3, and v4 when zstandard is installed), the KHR_gaussian_splatting
+GLB, and a mesh GLB fused from depth views (the fit's, or rendered here from the splats). From views only (a NeRF
+fit): the mesh GLB and a coloured point cloud. Each run writes ``report.json``: files and sizes, splat counts,
+bounding box, mesh statistics, timings.
+
+Pure functions over arrays and paths; heavy libraries (open3d, trimesh, torch) only inside the mesh functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cvd_scene.cameras import Cameras
+from cvd_scene.export.budget import clean_and_budget
+from cvd_scene.gaussians import Gaussians
+
+log = logging.getLogger(__name__)
+
+SPLAT_FORMATS = ("ply", "splat", "spz", "glb")
+"""Formats that need Gaussians."""
+FORMATS = (*SPLAT_FORMATS, "mesh")
+"""Every format name ``--formats`` accepts."""
+FILE_NAMES = {
+    "ply": "scene.ply",
+    "splat": "scene.splat",
+    "spz": "scene.spz",
+    "spz4": "scene_v4.spz",
+    "glb": "scene_khr.glb",
+    "mesh": "mesh.glb",
+    "points": "points.ply",
+    "camera_path": "camera_path.json",
+    "report": "report.json",
+}
+"""File written for each output, inside the export folder."""
+REPORT_FORMAT = "cvd-scene/export-report"
+
+
+@dataclass(kw_only=True)
+class ExportOptions:
+    """What to export and how (the export stage's config carries the same fields)."""
+
+    formats: tuple[str, ...] = FORMATS
+    max_splats: int | None = None
+    spz_versions: tuple[int, ...] = (3, 4)
+    mesh_max_triangles: int = 200_000
+    mesh_voxel_m: float | None = None
+    mesh_render_size_px: int = 256
+    mesh_min_weight: float = 1.0
+    point_cloud_max_points: int = 500_000
+    extra: dict = field(default_factory=dict)
+
+
+def parse_formats(formats: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Format names from ``"ply,splat"`` or a list; unknown names raise ``ValueError`` naming them."""
+    items = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats)]
+    items = [f for f in items if f]
+    unknown = [f for f in items if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown export format(s) {unknown}; formats are {', '.join(FORMATS)}")
+    if not items:
+        raise ValueError(f"no export format given; formats are {', '.join(FORMATS)}")
+    return tuple(dict.fromkeys(items))
+
+
+def planned_files(options: ExportOptions, has_gaussians: bool, with_camera_path: bool) -> list[str]:
+    """Names of the files an export with ``options`` writes (to check for existing files first)."""
+    from cvd_scene.export.spz import zstd_available
+
+    names = []
+    for fmt in options.formats:
+        if fmt in SPLAT_FORMATS and not has_gaussians:
+            continue
+        if fmt == "spz":
+            names += [FILE_NAMES["spz"]] if 3 in options.spz_versions else []
+            names += [FILE_NAMES["spz4"]] if 4 in options.spz_versions and zstd_available() else []
+        else:
+            names.append(FILE_NAMES[fmt])
+    if not has_gaussians:
+        names.append(FILE_NAMES["points"])
+    if with_camera_path:
+        names.append(FILE_NAMES["camera_path"])
+    return [*names, FILE_NAMES["report"]]
+
+
+def _bbox(points: np.ndarray) -> dict:
+    return {
+        "min": [float(v) for v in points.min(axis=0)],
+        "max": [float(v) for v in points.max(axis=0)],
+        "p01": [float(v) for v in np.percentile(points, 1, axis=0)],
+        "p99": [float(v) for v in np.percentile(points, 99, axis=0)],
+        "frame": "run world: right-handed, +y up, metres",
+    }
+
+
+def _file_entry(path: Path, kind: str, seconds: float, **more) -> dict:
+    return {
+        "file": path.name,
+        "format": kind,
+        "bytes": path.stat().st_size,
+        "seconds": round(seconds, 3),
+        **more,
+    }
+
+
+def export_gaussians(
+    gaussians: Gaussians,
+    out_dir: str | os.PathLike,
+    options: ExportOptions,
+    cameras: Cameras | None = None,
+    views: list | None = None,
+    source: dict | None = None,
+) -> dict:
+    """Write every requested asset of ``gaussians`` (run's world frame) into ``out_dir``; returns the report.
+
+    ``cameras`` (registered or planned) weigh splats for the budget; ``views`` (depth + colour) feed the mesh,
+    which otherwise is fused from views rendered from the splats.
+    """
+    from cvd_scene.export.gltf import write_khr_glb
+    from cvd_scene.export.ply import write_ply
+    from cvd_scene.export.splat import write_splat
+    from cvd_scene.export.spz import write_spz, zstd_available
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    g, counts = clean_and_budget(gaussians, options.max_splats, cameras)
+    files: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    timings = {"clean_and_budget": round(time.perf_counter() - t0, 3)}
+
+    def timed(key: str, kind: str, fn, name: str, **more) -> None:
+        t = time.perf_counter()
+        path = fn(out_dir / name)
+        files[key] = _file_entry(path, kind, time.perf_counter() - t, **more)
+
+    # The master is written first; every other format is converted from these same splats.
+    if "ply" in options.formats:
+        timed("ply", "3dgs-ply (Inria, binary little-endian)", lambda p: write_ply(g, p), FILE_NAMES["ply"])
+    if "splat" in options.formats:
+        timed("splat", "antimatter15 .splat", lambda p: write_splat(g, p), FILE_NAMES["splat"])
+    if "spz" in options.formats:
+        for version in options.spz_versions:
+            if version == 4 and not zstd_available():
+                skipped["spz4"] = "SPZ v4 needs the zstandard package (pip install zstandard)"
+                continue
+            name = FILE_NAMES["spz"] if version == 3 else FILE_NAMES["spz4"]
+            key = "spz" if version == 3 else "spz4"
+            timed(key, f"spz v{version}", lambda p, v=version: write_spz(g, p, version=v), name)
+    if "glb" in options.formats:
+        timed("glb", "glTF KHR_gaussian_splatting", lambda p: write_khr_glb(g, p), FILE_NAMES["glb"])
+    mesh_info = None
+    if "mesh" in options.formats:
+        t = time.perf_counter()
+        mesh_info = _write_mesh(g, views, out_dir / FILE_NAMES["mesh"], options)
+        files["mesh"] = _file_entry(
+            out_dir / FILE_NAMES["mesh"], "glTF mesh (vertex colours)", time.perf_counter() - t
+        )
+    ply_bytes = files["ply"]["bytes"] if "ply" in files else None
+    if ply_bytes:
+        for entry in files.values():
+            entry["ratio_to_ply"] = round(entry["bytes"] / ply_bytes, 4)
+    report = {
+        "format": REPORT_FORMAT,
+        "version": 1,
+        "source": {**(source or {}), "kind": "gaussians", "sh_degree": gaussians.sh_degree},
+        "splats": counts.as_dict(),
+        "bounding_box": _bbox(g.means),
+        "files": files,
+        "mesh": mesh_info,
+        "skipped": skipped,
+        "seconds": {**timings, "total": round(time.perf_counter() - t0, 3)},
+    }
+    return report
+
+
+def _write_mesh(g: Gaussians, views: list | None, path: Path, options: ExportOptions) -> dict:
+    from cvd_scene.export.mesh import (
+        fuse_tsdf,
+        render_views_from_gaussians,
+        ring_cameras,
+        splat_bounds,
+        write_mesh_glb,
+    )
+
+    if views:
+        source = f"fit views ({len(views)})"
+    else:
+        lo, hi = splat_bounds(g)
+        cams = ring_cameras(lo, hi, size_px=options.mesh_render_size_px)
+        log.info(
+            "rendering %d depth views of %d splats for the mesh", cams.num_videos * cams.num_frames, len(g)
+        )
+        views = render_views_from_gaussians(g, cams)
+        source = f"rendered from the splats ({len(views)} views, two rings inside the splat bounds)"
+    mesh = fuse_tsdf(views, options.mesh_voxel_m, options.mesh_max_triangles, options.mesh_min_weight)
+    write_mesh_glb(mesh, path)
+    return {**mesh.info, "source": source, "bounding_box": _bbox(mesh.vertices)}
+
+
+def export_views(
+    views: list, out_dir: str | os.PathLike, options: ExportOptions, source: dict | None = None
+) -> dict:
+    """A NeRF fit (no Gaussians): the mesh GLB and a coloured point cloud back-projected from ``views``."""
+    from cvd_scene.export.mesh import fuse_tsdf, point_cloud_from_views, write_mesh_glb, write_point_cloud_ply
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    files: dict[str, dict] = {}
+    skipped = {f: "a NeRF fit has no Gaussians" for f in options.formats if f in SPLAT_FORMATS}
+    mesh_info = None
+    if "mesh" in options.formats:
+        t = time.perf_counter()
+        mesh = fuse_tsdf(views, options.mesh_voxel_m, options.mesh_max_triangles, options.mesh_min_weight)
+        write_mesh_glb(mesh, out_dir / FILE_NAMES["mesh"])
+        mesh_info = {**mesh.info, "source": f"fit views ({len(views)})", "bounding_box": _bbox(mesh.vertices)}
+        files["mesh"] = _file_entry(
+            out_dir / FILE_NAMES["mesh"], "glTF mesh (vertex colours)", time.perf_counter() - t
+        )
+    t = time.perf_counter()
+    points, colors = point_cloud_from_views(views, options.point_cloud_max_points)
+    write_point_cloud_ply(points, colors, out_dir / FILE_NAMES["points"])
+    files["points"] = _file_entry(
+        out_dir / FILE_NAMES["points"],
+        "point-cloud ply (xyz + rgb)",
+        time.perf_counter() - t,
+        points=len(points),
+    )
+    return {
+        "format": REPORT_FORMAT,
+        "version": 1,
+        "source": {**(source or {}), "kind": "views"},
+        "splats": None,
+        "bounding_box": _bbox(points),
+        "files": files,
+        "mesh": mesh_info,
+        "skipped": skipped,
+        "seconds": {"total": round(time.perf_counter() - t0, 3)},
+    }
+
+
+def write_camera_path(
+    out_dir: str | os.PathLike, cameras: Cameras, report: dict, fps: float, transition_s: float,
+    ns_transform: Path | None = None,
+) -> None:  # fmt: skip
+    """Write ``camera_path.json`` for ``cameras`` (in the nerfstudio model frame when ``ns_transform`` names a
+    ``dataparser_transforms.json``) and record it in ``report``."""
+    from cvd_scene.camera_io import read_json, write_json
+    from cvd_scene.export.camera_path import camera_path_json, nerfstudio_from_world
+
+    M, frame = None, "world"
+    if ns_transform is not None:
+        doc = read_json(ns_transform)
+        M = nerfstudio_from_world(doc["transform"], float(doc.get("scale", 1.0)))
+        frame = f"nerfstudio model frame ({ns_transform.name})"
+    path = Path(out_dir) / FILE_NAMES["camera_path"]
+    t = time.perf_counter()
+    doc = camera_path_json(cameras, fps=fps, transition_s=transition_s, ns_from_world=M, frame_name=frame)
+    write_json(path, doc)
+    report["files"]["camera_path"] = _file_entry(path, "nerfstudio camera path", time.perf_counter() - t)
+    report["camera_path"] = {
+        "frames": len(doc["camera_path"]),
+        "seconds": doc["seconds"],
+        "fps": fps,
+        "frame": frame,
+    }
+
+
+def write_report(out_dir: str | os.PathLike, report: dict) -> Path:
+    """Write ``report.json`` (atomically) and return its path."""
+    from cvd_scene.camera_io import write_json
+
+    path = Path(out_dir) / FILE_NAMES["report"]
+    write_json(path, report)
+    return path
