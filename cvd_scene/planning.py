@@ -122,10 +122,10 @@ LAYOUTS: dict[str, SceneLayout] = {
         start_m=_table_start(),
         look_at_m=TABLE_TARGET_M,
         step_m=0.3,
-        bounds_min_m=(-3.5, 0.0, -3.5),
-        bounds_max_m=(3.5, ROOM_HEIGHT_M, 3.5),
+        bounds_min_m=(-3.0, 0.0, -3.0),
+        bounds_max_m=(3.0, ROOM_HEIGHT_M, 3.0),
         proxy_boxes=(
-            ((-3.5, 0.0, -3.5), (3.5, ROOM_HEIGHT_M, 3.5), (), ()),
+            ((-3.0, 0.0, -3.0), (3.0, ROOM_HEIGHT_M, 3.0), (), ()),
             (
                 (-TABLE_HALF_M, TABLE_TOP_Y_M - 0.04, -TABLE_HALF_M),
                 (TABLE_HALF_M, TABLE_TOP_Y_M, TABLE_HALF_M),

@@ -334,5 +334,5 @@ def _title(cams, kind: str) -> str:
 def _matrix_title(cams, kind: str, depth_source: str) -> str:
     what = cams.extras.get("pattern") or cams.extras.get("source", "plan")
     frames = f"mean over frames 1-{cams.num_frames - 1}" if cams.num_frames > 1 else "frame 0"
-    surface = "exact depth" if depth_source == "depth_fn" else f"{kind} proxy"
+    surface = "exact scene depth" if depth_source == "depth_fn" else f"{kind} proxy scene"
     return f"{what}, {cams.num_videos} videos: co-visibility\n({frames}, {surface})"
