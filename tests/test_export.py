@@ -708,7 +708,7 @@ def test_tsdf_mesh_of_a_room_lies_on_its_walls_and_passes_the_validator(tmp_path
     mesh = fuse_tsdf(room_views(), voxel_m=0.1, max_triangles=3000)
     assert 1000 < mesh.info["triangles"] <= 3000 and mesh.info["triangles_fused"] > 3000
     d = distance_to_room(mesh.vertices.astype(np.float64))
-    assert np.median(d) < 0.05 and np.percentile(d, 90) < 0.15
+    assert np.median(d) < 0.01 and np.percentile(d, 90) < 0.05
     lo, hi = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)
     np.testing.assert_allclose(lo, ROOM_LO, atol=0.2)  # Y-up, floor at y = 0: no axis change
     np.testing.assert_allclose(hi, ROOM_HI, atol=0.2)

@@ -223,14 +223,14 @@ def fuse_tsdf(
         block_count=50_000,
         device=cpu,
     )
-    half_pixel = np.array([[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]])  # open3d's pixel centres are at integers
     for v in views:
         depth = np.where(np.isfinite(v.depth_m) & (v.depth_m > 0), v.depth_m, 0.0).astype(np.float32)
         depth_t = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(depth), device=cpu))
         color_t = o3d.t.geometry.Image(
             o3c.Tensor(np.ascontiguousarray(v.rgb, np.float32) / 255.0, device=cpu)
         )
-        K = o3c.Tensor(v.K - half_pixel, o3c.float64)
+        # open3d projects u = fx x / z + cx and takes pixel floor(u): pixel centres at +0.5, as ours.
+        K = o3c.Tensor(v.K, o3c.float64)
         cam_from_world = o3c.Tensor(invert_rigid(v.world_from_cam), o3c.float64)
         blocks = grid.compute_unique_block_coordinates(
             depth_t, K, cam_from_world, 1.0, depth_max, trunc_voxel_multiplier=4.0

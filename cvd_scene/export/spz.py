@@ -253,7 +253,9 @@ def encode_spz(packed: PackedSpz) -> bytes:
             packed.flags,
             0,
         )
-        return gzip.compress(header + b"".join(blocks), compresslevel=9, mtime=0)
+        return gzip.compress(
+            header + b"".join(blocks), compresslevel=6, mtime=0
+        )  # zlib default, as the reference
     if not zstd_available():
         raise RuntimeError(
             "SPZ version 4 needs the 'zstandard' package (pip install zstandard); or write version 3"
