@@ -48,6 +48,7 @@ def plot_trajectories(
     """Write a top (x-z, looking down) and a side (z-y) view of every video's camera path, one colour per
     video, with frustums at a few frames, the common first camera, the look-at point and the outline of the
     scene ``layout`` (a :class:`cvd_scene.planning.SceneLayout`), as a PNG."""
+    from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
@@ -101,10 +102,9 @@ def plot_trajectories(
         for v in range(V):
             ax.plot(pos[v, :, a], pos[v, :, b], "-", color=colours[v], linewidth=2.0, label=cams.video_ids[v])
             ax.plot(pos[v, :, a], pos[v, :, b], ".", color=colours[v], markersize=3)
-            for s in frusta[v].reshape(-1, 2, 3):
-                ax.plot(s[:, a], s[:, b], "-", color=colours[v], linewidth=0.8, alpha=0.9)
-        for s in first:
-            ax.plot(s[:, a], s[:, b], "-", color="black", linewidth=1.0)
+            segs = frusta[v].reshape(-1, 2, 3)[..., [a, b]]  # [n * 8, 2, 2] in this view's plane
+            ax.add_collection(LineCollection(segs, colors=[colours[v]], linewidths=0.8, alpha=0.9))
+        ax.add_collection(LineCollection(first[..., [a, b]], colors="black", linewidths=1.0))
         ax.plot(pos[0, 0, a], pos[0, 0, b], "k*", markersize=10, label="first camera")
         if look is not None:
             ax.plot(look[a], look[b], "x", color="red", markersize=9, markeredgewidth=2, label="look-at")

@@ -404,35 +404,48 @@ def test_plan_command_through_the_cli(tmp_path, monkeypatch, capsys):
     assert (cams.num_videos, cams.num_frames, cams.width) == (3, 12, 192)
     for name in ("cameras.json", "covisibility.json", "trajectories.png"):
         assert (run / "plan" / name).is_file()
-    # RealEstate10K files given relative to the current folder are stored absolute and used as given
+    finished = json.loads((run / "run.json").read_text())["stages"]["plan"]["finished"]
+    assert main(["plan", str(run), "--quiet"]) == 0  # same config: skipped
+    assert json.loads((run / "run.json").read_text())["stages"]["plan"]["finished"] == finished
+    assert main(["plan", str(run), "--quiet", "--redo", "plan.num_videos=2"]) == 0
+    assert read_cameras_json(run / "plan" / "cameras.json").num_videos == 2
+    # RealEstate10K files given relative to the current folder are stored absolute and used as given;
+    # KEY=VALUE items after the files are still overrides
     monkeypatch.chdir(RE10K[0].parent)
     run2 = tmp_path / "run2"
-    args = [
-        "plan",
-        str(run2),
-        "--quiet",
-        *fast,
-        "--re10k-scale",
-        "0.5",
-        "--from-re10k",
-        RE10K[0].name,
-        RE10K[1].name,
-    ]
-    assert main(args) == 0
+    names = [RE10K[0].name, RE10K[1].name]
+    assert main(["plan", str(run2), "--quiet", "--re10k-scale", "0.5", "--from-re10k", *names, *fast]) == 0
     config = json.loads((run2 / "run.json").read_text())["config"]["plan"]
     assert config["re10k_files"] == [str(RE10K[0]), str(RE10K[1])] and config["re10k_scale_m"] == 0.5
-    assert config["re10k_reverse"] is False
+    assert config["re10k_reverse"] is False and config["coverage_points"] == 1000
     cams2 = read_cameras_json(run2 / "plan" / "cameras.json")
     assert (cams2.num_videos, cams2.num_frames) == (2, 16) and P.common_start_error(cams2) < 1e-9
-    assert cams2.K[0, 0, 0, 0] == pytest.approx(
-        0.474812461 * 1280 * 192 / 720, rel=1e-6
-    )  # cover-resize to 192
-    # a cameras.json is used as given
-    write_cameras_json(cams2.select(videos=[1]), tmp_path / "mine.json")
+    assert cams2.K[0, 0, 0, 0] == pytest.approx(0.474812461 * 1280 * 192 / 720, rel=1e-6)  # cover-resize
+    run_rev = tmp_path / "run_rev"
     assert (
-        main(["plan", str(tmp_path / "run3"), "--quiet", *fast, "--cameras", str(tmp_path / "mine.json")])
+        main(
+            [
+                "plan",
+                str(run_rev),
+                "--quiet",
+                *fast,
+                "--re10k-scale",
+                "0.5",
+                "--re10k-reverse",
+                "--from-re10k",
+                names[0],
+            ]
+        )
         == 0
     )
+    rev = read_cameras_json(run_rev / "plan" / "cameras.json")
+    fwd = cams2.world_from_cam[0]
+    # reversed: the same path played backwards, relative to its own first (the forward clip's last) pose
+    np.testing.assert_allclose(rev.world_from_cam[0, -1], fwd[0] @ invert_rigid(fwd[-1]) @ fwd[0], atol=1e-6)
+    # a cameras.json is used as given
+    mine = tmp_path / "mine.json"
+    write_cameras_json(cams2.select(videos=[1]), mine)
+    assert main(["plan", str(tmp_path / "run3"), "--quiet", *fast, "--cameras", str(mine)]) == 0
     cams3 = read_cameras_json(tmp_path / "run3" / "plan" / "cameras.json")
     np.testing.assert_allclose(cams3.world_from_cam, cams2.world_from_cam[1:2])
 
@@ -454,3 +467,34 @@ def test_plan_command_errors_name_the_value(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err, (extra, err)
     assert not (tmp_path / "r" / "plan").exists()
+
+
+def test_plan_stage_measures_on_the_reference_scene_when_it_is_there(tmp_path):
+    pytest.importorskip("open3d", reason="the reference renderer casts rays with open3d")
+    pytest.importorskip("cvd_scene.reference")
+    from cvd_scene.config import from_dict
+    from cvd_scene.orchestrate import run_stages
+    from cvd_scene.runconfig import RunConfig
+
+    plan = {
+        "num_videos": 3,
+        "num_frames": 3,
+        "width": 64,
+        "height": 64,
+        "covisibility_width_px": 24,
+        "coverage_points": 1000,
+    }
+    exact = run_stages(
+        tmp_path / "a", from_dict(RunConfig, {"prompt": "a cosy room", "plan": plan}), ["plan"]
+    )
+    assert exact["plan"].summary["depth_source"] == "depth_fn"
+    m = np.asarray(json.loads((tmp_path / "a" / "plan" / "covisibility.json").read_text())["covisibility"])
+    np.testing.assert_array_equal(m[np.arange(3), np.arange(3)], 1.0)
+    # the same plan on the proxy room: a furnished room of 5.2-7.5 m is close to the 6 m proxy box
+    plan["reference_depth"] = False
+    proxy = run_stages(
+        tmp_path / "b", from_dict(RunConfig, {"prompt": "a cosy room", "plan": plan}), ["plan"]
+    )
+    assert proxy["plan"].summary["depth_source"] == "proxy"
+    m2 = np.asarray(json.loads((tmp_path / "b" / "plan" / "covisibility.json").read_text())["covisibility"])
+    assert np.abs(m - m2).mean() < 0.05, np.abs(m - m2).mean()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 from cvd_scene.camera_io import CameraFileError, parse_re10k, read_cameras_json
 from cvd_scene.cli import CliError, Overrides, RunDir, app, run_single_stage
 from cvd_scene.config import parse_overrides
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def plan_overrides(
@@ -18,6 +22,10 @@ def plan_overrides(
 ) -> dict:
     """The config overrides of ``cvd-scene plan``: KEY=VALUE items plus the pose-file options, with every path
     made absolute (the stage runs from the run folder, not from the current directory)."""
+    # --from-re10k takes every following word: KEY=VALUE items that are not files are overrides.
+    trailing = tuple(a for a in from_re10k if _OVERRIDE.match(a) and not Path(a).is_file())
+    from_re10k = tuple(a for a in from_re10k if a not in trailing)
+    overrides = (*overrides, *trailing)
     if from_re10k and cameras:
         raise CliError("give either --from-re10k or --cameras, not both")
     if (re10k_scale is not None or re10k_reverse) and not from_re10k:
@@ -39,13 +47,13 @@ def plan_overrides(
     except (CameraFileError, OSError, UnicodeDecodeError) as e:
         raise CliError(str(e)) from None
     if from_re10k:
-        plan["re10k_files"] = [str(Path(p).resolve()) for p in from_re10k]
+        plan["re10k_files"] = [os.path.abspath(p) for p in from_re10k]
         plan["cameras_file"] = None
         plan["re10k_reverse"] = bool(re10k_reverse)
         if re10k_scale is not None:
             plan["re10k_scale_m"] = float(re10k_scale)
     if cameras:
-        plan["cameras_file"] = str(Path(cameras).resolve())
+        plan["cameras_file"] = os.path.abspath(cameras)
         plan["re10k_files"] = []
     if not plan:
         del ov["plan"]
@@ -69,11 +77,9 @@ def plan_command(
 
     Args:
         run_dir: The run folder (created if missing).
-        overrides: Config overrides as KEY=VALUE, e.g. plan.num_videos=6 plan.pattern=orbit (put them before
-            --from-re10k, which takes every following word as a file).
+        overrides: Config overrides as KEY=VALUE, e.g. plan.num_videos=6 plan.pattern=orbit.
         preset: Run preset: a name in configs/run/ or a path to a YAML file (default: the run folder's own
-        config,
-            else demo).
+            config, else demo).
         from_re10k: RealEstate10K/CameraCtrl pose files, one video each, used as given.
         re10k_scale: Metres per RealEstate10K file unit.
         re10k_reverse: Play the RealEstate10K trajectories backwards.
