@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +53,10 @@ class ExportOptions:
     spz_versions: tuple[int, ...] = (3, 4)
     mesh_max_triangles: int = 200_000
     mesh_voxel_m: float | None = None
-    mesh_render_size_px: int = 256
+    mesh_render_size_px: int = 192
+    device: str = "auto"
     mesh_min_weight: float = 1.0
     point_cloud_max_points: int = 500_000
-    extra: dict = field(default_factory=dict)
 
 
 def parse_formats(formats: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -199,7 +199,7 @@ def _write_mesh(g: Gaussians, views: list | None, path: Path, options: ExportOpt
         log.info(
             "rendering %d depth views of %d splats for the mesh", cams.num_videos * cams.num_frames, len(g)
         )
-        views = render_views_from_gaussians(g, cams)
+        views = render_views_from_gaussians(g, cams, device=options.device)
         source = f"rendered from the splats ({len(views)} views, two rings inside the splat bounds)"
     mesh = fuse_tsdf(views, options.mesh_voxel_m, options.mesh_max_triangles, options.mesh_min_weight)
     write_mesh_glb(mesh, path)

@@ -29,8 +29,10 @@ class ExportConfig:
     """TSDF voxel size in metres; None: 1/384 of the scene's largest extent (at least 2 mm)."""
     mesh_min_views: float = 1.0
     """Surface voxels seen by fewer views than this are left out of the mesh (TSDF weight threshold)."""
-    mesh_render_size_px: int = 256
+    mesh_render_size_px: int = 192
     """Size of the depth views rendered from the splats for the mesh when the fit left no views."""
+    device: str = "auto"
+    """Device that renders those views: ``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     camera_path_fps: float = 30.0
     """Frame rate of ``camera_path.json``."""
     camera_path_transition_s: float = 1.0
@@ -59,6 +61,7 @@ def export_options(config: ExportConfig):
         mesh_max_triangles=config.mesh_max_triangles,
         mesh_voxel_m=config.mesh_voxel_m,
         mesh_render_size_px=config.mesh_render_size_px,
+        device=config.device,
         mesh_min_weight=config.mesh_min_views,
         point_cloud_max_points=config.point_cloud_max_points,
     )
