@@ -307,8 +307,8 @@ class CVDModel:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CVDModel:
         for module in self._weight_modules().values():
-            current = next(module.parameters()).dtype
-            module.to(device=device, dtype=dtype if dtype not in (None, current) else None)
+            # nn.Module.to directly: diffusers' override warns whenever a dtype argument is present at all.
+            nn.Module.to(module, device=device, dtype=dtype)
         return self
 
     def eval(self) -> CVDModel:
@@ -373,7 +373,7 @@ def _build_empty(config: CVDModelConfig, dtype: torch.dtype) -> dict[str, nn.Mod
         parts = _build_components(config)
     if dtype != torch.float32:
         for m in parts.values():
-            m.to(dtype=dtype)
+            nn.Module.to(m, dtype=dtype)
     return parts
 
 
