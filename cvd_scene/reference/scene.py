@@ -267,8 +267,8 @@ def _words(prompt: str) -> list[str]:
     return re.findall(r"[a-z0-9\-]+", prompt.lower())
 
 
-def scene_kind_from_prompt(prompt: str) -> str:
-    """The scene kind a prompt's words name: ``room``, ``courtyard`` or ``table`` (``room`` when none does).
+def scene_kind_from_prompt(prompt: str, default: str = "room") -> str:
+    """The scene kind a prompt's words name: ``room``, ``courtyard`` or ``table`` (``default`` when none does).
 
     Room and courtyard words win over table words ("a room with a table" is a room); among them the kind with
     more matching words wins, ties to the one named first.
@@ -284,7 +284,9 @@ def scene_kind_from_prompt(prompt: str) -> str:
         return max(place, key=lambda k: (len(hits[k]), -min(hits[k])))
     if hits["table"] or "table" in words or "tables" in words:
         return "table"
-    return "room"
+    if default not in KINDS:
+        raise ValueError(f"default kind must be one of {', '.join(KINDS)}, got {default!r}")
+    return default
 
 
 @dataclass
@@ -627,7 +629,7 @@ def _painting(b: _Builder, slots, height: float) -> bool:
             continue
         b.pictures.append((name, s, w))
         y = b.rng.uniform(1.2, min(2.0, height - h / 2 - 0.15))
-        origin = p + along * (s - w / 2) + inward * 0.02 + np.array([0.0, y - h / 2, 0.0])
+        origin = p + along * (s - w / 2) + inward * 0.025 + np.array([0.0, y - h / 2, 0.0])
         q = shapes.quad(origin, along * w, np.array([0.0, h, 0.0]))
         b.add("painting", q, "painting", density=b.density * 1.5, canvas_w_m=w, canvas_h_m=h)
         return True
@@ -656,8 +658,9 @@ _ROOM_FURNITURE = {"sofa": _sofa, "bed": _bed, "shelf": _shelf, "cabinet": _cabi
 
 def _build_room(b: _Builder, words: PromptWords) -> dict:
     rng = b.rng
-    W, D = rng.uniform(5.2, 7.5), rng.uniform(5.2, 7.5)
-    ox, oz = rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3)
+    # Walls 2.7-3.8 m from the origin (the planner's proxy room has walls at +-3 m).
+    W, D = 2 * rng.uniform(2.9, 3.6), 2 * rng.uniform(2.9, 3.6)
+    ox, oz = rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2)
     x0, x1, z0, z1 = ox - W / 2, ox + W / 2, oz - D / 2, oz + D / 2
     height = rng.uniform(2.6, 2.8)
     _room_shell(b, x0, x1, z0, z1, height, b.density)
@@ -665,7 +668,8 @@ def _build_room(b: _Builder, words: PromptWords) -> dict:
     # Leave a doorway-free band: a door on one wall.
     name, p, along, inward, length = slots[int(rng.integers(4))]
     s = rng.uniform(0.8, length - 0.8)
-    door_c = p + along * s + inward * 0.02
+    door_c = p + along * s + inward * 0.015
+    b.pictures.append((name, s, 1.0))  # pictures keep clear of the door
     b.add("door", shapes.quad(door_c - along * 0.45, along * 0.9, np.array([0.0, 2.05, 0.0])), "planks",
           base=_wood(b, "door"))
     b.footprints.append(tuple(np.r_[np.minimum(door_c - along * 0.6, door_c + along * 0.6)[[0, 2]] - 0.5,
@@ -731,7 +735,7 @@ def _tree(b: _Builder, x: float, z: float) -> None:
     for k in range(int(rng.integers(1, 4))):
         cr = rng.uniform(0.8, 1.5)
         c = (x + rng.uniform(-0.5, 0.5), th + cr * 0.7 + k * 0.4, z + rng.uniform(-0.5, 0.5))
-        b.add("tree", shapes.ellipsoid((cr, cr * rng.uniform(0.8, 1.2), cr), c), "leaves",
+        b.add("tree", shapes.ellipsoid((cr, cr * rng.uniform(0.8, 1.2), cr), c), "leaves", density=b.density * 0.8,
               base=b.colour((0.22, 0.5, 0.2), "tree", tint_weight=0.2))
 
 
@@ -969,7 +973,7 @@ def _add_moving(b: _Builder, n: int, area) -> list[str]:
 # ---------------------------------------------------------------------------------------------- entry
 
 
-DEFAULT_TEXELS_PER_M = {"room": 110.0, "courtyard": 60.0, "table": 110.0}
+DEFAULT_TEXELS_PER_M = {"room": 90.0, "courtyard": 50.0, "table": 90.0}
 """Base texture resolution of each kind (objects use multiples of it)."""
 
 

@@ -29,28 +29,33 @@ class ValueNoise:
 
     def __init__(self, rng: np.random.Generator):
         self.table = rng.random((_LATTICE, _LATTICE), dtype=np.float32)  # [L, L]
+        self.flat = self.table.ravel()
         self.offset = rng.uniform(0, _LATTICE, size=2)
         self.angle = rng.uniform(0, np.pi)
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Noise in [0, 1] at lattice coordinates ``x``, ``y`` (same shape; one lattice cell = one unit)."""
-        c, s = np.cos(self.angle), np.sin(self.angle)
-        xr = c * x - s * y + self.offset[0]
-        yr = s * x + c * y + self.offset[1]
+        c, s = np.float32(np.cos(self.angle)), np.float32(np.sin(self.angle))
+        x = np.asarray(x, np.float32)
+        y = np.asarray(y, np.float32)
+        xr = c * x - s * y + np.float32(self.offset[0])
+        yr = s * x + c * y + np.float32(self.offset[1])
         x0 = np.floor(xr)
         y0 = np.floor(yr)
-        fx = (xr - x0).astype(np.float32)
-        fy = (yr - y0).astype(np.float32)
+        fx = xr - x0
+        fy = yr - y0
         fx = fx * fx * (3 - 2 * fx)
         fy = fy * fy * (3 - 2 * fy)
         m = _LATTICE - 1
-        xi = x0.astype(np.int64) & m
-        yi = y0.astype(np.int64) & m
+        xi = x0.astype(np.int32) & m
+        yi = (y0.astype(np.int32) & m) * _LATTICE
         xj = (xi + 1) & m
-        yj = (yi + 1) & m
-        t = self.table
-        top = t[yi, xi] + fx * (t[yi, xj] - t[yi, xi])
-        bottom = t[yj, xi] + fx * (t[yj, xj] - t[yj, xi])
+        yj = (yi + _LATTICE) & (m * _LATTICE + m)
+        t = self.flat
+        a = t.take(yi + xi)
+        top = a + fx * (t.take(yi + xj) - a)
+        b = t.take(yj + xi)
+        bottom = b + fx * (t.take(yj + xj) - b)
         return top + fy * (bottom - top)
 
     def fbm(self, x: np.ndarray, y: np.ndarray, octaves: int = 3, gain: float = 0.5) -> np.ndarray:
