@@ -256,8 +256,7 @@ def trajectory_params(layout: SceneLayout, pattern: str, **overrides) -> Traject
     check_params(params)
     if params.released_offset_m is None:
         # The release's ratio (offset 0.5 for a look-at 1 unit ahead), kept above the floor: a video's last
-        # camera
-        # may sit the offset straight below the start.
+        # camera may sit the offset straight below the start.
         look_m = float(np.linalg.norm(np.subtract(params.look_at_m, params.start_m)))
         params = replace(params, released_offset_m=min(0.5 * look_m, 0.8 * max(params.start_m[1], 0.1)))
     return params
@@ -367,7 +366,8 @@ def _rotation_to_axis_angle(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if np.any(near_pi):
         S = (R[near_pi] + np.eye(3)) / 2.0  # [n, 3, 3]
         col = np.argmax(np.diagonal(S, axis1=-2, axis2=-1), axis=-1)
-        a = S[np.arange(S.shape[0]), :, col]
+        a = S[np.arange(S.shape[0]), :, col]  # [n, 3] the axis up to sign
+        a *= np.where(np.sum(a * w[near_pi], axis=-1) < 0, -1.0, 1.0)[:, None]  # the sign of the tiny w
         axis[near_pi] = a
         norm = np.linalg.norm(axis, axis=-1)
     small = norm < 1e-12
