@@ -169,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module(f"cvd_scene.commands.{mod}")
     try:
         app.cli(prog="cvd-scene", args=argv)
-    except (ConfigError, RunFolderError, StageRefused, CliError, FileNotFoundError) as e:
+    except (ConfigError, RunFolderError, StageRefused, CliError, FileNotFoundError, ValueError) as e:
+        # Bad input (a config, a file, an argument) is one line; --verbose shows where it came from.
+        if logging.getLogger("cvd_scene").isEnabledFor(logging.DEBUG):
+            logging.getLogger("cvd_scene").exception("details")
         print(f"cvd-scene: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -179,4 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module so that command modules register on the same ``app``.
+    from cvd_scene.cli import main as _main
+
+    sys.exit(_main())
