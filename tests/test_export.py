@@ -669,6 +669,40 @@ def test_camera_path_in_a_nerfstudio_model_frame():
     np.testing.assert_allclose(path.camera_to_worlds[0, :, 3].numpy(), want_t, atol=1e-6)
 
 
+def test_viewer_settings_make_a_web_page_with_splat_transform(tmp_path):
+    """splat-transform validates the SuperSplat settings and writes a self-contained viewer page playing them."""
+    from cvd_scene.camera_io import write_json
+    from cvd_scene.export.camera_path import supersplat_viewer_settings
+
+    splat_transform()
+    settings = supersplat_viewer_settings(look_around_cameras(num_videos=2, num_frames=4), fps=10.0)
+    track = settings["animTracks"][0]
+    assert len(track["keyframes"]["times"]) * 3 == len(track["keyframes"]["values"]["position"])
+    write_json(tmp_path / "viewer_settings.json", settings)
+    src = write_ply(random_gaussians(30, 0), tmp_path / "scene.ply")
+    html = tmp_path / "scene.html"
+    args = [
+        "-g",
+        "cpu",
+        str(src),
+        "-r",
+        "0,0,180",
+        "--viewer-settings",
+        str(tmp_path / "viewer_settings.json"),
+    ]
+    run_splat_transform(*args, str(html))
+    assert "planned flythrough" in html.read_text(errors="replace")
+    settings["tonemapping"] = "sepia"  # the same call refuses invalid settings: the check above is real
+    write_json(tmp_path / "viewer_settings.json", settings)
+    out = subprocess.run(
+        [str(splat_transform()), "-q", *args, str(tmp_path / "bad.html")],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0 and "tonemapping" in out.stdout + out.stderr
+
+
 # ----------------------------------------------------------------------------------- mesh and points
 
 

@@ -173,3 +173,59 @@ def camera_path_json(
             "world_camera_to_world_opengl": [opencv_to_opengl(m).reshape(-1).tolist() for m in c2w],
         },
     }
+
+
+def supersplat_viewer_settings(
+    cameras: Cameras, fps: float = 30.0, transition_s: float = 1.0, max_keyframes: int = 1000
+) -> dict:
+    """The flythrough as SuperSplat viewer settings (version 2): one ``animTrack`` of position / target / FOV
+    keyframes that the viewer plays at start, in the run's world frame.
+
+    The PlayCanvas tools read a PLY as y-down (they turn it 180 degrees about z); load ``scene.ply`` turned back so
+    the viewer's frame is the run's world: ``splat-transform scene.ply -r 0,0,180 --viewer-settings
+    viewer_settings.json scene.html`` writes a self-contained web page that plays this path.
+    """
+    c2w, fov = flythrough(cameras, fps, transition_s)
+    step = max(1, math.ceil(len(c2w) / max_keyframes))
+    idx = np.arange(0, len(c2w), step)
+    if idx[-1] != len(c2w) - 1:
+        idx = np.append(idx, len(c2w) - 1)
+    positions = c2w[idx, :3, 3]  # [K, 3]
+    targets = positions + c2w[idx, :3, 2]  # one metre along the optical axis (OpenCV +z)
+    fovs = np.clip(fov[idx], 10.0, 120.0)
+    duration = max((len(c2w) - 1) / fps, 0.1)
+    initial = {"position": positions[0].tolist(), "target": targets[0].tolist(), "fov": float(fovs[0])}
+    return {
+        "version": 2,
+        "tonemapping": "none",
+        "highPrecisionRendering": False,
+        "background": {"color": [0, 0, 0]},
+        "postEffectSettings": {
+            "sharpness": {"enabled": False, "amount": 0},
+            "bloom": {"enabled": False, "intensity": 0.1, "blurLevel": 2},
+            "grading": {"enabled": False, "brightness": 1, "contrast": 1, "saturation": 1, "tint": [1, 1, 1]},
+            "vignette": {"enabled": False, "intensity": 0.5, "inner": 0.3, "outer": 0.75, "curvature": 1},
+            "fringing": {"enabled": False, "intensity": 0.5},
+        },
+        "animTracks": [
+            {
+                "name": "planned flythrough",
+                "duration": float(duration),
+                "frameRate": float(fps),
+                "loopMode": "repeat",
+                "interpolation": "spline",
+                "smoothness": 1.0,
+                "keyframes": {
+                    "times": [float(i) for i in idx],  # frame numbers at frameRate
+                    "values": {
+                        "position": positions.reshape(-1).tolist(),
+                        "target": targets.reshape(-1).tolist(),
+                        "fov": fovs.tolist(),
+                    },
+                },
+            }
+        ],
+        "cameras": [{"initial": initial}],
+        "annotations": [],
+        "startMode": "animTrack",
+    }

@@ -38,6 +38,7 @@ FILE_NAMES = {
     "mesh": "mesh.glb",
     "points": "points.ply",
     "camera_path": "camera_path.json",
+    "viewer_settings": "viewer_settings.json",
     "report": "report.json",
 }
 """File written for each output, inside the export folder."""
@@ -87,7 +88,7 @@ def planned_files(options: ExportOptions, has_gaussians: bool, with_camera_path:
     if not has_gaussians:
         names.append(FILE_NAMES["points"])
     if with_camera_path:
-        names.append(FILE_NAMES["camera_path"])
+        names += [FILE_NAMES["camera_path"], FILE_NAMES["viewer_settings"]]
     return [*names, FILE_NAMES["report"]]
 
 
@@ -253,9 +254,14 @@ def write_camera_path(
     ns_transform: Path | None = None,
 ) -> None:  # fmt: skip
     """Write ``camera_path.json`` for ``cameras`` (in the nerfstudio model frame when ``ns_transform`` names a
-    ``dataparser_transforms.json``) and record it in ``report``."""
+    ``dataparser_transforms.json``) and the same flythrough as SuperSplat viewer settings
+    (``viewer_settings.json``, run's world frame); record both in ``report``."""
     from cvd_scene.camera_io import read_json, write_json
-    from cvd_scene.export.camera_path import camera_path_json, nerfstudio_from_world
+    from cvd_scene.export.camera_path import (
+        camera_path_json,
+        nerfstudio_from_world,
+        supersplat_viewer_settings,
+    )
 
     M, frame = None, "world"
     if ns_transform is not None:
@@ -267,6 +273,12 @@ def write_camera_path(
     doc = camera_path_json(cameras, fps=fps, transition_s=transition_s, ns_from_world=M, frame_name=frame)
     write_json(path, doc)
     report["files"]["camera_path"] = _file_entry(path, "nerfstudio camera path", time.perf_counter() - t)
+    t = time.perf_counter()
+    settings = Path(out_dir) / FILE_NAMES["viewer_settings"]
+    write_json(settings, supersplat_viewer_settings(cameras, fps=fps, transition_s=transition_s))
+    report["files"]["viewer_settings"] = _file_entry(
+        settings, "SuperSplat viewer settings (flythrough)", time.perf_counter() - t
+    )
     report["camera_path"] = {
         "frames": len(doc["camera_path"]),
         "seconds": doc["seconds"],
