@@ -476,6 +476,14 @@ def test_splat_transform_reads_our_files(tmp_path, fmt):
         np.testing.assert_allclose(theirs.sh_rest, ours.sh_rest, atol=1e-5)
 
 
+def test_ply_reader_names_compressed_plys(tmp_path):
+    """A PlayCanvas compressed PLY (chunked, quantised) is refused with a hint, not misread."""
+    src = write_ply(random_gaussians(300, 0), tmp_path / "s.ply")
+    run_splat_transform(str(src), str(tmp_path / "s.compressed.ply"))
+    with pytest.raises(PlyFormatError, match="compressed splat PLY"):
+        read_ply(tmp_path / "s.compressed.ply")
+
+
 @pytest.mark.parametrize("version", [3, 4])
 def test_our_spz_bytes_match_the_reference_encoder(tmp_path, version):
     """splat-transform writes SPZ with Niantic's own encoder (WASM build, no axis conversion): same bytes."""

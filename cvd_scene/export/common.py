@@ -1,4 +1,7 @@
-"""Small numeric helpers shared by the export formats (activations, quaternions, atomic writes). Pure numpy."""
+"""Small numeric helpers shared by the export formats (activations, quaternions, atomic writes).
+
+Pure numpy; must not import torch.
+"""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ trimesh, in the run's Y-up metric world (glTF's frame: no conversion). Views use
 also open3d's, so extrinsics are ``cam_from_world`` as they are.
 
 numpy, open3d and trimesh (imported inside the functions); torch only in :func:`render_views_from_gaussians`.
+Must not import nerfstudio.
 """
 
 from __future__ import annotations

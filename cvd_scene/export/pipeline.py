@@ -7,6 +7,7 @@ fit): the mesh GLB and a coloured point cloud. Each run writes ``report.json``: 
 bounding box, mesh statistics, timings.
 
 Pure functions over arrays and paths; heavy libraries (open3d, trimesh, torch) only inside the mesh functions.
+Must not import nerfstudio.
 """
 
 from __future__ import annotations

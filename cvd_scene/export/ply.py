@@ -115,12 +115,9 @@ def read_ply(path: str | os.PathLike) -> Gaussians:
     except (PlyHeaderParseError, PlyElementParseError, UnicodeDecodeError, ValueError) as e:
         raise PlyFormatError(f"{path} is not a readable PLY file ({e})") from None
     names = [el.name for el in ply.elements]
+    compressed = "chunk" in names
+    hint = " (a compressed splat PLY: decompress it first, e.g. with splat-transform)" if compressed else ""
     if "vertex" not in names:
-        hint = (
-            " (a compressed splat PLY: decompress it first, e.g. with splat-transform)"
-            if "chunk" in names
-            else ""
-        )
         raise PlyFormatError(
             f"{path} has no 'vertex' element (elements: {names}){hint}; it is not a 3DGS PLY"
         )
@@ -129,7 +126,7 @@ def read_ply(path: str | os.PathLike) -> Gaussians:
     missing = [p for p in REQUIRED_PROPERTIES if p not in props]
     if missing:
         raise PlyFormatError(
-            f"{path} is not a 3DGS PLY: its vertex element lacks {', '.join(missing)} "
+            f"{path} is not a 3DGS PLY{hint}: its vertex element lacks {', '.join(missing)} "
             f"(it has {', '.join(sorted(props)) or 'no properties'})"
         )
     rest_idx = sorted(int(m.group(1)) for p in props if (m := _F_REST.match(p)))
