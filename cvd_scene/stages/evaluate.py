@@ -1,8 +1,17 @@
-"""Stage ``evaluate``: the CVD paper's geometric-consistency protocol (SIFT instead of SuperGlue)."""
+"""Stage ``evaluate``: the CVD paper's geometric-consistency protocol (SIFT instead of SuperGlue).
+
+Reads ``generate/frames`` and the plan, writes ``evaluate/consistency.json`` (and ``consistency.md``, the table next
+to the paper's numbers, which is also logged). Import-light: numpy and pycolmap are imported inside
+:func:`run_evaluate`.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -11,3 +20,53 @@ class EvaluateConfig:
 
     epipolar_threshold: float = 5e-4
     """A match is correct when its epipolar error (normalised image coordinates) is below this."""
+    max_num_features: int = 4096
+    """SIFT features per frame."""
+    match_max_ratio: float = 0.8
+    """Lowe ratio test of the SIFT matcher (matches are also mutual nearest neighbours)."""
+    ransac_max_error_px: float = 1.0
+    """RANSAC inlier threshold of the essential matrix, pixels."""
+    min_baseline_fraction: float = 1e-3
+    """Pairs whose planned baseline is below this fraction of the plan's extent are skipped (no translation)."""
+    covisibility_min: float = 0.05
+    """Cross-video pairs whose planned co-visibility (either direction) is below this are skipped."""
+
+
+def run_evaluate(config, run_dir: Path, out_dir: Path):
+    """Score ``run_dir/generate/frames`` against ``run_dir/plan`` into ``out_dir`` (becomes ``run_dir/evaluate``);
+    ``config`` is the whole :class:`cvd_scene.runconfig.RunConfig`. Returns a ``StageResult``."""
+    from cvd_scene.camera_io import read_cameras_json, write_json
+    from cvd_scene.consistency import evaluate_consistency, format_table, read_run_frames
+    from cvd_scene.registration import read_covisibility
+    from cvd_scene.runfolder import StageResult
+
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir)
+    plan = read_cameras_json(run_dir / "plan" / "cameras.json")
+    covisibility = read_covisibility(run_dir / "plan" / "covisibility.json", plan)
+    frames = read_run_frames(run_dir / "generate" / "frames", plan)  # [V, F, H, W, 3]
+    result = evaluate_consistency(frames, plan, covisibility, config.evaluate, seed=config.seed)
+    write_json(out_dir / "consistency.json", result)
+    table = format_table(result)
+    (out_dir / "consistency.md").write_text(table + "\n")
+    log.info("geometric consistency (SIFT, the CVD paper's protocol):\n%s", table)
+    summary = {}
+    for key in ("cross_video", "within_video"):
+        g = result[key]
+        summary[f"{key}_rot_auc_5"] = g["rot_auc"][0]
+        summary[f"{key}_trans_auc_5"] = g["trans_auc"][0]
+        summary[f"{key}_precision"] = g["precision"]
+        summary[f"{key}_pairs"] = g["pairs_scored"]
+    scored = sum(result[k]["pairs_scored"] for k in ("cross_video", "within_video"))
+    if scored == 0:
+        return StageResult(
+            status="partial",
+            summary=summary,
+            message="no frame pair could be scored (every pair has zero baseline or no co-visibility)",
+        )
+    g = result["cross_video"] if result["cross_video"]["pairs_scored"] else result["within_video"]
+    which = "across videos" if g is result["cross_video"] else "within videos"
+    return StageResult(
+        summary=summary,
+        message=f"rotation AUC@5 {g['rot_auc'][0]:.1f} {which} ({g['pairs_scored']} pairs); table in evaluate/consistency.md",
+    )

@@ -1,9 +1,19 @@
-"""Stage ``register``: COLMAP registration of all frames (pycolmap), sparse points and pose errors vs the plan."""
+"""Stage ``register``: COLMAP registration of all frames (pycolmap), sparse points and pose errors vs the plan.
+
+Writes ``register/sparse/`` (COLMAP model, world frame, metres), ``register/transforms.json`` (registered frames
+only), ``register/sparse_pc.ply`` and ``register/report.json``. A registration that fails is a ``failed`` stage
+whose message says which videos and why (later stages refuse to run with that message). Import-light: numpy and
+pycolmap are imported inside :func:`run_register`.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -17,3 +27,88 @@ class RegisterConfig:
     """SIFT features per image."""
     covisibility_min: float = 0.2
     """Also match frame pairs whose planned co-visibility is at least this."""
+    pairing: Literal["structured", "exhaustive"] = "structured"
+    """``structured``: pairs from the plan's structure (neighbours within a video, the same frame index across
+    videos, co-visible pairs); ``exhaustive``: every pair (slow; the baseline)."""
+    sequential_overlap: int = 3
+    """Match every frame with the next this many frames of its video."""
+    loop_gaps: bool = True
+    """Also match frames 4, 8, 16, ... apart within a video."""
+    cross_neighbours: int = 1
+    """Across co-visible videos, also match frame k with frames k +- 1 .. this many of the other video."""
+    overlap_top_k: int = 4
+    """Also match every frame with this many frames of other videos whose planned views overlap it most (at least
+    ``covisibility_min``), whatever their index: videos that pass the same place at different times."""
+    min_num_inliers: int = 15
+    """Verified matches a frame pair needs (geometric verification)."""
+    min_observations: int = 15
+    """Triangulated keypoints a frame needs to count as registered."""
+    min_features_per_frame: int = 30
+    """Below this many SIFT features per frame on average a video is reported as blank or featureless."""
+    min_registered_fraction: float = 0.5
+    """Below this share of registered frames the stage fails (and later stages refuse to run)."""
+    refine_poses: bool = True
+    """known-poses: let bundle adjustment move the planned poses (the report says how far they moved)."""
+    position_prior_fraction: float = 0.02
+    """known-poses: standard deviation of the Gaussian prior keeping each camera centre near its planned place during
+    bundle adjustment, as a fraction of the plan's extent (0: no prior; a similarity alignment follows anyway)."""
+    free_mapper: Literal["auto", "incremental", "global"] = "auto"
+    """free: ``incremental`` (COLMAP's incremental mapper), ``global`` (GLOMAP-style global mapper) or ``auto``:
+    incremental, then global when frames are left out, keeping the model that registers more frames (ties: the
+    incremental one). Rotation-dominant plans (look-around) leave little parallax, where global mapping copes better."""
+    init_min_num_inliers: int = 100
+    """free: inliers the mapper's initial pair needs (COLMAP relaxes it when no pair qualifies)."""
+    init_min_tri_angle_deg: float = 16.0
+    """free: triangulation angle the mapper's initial pair needs, degrees (relaxed likewise)."""
+    min_tri_angle_deg: float = 1.5
+    """free: smallest triangulation angle of a 3D point of the incremental mapper, degrees."""
+    min_baseline_fraction: float = 1e-3
+    """Frame pairs whose planned baseline is below this fraction of the plan's extent have no translation direction
+    and are left out of the translation-direction error."""
+    keep_database: bool = False
+    """Keep the COLMAP database (``register/colmap/database.db``, several MB) for inspection."""
+    text_model: bool = False
+    """Also write the COLMAP model as text (``register/sparse_text/``)."""
+
+
+def run_register(config, run_dir: Path, out_dir: Path):
+    """Register ``run_dir/generate/frames`` against ``run_dir/plan`` into ``out_dir`` (becomes ``run_dir/register``);
+    ``config`` is the whole :class:`cvd_scene.runconfig.RunConfig`. Returns a ``StageResult``."""
+    from cvd_scene.camera_io import read_cameras_json, write_json, write_transforms_json
+    from cvd_scene.registration import read_covisibility, register_frames, write_points_ply
+    from cvd_scene.runfolder import StageResult
+
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir)
+    cfg: RegisterConfig = config.register
+    plan = read_cameras_json(run_dir / "plan" / "cameras.json")
+    covisibility = read_covisibility(run_dir / "plan" / "covisibility.json", plan)
+    if covisibility is None:
+        log.info("register: no usable plan/covisibility.json; matching every same-index pair across videos")
+    reg = register_frames(run_dir / "generate" / "frames", plan, out_dir / "colmap", cfg, covisibility, seed=config.seed)
+    if reg.model is not None:
+        reg.model.write(out_dir / "sparse")
+        if cfg.text_model:
+            reg.model.write(out_dir / "sparse_text", text=True)
+    write_points_ply(out_dir / "sparse_pc.ply", reg.points_xyz, reg.points_rgb)
+    if reg.registered.any():
+        write_transforms_json(
+            reg.cameras,
+            out_dir / "transforms.json",
+            "../generate/frames",
+            extra={"ply_file_path": "sparse_pc.ply"},
+            mask=reg.registered,
+        )
+    write_json(out_dir / "report.json", reg.report)
+    rep = reg.report
+    summary = {
+        "mode": cfg.mode,
+        "registered": rep["registered"],
+        "total": rep["total"],
+        "points": rep["num_points"],
+        "rotation_error_deg_median": rep["rotation_error_deg_median"],
+        "position_error_m_median": rep["position_error_m_median"],
+        "translation_direction_error_deg_median": rep["translation_direction_error_deg_median"],
+        "reprojection_error_px": rep["reprojection_error_px"],
+    }
+    return StageResult(status=reg.status, summary=summary, message=reg.message)

@@ -1,0 +1,570 @@
+"""Registration of a run's frames with COLMAP, compared with the plan.
+
+Steps: SIFT features of every frame; matching of the frame pairs the plan's structure suggests (neighbours within
+a video plus a few further frames, the same frame index across videos, co-visible pairs) instead of all pairs;
+then either triangulation with the planned cameras and a bundle adjustment that may move them (``known-poses``)
+or incremental mapping (``free``); a robust similarity alignment to the plan, so registered poses are in the run's
+world frame and metres; pose errors against the plan; and a diagnosis of every frame that did not register.
+Failures (blank frames, no matches, no initial pair) are outcomes with a status and a reason, never exceptions.
+
+Cameras follow the project convention (``world_from_cam``, OpenCV axes). pycolmap is reached only through
+:mod:`cvd_scene.colmap`. Must not import torch or nerfstudio.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from cvd_scene import colmap
+from cvd_scene.camera_io import frame_file_path, read_json
+from cvd_scene.cameras import Cameras, rotation_angle_deg
+from cvd_scene.overlap import frame_overlap
+from cvd_scene.pose_metrics import AUC_THRESHOLDS_DEG, Sim3, align_poses, error_stats, relative_pose
+from cvd_scene.pose_metrics import translation_direction_error_deg as _tdir_err
+from cvd_scene.stages.register import RegisterConfig
+
+log = logging.getLogger(__name__)
+
+FrameId = tuple[int, int]
+"""(video index, frame index)."""
+
+
+@dataclass
+class Registration:
+    """The outcome of registering the frames of a plan."""
+
+    status: Literal["finished", "partial", "failed"]
+    """``finished``: every frame registered; ``partial``: usable, some frames or videos missing; ``failed``."""
+    message: str
+    """One line: what happened, or why it failed."""
+    cameras: Cameras
+    """Registered cameras in the run's world frame and metres (NaN poses where not registered; plan intrinsics)."""
+    registered: np.ndarray
+    """[V, F] bool: frames with a registered pose."""
+    model: colmap.Model | None
+    """The COLMAP model in the world frame (None when nothing registered)."""
+    points_xyz: np.ndarray
+    """[P, 3] sparse points, world frame, metres."""
+    points_rgb: np.ndarray
+    """[P, 3] uint8 point colours."""
+    report: dict = field(default_factory=dict)
+    """Everything measured (written as ``register/report.json``)."""
+
+
+# ---------------------------------------------------------------------------------------- pairs
+
+
+def select_pairs(
+    num_videos: int,
+    num_frames: int,
+    covisibility: np.ndarray | None = None,
+    overlap: np.ndarray | None = None,
+    sequential_overlap: int = 3,
+    loop_gaps: bool = True,
+    cross_neighbours: int = 1,
+    covisibility_min: float = 0.2,
+    overlap_top_k: int = 4,
+) -> list[tuple[FrameId, FrameId]]:
+    """Frame pairs worth matching, from the plan's structure (sorted, no duplicates).
+
+    Within a video: each frame with the next ``sequential_overlap`` frames, and (``loop_gaps``) with frames 4, 8,
+    16, ... further. Across videos: frame k of two videos when they are co-visible at k (``covisibility`` [V, V, F],
+    either direction at least ``covisibility_min``; every k when None), together with frames k +- 1 ..
+    ``cross_neighbours`` of the other video. With ``overlap`` [V*F, V*F] (:func:`cvd_scene.overlap.frame_overlap`):
+    also each frame with the ``overlap_top_k`` frames of other videos that overlap it most (the smaller of the two
+    directions, at least ``covisibility_min``) -- videos that see one place at different times.
+    """
+    V, F = int(num_videos), int(num_frames)
+    if V < 1 or F < 1:
+        raise ValueError(f"need at least one video and one frame, got {num_videos=} {num_frames=}")
+    if covisibility is not None:
+        covisibility = np.asarray(covisibility, np.float64)
+        if covisibility.shape != (V, V, F):
+            raise ValueError(f"covisibility must be [V, V, F] = [{V}, {V}, {F}], got {covisibility.shape}")
+    gaps = set(range(1, max(int(sequential_overlap), 0) + 1))
+    if loop_gaps:
+        g = 4
+        while g < F:
+            gaps.add(g)
+            g *= 2
+    pairs: set[tuple[FrameId, FrameId]] = set()
+    for v in range(V):
+        for f in range(F):
+            for g in gaps:
+                if f + g < F:
+                    pairs.add(((v, f), (v, f + g)))
+    for i in range(V):
+        for j in range(i + 1, V):
+            for k in range(F):
+                if covisibility is not None and max(covisibility[i, j, k], covisibility[j, i, k]) < covisibility_min:
+                    continue
+                for d in range(-int(cross_neighbours), int(cross_neighbours) + 1):
+                    if 0 <= k + d < F:
+                        pairs.add(((i, k), (j, k + d)))
+                        if d != 0:
+                            pairs.add(((i, k + d), (j, k)))
+    if overlap is not None and overlap_top_k > 0 and V > 1:
+        overlap = np.asarray(overlap, np.float64)
+        if overlap.shape != (V * F, V * F):
+            raise ValueError(f"overlap must be [V*F, V*F] = [{V * F}, {V * F}], got {overlap.shape}")
+        mutual = np.minimum(overlap, overlap.T)  # [N, N]
+        video = np.repeat(np.arange(V), F)
+        mutual[video[:, None] == video[None, :]] = -1.0  # other videos only
+        for a in range(V * F):
+            best = np.argsort(-mutual[a], kind="stable")[:overlap_top_k]
+            for b in best:
+                if mutual[a, b] >= covisibility_min:
+                    fa, fb = divmod(a, F), divmod(int(b), F)
+                    pairs.add((fa, fb) if fa < fb else (fb, fa))
+    return sorted(pairs)
+
+
+def read_covisibility(path: Path, cams: Cameras) -> np.ndarray | None:
+    """``plan/covisibility.json`` as [V, V, F] in the plan's video order, or None when absent or not matching."""
+    if not path.is_file():
+        return None
+    doc = read_json(path)
+    try:
+        ids = [str(v) for v in doc["videos"]]
+        cov = np.asarray(doc["covisibility"], np.float64)
+    except (KeyError, TypeError, ValueError) as e:
+        log.warning("%s is not readable (%s); matching every same-index pair across videos", path, e)
+        return None
+    V, F = cams.num_videos, cams.num_frames
+    if sorted(ids) != sorted(cams.video_ids) or cov.shape != (V, V, F):
+        log.warning(
+            "%s does not match the plan (videos %s, shape %s; plan has %s x %d frames); ignoring it",
+            path, ids, cov.shape, list(cams.video_ids), F,
+        )
+        return None
+    order = [ids.index(v) for v in cams.video_ids]
+    return cov[np.ix_(order, order)]
+
+
+# ------------------------------------------------------------------------------------ pose errors
+
+
+def plan_extent_m(cams: Cameras) -> float:
+    """Size of the plan: the diagonal of the bounding box of its camera centres, metres."""
+    c = cams.positions.reshape(-1, 3)
+    return float(np.linalg.norm(c.max(0) - c.min(0)))
+
+
+def pose_errors(
+    world_from_cam: np.ndarray, registered: np.ndarray, plan: Cameras, min_baseline_fraction: float = 1e-3
+) -> dict:
+    """Errors of registered poses [V, F, 4, 4] (already aligned to the plan's world) against the plan.
+
+    Per frame: rotation error (deg) and camera-position error (m, and as a fraction of the plan's extent). Over
+    every pair of registered frames with a planned baseline of at least ``min_baseline_fraction`` of the extent:
+    the angle between the registered and the planned relative translation (its direction in the first camera's
+    frame) and the relative-rotation error. Returns arrays (NaN where not registered) and the pair counts.
+    """
+    reg = np.asarray(registered, bool)
+    T = np.asarray(world_from_cam, np.float64)
+    P = plan.world_from_cam
+    extent = plan_extent_m(plan)
+    rot = np.full(reg.shape, np.nan)
+    pos = np.full(reg.shape, np.nan)
+    rot[reg] = rotation_angle_deg(T[reg][:, :3, :3], P[reg][:, :3, :3])
+    pos[reg] = np.linalg.norm(T[reg][:, :3, 3] - P[reg][:, :3, 3], axis=-1)
+    idx = np.argwhere(reg)  # [N, 2]
+    Tr, Pr = T[reg], P[reg]  # [N, 4, 4]
+    iu, ju = np.triu_indices(len(idx), k=1)
+    rel_t = relative_pose(Tr[iu], Tr[ju])  # [M, 4, 4] cam_j from cam_i
+    rel_p = relative_pose(Pr[iu], Pr[ju])
+    baseline = np.linalg.norm(rel_p[:, :3, 3], axis=-1)
+    ok = baseline >= min_baseline_fraction * max(extent, 1e-12)
+    tdir = _tdir_err(rel_t[ok][:, :3, 3], rel_p[ok][:, :3, 3])
+    rrot = rotation_angle_deg(rel_t[:, :3, :3], rel_p[:, :3, :3])
+    return {
+        "rotation_deg": rot,
+        "position_m": pos,
+        "extent_m": extent,
+        "translation_direction_deg": tdir,
+        "relative_rotation_deg": rrot,
+        "pairs": len(iu),
+        "pairs_zero_baseline": int((~ok).sum()),
+    }
+
+
+# ------------------------------------------------------------------------------------ registration
+
+
+def _name(cams: Cameras, v: int, f: int) -> str:
+    return frame_file_path("", cams.video_ids[v], f)
+
+
+def register_frames(
+    image_dir: Path,
+    plan: Cameras,
+    work_dir: Path,
+    options: RegisterConfig | None = None,
+    covisibility: np.ndarray | None = None,
+    overlap: np.ndarray | None = None,
+    seed: int = 0,
+    num_threads: int = -1,
+) -> Registration:
+    """Register the frames ``image_dir/<vid>/<NNNN>.png`` of ``plan`` (see the module docstring).
+
+    ``covisibility`` [V, V, F] is the plan's co-visibility (``plan/covisibility.json``), ``overlap`` [V*F, V*F] the
+    overlap of every frame pair (:func:`cvd_scene.overlap.frame_overlap`; computed from the plan at fixed distances
+    when None). ``work_dir`` is scratch space for COLMAP (database, pairs, mapper output); the database is deleted unless
+    ``options.keep_database``. A missing frame file is a ``FileNotFoundError`` naming it; everything that can go wrong
+    with the frames' content is reported in the result instead.
+    """
+    opt = options or RegisterConfig()
+    if opt.mode not in ("known-poses", "free"):
+        raise ValueError(f"mode must be 'known-poses' or 'free', got {opt.mode!r}")
+    if opt.pairing not in ("structured", "exhaustive"):
+        raise ValueError(f"pairing must be 'structured' or 'exhaustive', got {opt.pairing!r}")
+    K = plan.K[0, 0]
+    if not np.allclose(plan.K, K, rtol=1e-6, atol=1e-6):
+        raise ValueError("registration uses one shared camera: every frame of the plan needs the same intrinsics")
+    V, F = plan.num_videos, plan.num_frames
+    image_dir = Path(image_dir)
+    names = [[_name(plan, v, f) for f in range(F)] for v in range(V)]
+    for v in range(V):
+        for f in range(F):
+            if not (image_dir / names[v][f]).is_file():
+                raise FileNotFoundError(f"frame {image_dir / names[v][f]} is missing (video {plan.video_ids[v]}, frame {f})")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    database = work_dir / "database.db"
+    if database.exists():
+        database.unlink()
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    # 1. Features.
+    t0 = time.perf_counter()
+    flat_names = [n for row in names for n in row]
+    colmap.extract_features_to_database(database, image_dir, flat_names, K, opt.max_num_features, num_threads)
+    timings["features"] = time.perf_counter() - t0
+    log.info("register: SIFT features of %d frames in %.1f s", len(flat_names), timings["features"])
+
+    # 2. Matching.
+    t0 = time.perf_counter()
+    if opt.pairing == "structured":
+        if overlap is None and opt.overlap_top_k > 0:
+            overlap = frame_overlap(plan)
+        pairs = select_pairs(
+            V,
+            F,
+            covisibility,
+            overlap,
+            opt.sequential_overlap,
+            opt.loop_gaps,
+            opt.cross_neighbours,
+            opt.covisibility_min,
+            opt.overlap_top_k,
+        )
+        colmap.match_pairs_in_database(
+            database,
+            [(names[a[0]][a[1]], names[b[0]][b[1]]) for a, b in pairs],
+            work_dir / "pairs.txt",
+            num_threads=num_threads,
+            min_num_inliers=opt.min_num_inliers,
+            seed=seed,
+        )
+        requested = len(pairs)
+    else:
+        colmap.match_all_in_database(database, num_threads=num_threads, min_num_inliers=opt.min_num_inliers, seed=seed)
+        requested = V * F * (V * F - 1) // 2
+    timings["matching"] = time.perf_counter() - t0
+    stats = colmap.read_database_stats(database)
+    log.info(
+        "register: %d pairs matched (%s), %d verified, in %.1f s",
+        requested, opt.pairing, len(stats.verified_inliers), timings["matching"],
+    )
+
+    # 3. Poses.
+    plan_poses = {names[v][f]: plan.world_from_cam[v, f] for v in range(V) for f in range(F)}
+    model: colmap.Model | None = None
+    problems: list[str] = []
+    other_models: list[int] = []
+    free_info: dict = {}
+    if opt.mode == "known-poses":
+        t0 = time.perf_counter()
+        model = colmap.triangulate_known_poses(
+            database, image_dir, work_dir / "triangulated", plan_poses, K, plan.width, plan.height, num_threads
+        )
+        timings["triangulation"] = time.perf_counter() - t0
+        _drop_weak_frames(model, opt.min_observations)
+        t0 = time.perf_counter()
+        if model.num_points > 0:
+            colmap.bundle_adjust(
+                model,
+                refine_poses=opt.refine_poses,
+                position_priors_m={n: T[:3, 3] for n, T in plan_poses.items()},
+                position_prior_sigma_m=opt.position_prior_fraction * plan_extent_m(plan),
+                num_threads=num_threads,
+            )
+        timings["bundle_adjustment"] = time.perf_counter() - t0
+        _drop_weak_frames(model, opt.min_observations)
+    else:
+        t0 = time.perf_counter()
+        settings = colmap.MapperSettings(
+            min_num_matches=opt.min_num_inliers,
+            init_min_num_inliers=opt.init_min_num_inliers,
+            init_min_tri_angle_deg=opt.init_min_tri_angle_deg,
+            min_tri_angle_deg=opt.min_tri_angle_deg,
+            seed=seed,
+            num_threads=num_threads,
+        )
+        models: list[colmap.Model] = []
+        mapper_counts: dict[str, int] = {}
+        mapper_used: str | None = None
+        if opt.free_mapper in ("auto", "incremental"):
+            models = colmap.incremental_mapping(database, image_dir, work_dir / "mapped", settings)
+            mapper_counts["incremental"] = len(models[0].world_from_cam()) if models else 0
+            mapper_used = "incremental"
+        if opt.free_mapper == "global" or (opt.free_mapper == "auto" and mapper_counts["incremental"] < V * F):
+            if opt.free_mapper == "auto":
+                log.info(
+                    "register: incremental mapping registered %d/%d frames; trying global mapping",
+                    mapper_counts["incremental"], V * F,
+                )
+            global_models = colmap.global_mapping(database, image_dir, work_dir / "mapped_global", settings)
+            mapper_counts["global"] = len(global_models[0].world_from_cam()) if global_models else 0
+            if mapper_counts["global"] > mapper_counts.get("incremental", -1):
+                models, mapper_used = global_models, "global"
+        timings["mapping"] = time.perf_counter() - t0
+        free_info = {"mapper": mapper_used, "frames_registered_by_mapper": mapper_counts}
+        if models:
+            model = models[0]
+            other_models = [len(m.world_from_cam()) for m in models[1:]]
+            if other_models:
+                problems.append(
+                    f"the mapper split the frames into {len(models)} models; kept the largest "
+                    f"({len(model.world_from_cam())} frames), left out models of {other_models} frames"
+                )
+        else:
+            problems.append(
+                "no initial pair: the mapper found no pair of frames with enough verified matches and "
+                "triangulation angle to start a model"
+            )
+
+    # 4. Similarity alignment to the plan's world.
+    t0 = time.perf_counter()
+    registered = np.zeros((V, F), bool)
+    world_from_cam = np.full((V, F, 4, 4), np.nan)
+    sim = Sim3.identity()
+    inliers_info: dict = {}
+    if model is not None:
+        poses = model.world_from_cam()
+        idx = [(v, f) for v in range(V) for f in range(F) if names[v][f] in poses]
+        if len(idx) >= 2:
+            src = np.stack([poses[names[v][f]] for v, f in idx])
+            dst = np.stack([plan.world_from_cam[v, f] for v, f in idx])
+            sim, inl = align_poses(src, dst)
+            model.transform(sim.scale, sim.rotation, sim.translation)
+            aligned = sim.apply_poses(src)
+            for (v, f), T in zip(idx, aligned):
+                world_from_cam[v, f] = T
+                registered[v, f] = True
+            inliers_info = {
+                "inliers": int(inl.sum()),
+                "outliers": [names[v][f] for (v, f), ok in zip(idx, inl) if not ok],
+            }
+        elif len(idx) == 1:
+            problems.append("only one frame registered: nothing to align to the plan")
+            model = None
+        else:
+            model = None
+    timings["alignment"] = time.perf_counter() - t0
+
+    if not opt.keep_database:
+        database.unlink(missing_ok=True)
+    for sub in ("triangulated", "mapped", "mapped_global"):
+        shutil.rmtree(work_dir / sub, ignore_errors=True)
+
+    # 5. Report.
+    if model is not None:
+        xyz, rgb, err, track = model.points()
+        observations = model.observations()
+    else:
+        xyz, rgb, err, track = np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros(0), np.zeros(0, np.int64)
+        observations = {}
+    cams_out = Cameras(
+        world_from_cam=np.where(registered[..., None, None], world_from_cam, np.nan),
+        K=plan.K,
+        width=plan.width,
+        height=plan.height,
+        video_ids=plan.video_ids,
+        time_s=plan.time_s,
+        fps=plan.fps,
+    )
+    errors = pose_errors(
+        np.where(registered[..., None, None], world_from_cam, plan.world_from_cam), registered, plan, opt.min_baseline_fraction
+    )
+    videos, video_problems = _diagnose_videos(plan, names, registered, stats, observations, opt)
+    problems = video_problems + problems
+    n_reg, n_all = int(registered.sum()), V * F
+    if n_reg == 0 or n_reg < opt.min_registered_fraction * n_all:
+        status = "failed"
+    elif n_reg < n_all:
+        status = "partial"
+    else:
+        status = "finished"
+    message = f"{opt.mode}: registered {n_reg}/{n_all} frames"
+    if status != "finished" and problems:
+        message += "; " + "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+    if status == "failed":
+        message = "registration failed: " + message + " (details in register/report.json)"
+    timings["total"] = time.perf_counter() - t_start
+    extent = errors["extent_m"]
+    report = {
+        "format": "cvd-scene/registration",
+        "version": 1,
+        "mode": opt.mode,
+        "status": status,
+        "message": message,
+        "registered": n_reg,
+        "total": n_all,
+        "num_points": int(len(xyz)),
+        "reprojection_error_px": float(np.mean(err)) if len(err) else None,
+        "mean_track_length": float(np.mean(track)) if len(track) else None,
+        "plan_extent_m": extent,
+        "rotation_error_deg_median": error_stats(errors["rotation_deg"][registered])["median"],
+        "position_error_m_median": error_stats(errors["position_m"][registered])["median"],
+        "translation_direction_error_deg_median": error_stats(errors["translation_direction_deg"])["median"],
+        "seconds": round(timings["total"], 3),
+        "rotation_error_deg": error_stats(errors["rotation_deg"][registered], AUC_THRESHOLDS_DEG),
+        "position_error_m": error_stats(errors["position_m"][registered]),
+        "position_error_fraction_of_extent": error_stats(errors["position_m"][registered] / max(extent, 1e-12)),
+        "translation_direction_error_deg": {
+            **error_stats(errors["translation_direction_deg"], AUC_THRESHOLDS_DEG),
+            "pairs_zero_baseline_skipped": errors["pairs_zero_baseline"],
+        },
+        "relative_rotation_error_deg": error_stats(errors["relative_rotation_deg"], AUC_THRESHOLDS_DEG),
+        "alignment": {
+            "method": "similarity: rotation from camera orientations, scale and translation from camera centres, "
+            "robust (iterated inlier refit)",
+            **sim.to_dict(),
+            **inliers_info,
+        },
+        "pairs": {
+            "strategy": opt.pairing,
+            "matched": requested,
+            "verified": len(stats.verified_inliers),
+            "exhaustive": n_all * (n_all - 1) // 2,
+        },
+        "features_per_frame_mean": float(np.mean(list(stats.num_keypoints.values()))) if stats.num_keypoints else 0.0,
+        "problems": problems,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "videos": videos,
+        "per_frame": [
+            {
+                "video": plan.video_ids[v],
+                "frame": f,
+                "registered": bool(registered[v, f]),
+                "keypoints": stats.num_keypoints.get(names[v][f], 0),
+                "observations": observations.get(names[v][f], 0),
+                "rotation_error_deg": None if not registered[v, f] else float(errors["rotation_deg"][v, f]),
+                "position_error_m": None if not registered[v, f] else float(errors["position_m"][v, f]),
+            }
+            for v in range(V)
+            for f in range(F)
+        ],
+    }
+    if opt.mode == "free":
+        report["free_mapping"] = free_info
+    if opt.mode == "known-poses":
+        report["pose_change"] = {
+            "note": "how far bundle adjustment moved the planned poses (after the similarity alignment)",
+            "rotation_deg": error_stats(errors["rotation_deg"][registered]),
+            "position_m": error_stats(errors["position_m"][registered]),
+        }
+    log.info("register: %s", message)
+    return Registration(status, message, cams_out, registered, model, xyz, rgb, report)
+
+
+def _drop_weak_frames(model: colmap.Model, min_observations: int) -> None:
+    weak = [n for n, k in model.observations().items() if k < min_observations]
+    if weak:
+        log.debug("register: %d frames have fewer than %d triangulated points: %s", len(weak), min_observations, weak)
+        model.deregister(weak)
+
+
+def _diagnose_videos(
+    plan: Cameras,
+    names: list[list[str]],
+    registered: np.ndarray,
+    stats: colmap.DatabaseStats,
+    observations: dict[str, int],
+    opt: RegisterConfig,
+) -> tuple[dict, list[str]]:
+    """Per-video summary and, for videos with unregistered frames, the most likely reason."""
+    V, F = registered.shape
+    video_of = {names[v][f]: v for v in range(V) for f in range(F)}
+    within = np.zeros(V, int)
+    across = np.zeros(V, int)
+    for (a, b), _n in stats.verified_inliers.items():
+        va, vb = video_of.get(a), video_of.get(b)
+        if va is None or vb is None:
+            continue
+        if va == vb:
+            within[va] += 1
+        else:
+            across[va] += 1
+            across[vb] += 1
+    videos: dict = {}
+    problems: list[str] = []
+    for v, vid in enumerate(plan.video_ids):
+        kp = np.array([stats.num_keypoints.get(n, 0) for n in names[v]], float)
+        n_reg = int(registered[v].sum())
+        entry = {
+            "registered": n_reg,
+            "total": F,
+            "keypoints_per_frame_mean": float(kp.mean()),
+            "verified_pairs_within": int(within[v]),
+            "verified_pairs_to_other_videos": int(across[v]),
+        }
+        if n_reg == F:
+            entry["status"] = "ok"
+        else:
+            if kp.mean() < opt.min_features_per_frame:
+                reason = f"too few features ({kp.mean():.0f} per frame on average): blank or featureless frames"
+            elif within[v] + across[v] == 0:
+                reason = "too few matches: no pair of its frames passed geometric verification"
+            elif across[v] == 0 and V > 1:
+                reason = (
+                    f"matched only within itself ({within[v]} verified pairs), never with another video: "
+                    "inconsistent with the other videos"
+                )
+            elif opt.mode == "known-poses":
+                reason = (
+                    f"too few triangulated points (< {opt.min_observations}) with the planned poses: its matches "
+                    "disagree with the plan"
+                )
+            else:
+                reason = "not registered by the mapper (matches too few or inconsistent)"
+            entry["status"] = "failed" if n_reg == 0 else "partial"
+            entry["reason"] = reason
+            missing = [f for f in range(F) if not registered[v, f]]
+            entry["unregistered_frames"] = missing
+            problems.append(f"video {vid}: {n_reg}/{F} frames registered, {reason}")
+        videos[vid] = entry
+    return videos, problems
+
+
+def write_points_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
+    """Binary PLY of points [P, 3] (float32 x, y, z) with colours [P, 3] (uint8 red, green, blue)."""
+    from plyfile import PlyData, PlyElement
+
+    xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
+    rgb = np.asarray(rgb, np.uint8).reshape(-1, 3)
+    vertex = np.empty(len(xyz), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    for i, k in enumerate("xyz"):
+        vertex[k] = xyz[:, i]
+    for i, k in enumerate(("red", "green", "blue")):
+        vertex[k] = rgb[:, i]
+    PlyData([PlyElement.describe(vertex, "vertex")]).write(str(path))
