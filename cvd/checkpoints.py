@@ -21,6 +21,7 @@ Imports torch, safetensors and diffusers; must never import ``cvd_scene``.
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,19 +34,20 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointError",
-    "read_state_file",
+    "LDMComponents",
     "Mismatch",
     "compare_keys",
+    "convert_ldm_checkpoint",
+    "fuse_animatediff_lora",
+    "is_rebuilt_buffer",
     "load_exact",
-    "motion_key_from_official",
-    "motion_key_to_official",
     "map_motion_state",
     "map_pose_encoder_state",
+    "modern_vae_names",
+    "motion_key_from_official",
+    "motion_key_to_official",
     "official_state_dicts",
-    "fuse_animatediff_lora",
-    "convert_ldm_checkpoint",
-    "LDMComponents",
-    "is_rebuilt_buffer",
+    "read_state_file",
     "strip_text_model_prefix",
 ]
 
@@ -64,14 +66,21 @@ class CheckpointError(ValueError):
 
 
 def read_state_file(
-    path: str | Path, *, inner: str | None = None, unwrap: str | None = None, label: str | None = None
+    path: str | Path,
+    *,
+    inner: str | None = None,
+    unwrap: str | None = None,
+    label: str | None = None,
+    trust_pickle: bool = False,
 ) -> dict[str, Tensor]:
     """The tensors of a weight file, by key (``inner``: the dict stored under that top-level key, which must
     exist; ``unwrap``: that key's dict if the file has one, else the top level, e.g. Lightning's ``state_dict``).
 
     ``.safetensors`` is read with safetensors; ``.ckpt``/``.pt``/``.pth``/``.bin`` with ``torch.load(...,
-    weights_only=True)`` on the CPU. A missing file, an unreadable one or a missing ``inner`` key raises
-    :class:`CheckpointError` (``FileNotFoundError`` for a missing file) naming ``label`` and the path.
+    weights_only=True)`` on the CPU, unless ``trust_pickle`` (full unpickling: only for files from a source you
+    trust, e.g. old Lightning checkpoints that pickle training callbacks). A missing file, an unreadable one or a
+    missing ``inner`` key raises :class:`CheckpointError` (``FileNotFoundError`` for a missing file) naming
+    ``label`` and the path; entries that are not tensors (step counters, ...) are dropped.
     """
     path = Path(path)
     what = f"{label} ({path})" if label else str(path)
@@ -79,18 +88,21 @@ def read_state_file(
         raise FileNotFoundError(f"{what}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             obj: object = load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own error types for corrupt files
+        except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{what}: not a readable safetensors file ({e})") from None
     elif suffix in _PICKLE_SUFFIXES:
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle/zip errors, or objects weights_only refuses
+            obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+        except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as e:  # incl. weights_only refusals
+            hint = "" if trust_pickle else " (if you trust its source, allow full unpickling: --trust-pickle)"
             raise CheckpointError(
-                f"{what}: cannot be read as a torch weights file with weights_only=True ({type(e).__name__}: {e})"
+                f"{what}: cannot be read as a torch weights file with weights_only={not trust_pickle}{hint}: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             ) from None
     else:
         raise CheckpointError(f"{what}: unknown weight file type {suffix!r} (expected .safetensors, .ckpt, .pt, .pth, .bin)")
@@ -103,10 +115,10 @@ def read_state_file(
         obj = obj[unwrap]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{what}: expected a dict of tensors, got {type(obj).__name__}")
-    bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
-    if bad:
-        raise CheckpointError(f"{what}: {len(bad)} entries are not tensors, e.g. {bad[:SHOW]}")
-    return dict(obj)
+    skipped = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if skipped:
+        log.info("%s: %d entries are not tensors and were skipped: %s", what, len(skipped), skipped[:SHOW])
+    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -394,6 +406,19 @@ class LDMComponents:
     """``CLIPTextModel`` keys (without the ``text_model.`` prefix)."""
     ignored: list[str]
     """Keys that are not model weights (schedule buffers, EMA copies, position ids)."""
+
+
+_LEGACY_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def modern_vae_names(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """VAE keys of older diffusers folders (mid-block attention ``query/key/value/proj_attn``) under today's
+    names (``to_q/to_k/to_v/to_out.0``); other keys unchanged."""
+    out = {}
+    for k, v in state.items():
+        m = re.match(r"^(.*\.attentions\.\d+)\.(query|key|value|proj_attn)\.(weight|bias)$", k)
+        out[f"{m.group(1)}.{_LEGACY_VAE_ATTENTION[m.group(2)]}.{m.group(3)}" if m else k] = v
+    return out
 
 
 def strip_text_model_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:

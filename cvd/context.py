@@ -28,7 +28,7 @@ from torch import Tensor
 
 from cvd.geometry import EpipolarBiasConfig, epipolar_bias_pyramid
 
-__all__ = ["CrossViewContext", "guided_rows", "level_grids", "epipolar_biases", "pose_tokens"]
+__all__ = ["CrossViewContext", "epipolar_biases", "guided_rows", "level_grids", "pose_tokens"]
 
 IndexLike = Sequence[int] | Tensor
 

@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "CVSM",
+    "CrossViewAttention",
+    "CrossViewTransformer",
+    "CrossViewTransformerBlock",
     "cross_view_attention",
     "cross_view_attention_reference",
-    "CrossViewAttention",
-    "CrossViewTransformerBlock",
-    "CrossViewTransformer",
-    "CVSM",
 ]
 
 

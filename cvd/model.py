@@ -41,6 +41,7 @@ from cvd.checkpoints import (
     load_exact,
     map_motion_state,
     map_pose_encoder_state,
+    modern_vae_names,
     read_state_file,
     strip_text_model_prefix,
 )
@@ -51,7 +52,7 @@ from cvd.unet import CVDUNet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CVDModel", "OfficialFiles", "build_tiny_tokenizer", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
+__all__ = ["MODEL_FORMAT", "MODEL_FORMAT_VERSION", "CVDModel", "OfficialFiles", "build_tiny_tokenizer"]
 
 MODEL_FORMAT = "cvd-scene/cvd-model"
 MODEL_FORMAT_VERSION = 1
@@ -90,6 +91,9 @@ class OfficialFiles:
     """Optional AnimateDiff domain-adapter LoRA (``v3_sd15_adapter.ckpt``), fused into the 2D UNet after the base."""
     adapter_scale: float = 1.0
     """Scale the adapter LoRA is fused at."""
+    trust_pickle: bool = False
+    """Unpickle ``.ckpt`` files fully instead of ``weights_only=True`` (only for files from a trusted source, e.g.
+    old Lightning checkpoints that pickle training objects)."""
 
 
 def build_tiny_tokenizer(max_length: int = 77):
@@ -163,6 +167,7 @@ class CVDModel:
                            ("base", files.base), ("adapter", files.adapter)):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"--{name}: the file {path} does not exist")
+        trust = files.trust_pickle
         parts = _build_empty(config, dtype)
         unet: CVDUNet = parts["unet"]
         inner = unet.unet
@@ -174,7 +179,7 @@ class CVDModel:
         base = None
         if files.base is not None:
             label = f"base checkpoint ({files.base})"
-            raw = read_state_file(files.base, unwrap="state_dict", label="base checkpoint")
+            raw = read_state_file(files.base, unwrap="state_dict", label="base checkpoint", trust_pickle=trust)
             base = convert_ldm_checkpoint(
                 raw, config.unet.diffusers_kwargs(), config.vae.diffusers_kwargs(), label=label
             )
@@ -188,18 +193,20 @@ class CVDModel:
                 load_exact(module, from_base, label=f"base checkpoint ({files.base}) {name}", expected=expected, device=device)
             else:
                 path = _diffusers_weights(sd15, name)
-                state = read_state_file(path, label=f"SD1.5 {name}")
+                state = read_state_file(path, label=f"SD1.5 {name}", trust_pickle=trust)
                 if name == "text_encoder":
                     state = strip_text_model_prefix(state)
+                elif name == "vae":
+                    state = modern_vae_names(state)
                 load_exact(module, state, label=f"SD1.5 {name} ({path})", expected=expected, device=device)
         del base
         # 2. The AnimateDiff domain adapter, fused on top of whatever 2D weights were loaded.
         if files.adapter is not None:
-            lora = read_state_file(files.adapter, unwrap="state_dict", label="adapter")
+            lora = read_state_file(files.adapter, unwrap="state_dict", label="adapter", trust_pickle=trust)
             n = fuse_animatediff_lora(inner, lora, files.adapter_scale, label=f"adapter ({files.adapter})")
             log.info("fused %d adapter LoRA layers at scale %g", n, files.adapter_scale)
         # 3. Motion modules.
-        raw = read_state_file(files.motion, unwrap="state_dict", label="motion module")
+        raw = read_state_file(files.motion, unwrap="state_dict", label="motion module", trust_pickle=trust)
         weights, tables = map_motion_state(raw)
         label = f"motion module ({files.motion})"
         check_tables(tables, dict(inner.named_buffers()), label=label)
@@ -208,17 +215,18 @@ class CVDModel:
         # 4. CameraCtrl: pose encoder and the pose-injection merges.
         label = f"CameraCtrl pose_encoder_state_dict ({files.cameractrl})"
         weights, tables = map_pose_encoder_state(
-            read_state_file(files.cameractrl, inner="pose_encoder_state_dict", label="CameraCtrl")
+            read_state_file(files.cameractrl, inner="pose_encoder_state_dict", label="CameraCtrl", trust_pickle=trust)
         )
         check_tables(tables, dict(parts["pose_encoder"].named_buffers()), label=label)
         load_exact(parts["pose_encoder"], weights, label=label, device=device)
         weights, _ = map_motion_state(
-            read_state_file(files.cameractrl, inner="attention_processor_state_dict", label="CameraCtrl")
+            read_state_file(files.cameractrl, inner="attention_processor_state_dict", label="CameraCtrl", trust_pickle=trust)
         )
         load_exact(inner, weights, label=f"CameraCtrl attention_processor_state_dict ({files.cameractrl})",
                    expected=lambda k: ".processor.qkv_merge." in k, device=device)
         # 5. CVD's synchronization modules.
-        load_exact(inner, read_state_file(files.cvd, inner="unet_trainable_dict", label="CVD"),
+        cvd = read_state_file(files.cvd, inner="unet_trainable_dict", label="CVD", trust_pickle=trust)
+        load_exact(inner, cvd,
                    label=f"CVD unet_trainable_dict ({files.cvd})", expected=lambda k: ".epi_modules." in k,
                    device=device)
         tok = _tokenizer_for(config, sd15 / "tokenizer")

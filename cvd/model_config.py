@@ -20,14 +20,14 @@ from typing import Any, Literal, Union
 from cvd.geometry import EpipolarBiasConfig
 
 __all__ = [
-    "UNetConfig",
+    "CVDModelConfig",
+    "CVSMConfig",
     "MotionConfig",
     "PoseEncoderConfig",
-    "CVSMConfig",
-    "TextEncoderConfig",
-    "VAEConfig",
     "SchedulerConfig",
-    "CVDModelConfig",
+    "TextEncoderConfig",
+    "UNetConfig",
+    "VAEConfig",
     "config_from_dict",
     "config_to_dict",
     "load_model_config",
@@ -385,7 +385,7 @@ T = typing.TypeVar("T")
 def config_from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     """Build the dataclass ``cls`` from a mapping; unknown keys and wrong types raise ``ValueError`` naming the key."""
     if not isinstance(data, dict):
-        raise ValueError(f"model config {prefix or cls.__name__}: expected a mapping, got {type(data).__name__}")
+        raise TypeError(f"model config {prefix or cls.__name__}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
@@ -417,5 +417,5 @@ def load_model_config(path: str | Path) -> CVDModelConfig:
         data = yaml.safe_load(fh) or {}
     try:
         return config_from_dict(CVDModelConfig, data)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{path}: {e}") from None

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from cvd.context import CrossViewContext
 
-__all__ = ["ContextSlot", "PerFrameGroupNorm", "use_per_frame_motion_norm", "PoseInjectionAttnProcessor", "motion_modules"]
+__all__ = ["ContextSlot", "PerFrameGroupNorm", "PoseInjectionAttnProcessor", "motion_modules", "use_per_frame_motion_norm"]
 
 
 class ContextSlot:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from cvd.model_config import CVDModelConfig
 
-__all__ = ["sinusoidal_table", "TemporalSelfAttention", "PoseTemporalBlock", "PoseResBlock", "CameraPoseEncoder"]
+__all__ = ["CameraPoseEncoder", "PoseResBlock", "PoseTemporalBlock", "TemporalSelfAttention", "sinusoidal_table"]
 
 
 def sinusoidal_table(length: int, channels: int) -> Tensor:  # [1, length, channels] float32

@@ -26,7 +26,7 @@ from cvd.cvsm import CVSM
 from cvd.model_config import CVDModelConfig
 from cvd.motion import ContextSlot, PoseInjectionAttnProcessor, motion_modules, use_per_frame_motion_norm
 
-__all__ = ["CVDUNet", "motion_unet_kwargs", "build_motion_unet"]
+__all__ = ["CVDUNet", "build_motion_unet", "motion_unet_kwargs"]
 
 _MOTION_BLOCK = {
     "CrossAttnDownBlock2D": "CrossAttnDownBlockMotion",
@@ -138,7 +138,7 @@ class CVDUNet(nn.Module):
     def forward(
         self,
         sample: Tensor,  # [B, C, F, h, w] noisy latents
-        timestep: Tensor | int | float,  # [B] or scalar; pass a device tensor (a Python number costs a copy)
+        timestep: Tensor | float,  # [B] or scalar; pass a device tensor (a Python number costs a copy)
         encoder_hidden_states: Tensor,  # [B, L, D] text tokens of each row ([(B F), L, D] also accepted)
         context: CrossViewContext | None = None,
     ) -> Tensor:  # [B, C, F, h, w] predicted noise

@@ -128,7 +128,6 @@ def to_ldm(model: CVDModel) -> dict[str, torch.Tensor]:
     Diffusion layout), plus the non-weight entries such files carry."""
     cfg = model.config
     lpb = cfg.unet.layers_per_block
-    levels = cfg.num_levels
     res = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
            ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")]
     out: dict[str, torch.Tensor] = {}

@@ -20,13 +20,22 @@ from cvd.checkpoints import (
     is_rebuilt_buffer,
     map_motion_state,
     map_pose_encoder_state,
+    modern_vae_names,
     motion_key_from_official,
     motion_key_to_official,
     read_state_file,
 )
 from cvd.model import CVDModel, _build_empty
 from cvd.model_config import load_model_config
-from tests.cvd_testing import CONFIGS, camera_inputs, random_model, tiny_config, to_ldm, unet_inputs, write_official_files
+from tests.cvd_testing import (
+    CONFIGS,
+    camera_inputs,
+    random_model,
+    tiny_config,
+    to_ldm,
+    unet_inputs,
+    write_official_files,
+)
 
 torch.set_num_threads(1)
 NUM_FRAMES = 2
@@ -193,6 +202,8 @@ def test_state_files_are_read_with_weights_only(tmp_path):
     torch.save({"x": NotATensor()}, path)
     with pytest.raises(CheckpointError, match="weights_only=True"):
         read_state_file(path, label="evil")
+    trusted = read_state_file(path, trust_pickle=True)  # explicit opt-in; non-tensor entries are skipped
+    assert trusted == {}
     save_file({"a": torch.ones(2)}, str(tmp_path / "w.safetensors"))
     assert torch.equal(read_state_file(tmp_path / "w.safetensors")["a"], torch.ones(2))
     torch.save({"state_dict": {"a": torch.ones(3)}}, tmp_path / "lightning.ckpt")
@@ -298,3 +309,11 @@ def test_convert_command_round_trip(source, files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert re.search(r"--motion: the file .*v3_sd15_mm\.ckpt does not exist", err)
     assert not (tmp_path / "other").exists()
+
+
+def test_legacy_vae_attention_names_are_renamed():
+    legacy = {"encoder.mid_block.attentions.0.query.weight": torch.zeros(1),
+              "decoder.mid_block.attentions.0.proj_attn.bias": torch.zeros(1),
+              "encoder.conv_in.weight": torch.zeros(1)}
+    assert set(modern_vae_names(legacy)) == {"encoder.mid_block.attentions.0.to_q.weight",
+                                             "decoder.mid_block.attentions.0.to_out.0.bias", "encoder.conv_in.weight"}

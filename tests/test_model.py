@@ -9,7 +9,6 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.cvd_testing import camera_inputs, randomize_, random_model, tiny_config, unet_inputs
 
 from cvd.context import CrossViewContext, epipolar_biases, guided_rows, level_grids
 from cvd.cvsm import CrossViewAttention, cross_view_attention_reference
@@ -18,6 +17,7 @@ from cvd.model import CVDModel
 from cvd.model_config import CVSMConfig
 from cvd.motion import PerFrameGroupNorm, use_per_frame_motion_norm
 from cvd.unet import CVDUNet, motion_unet_kwargs
+from tests.cvd_testing import camera_inputs, random_model, randomize_, tiny_config, unet_inputs
 
 torch.set_num_threads(1)
 NUM_FRAMES = 3
@@ -37,9 +37,9 @@ def _pair_context(model: CVDModel, mode: str = "soft", **kwargs) -> CrossViewCon
     bias = epipolar_biases(K, c2w, [1, 0], image_hw=(SIZE, SIZE), grids=grids, config=EpipolarBiasConfig(mode=mode),
                            generator=torch.Generator().manual_seed(0))
     feats = model.encode_cameras(K.float(), c2w.float(), SIZE, SIZE)
-    args = dict(row_video=rv, row_branch=rb, partner_video=[1, 0], num_frames=NUM_FRAMES, bias=bias, pose_features=feats)
-    args.update(kwargs)
-    return model.unet.make_context(**args)
+    args = {"row_video": rv, "row_branch": rb, "partner_video": [1, 0], "num_frames": NUM_FRAMES, "bias": bias,
+            "pose_features": feats}
+    return model.unet.make_context(**{**args, **kwargs})
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -296,7 +296,7 @@ def test_pose_encoder_runs_once_per_sample_not_per_step(model):
     handle = model.pose_encoder.register_forward_hook(lambda *a: calls.append(1))
     try:
         ctx = _pair_context(model)
-        sample, t, text = unet_inputs(model, 4, NUM_FRAMES, SIZE)
+        sample, _, text = unet_inputs(model, 4, NUM_FRAMES, SIZE)
         with torch.no_grad():
             for step in (900, 500):
                 model.unet(sample, torch.full((4,), step), text, ctx)

@@ -26,6 +26,7 @@ def convert(
     adapter_scale: float = 1.0,
     model: str = "sd15",
     dtype: Literal["float16", "bfloat16", "float32"] = "float16",
+    trust_pickle: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
     verbose: bool = False,
@@ -44,6 +45,7 @@ def convert(
         adapter_scale: Scale the adapter is fused at.
         model: Model config: a name in configs/model/ (sd15) or a YAML path.
         dtype: Dtype of the stored weights.
+        trust_pickle: Unpickle .ckpt files fully instead of weights_only=True (only files from a trusted source).
         overwrite: Replace an existing OUT_DIR.
         quiet: Only warnings and errors.
         verbose: Debug logging.
@@ -61,7 +63,8 @@ def convert(
         raise CliError(f"{out_dir} exists and is not empty (pass --overwrite to replace it)")
     config = load_config(CVDModelConfig, "model", model)
     files = OfficialFiles(
-        cvd=cvd, cameractrl=cameractrl, motion=motion, sd15=sd15, base=base, adapter=adapter, adapter_scale=adapter_scale
+        cvd=cvd, cameractrl=cameractrl, motion=motion, sd15=sd15, base=base, adapter=adapter, adapter_scale=adapter_scale,
+        trust_pickle=trust_pickle,
     )
     log.info("loading the published files into the %s model ...", config.name)
     try:
