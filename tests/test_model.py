@@ -303,3 +303,25 @@ def test_pose_encoder_runs_once_per_sample_not_per_step(model):
     finally:
         handle.remove()
     assert len(calls) == 1
+
+
+def test_training_step_reaches_only_the_cvsms_with_and_without_checkpointing(model):
+    """The trainer's path: independent timesteps per row, gradients only into the CVSMs; recomputing the CVSMs in
+    the backward pass (activation checkpointing) gives the same gradients."""
+    import copy
+
+    unet = copy.deepcopy(model.unet).train()
+    unet.freeze_all_but_cvsm()
+    ctx = _pair_context(model)
+    sample, _, text = unet_inputs(model, 4, NUM_FRAMES, SIZE)
+    timesteps = torch.tensor([10, 400, 700, 999])
+    grads = []
+    for checkpointing in (False, True):
+        unet.enable_cvsm_checkpointing(checkpointing)
+        unet.zero_grad(set_to_none=True)
+        unet(sample, timesteps, text, ctx).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in unet.named_parameters() if p.grad is not None})
+    names = {n for n, _ in unet.named_parameters() if ".epi_modules." in n}
+    assert set(grads[0]) == names and all(g.abs().sum() > 0 for g in grads[0].values())
+    for n in names:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6)
