@@ -20,6 +20,9 @@ Rgb = tuple[float, float, float]
 
 _LATTICE = 256  # value-noise lattice size (periodic); a power of two for cheap wrapping
 
+CONTRAST = 1.3
+"""Default contrast boost of baked textures (more, and more distinctive, features for SIFT)."""
+
 
 # ---------------------------------------------------------------------------------------------- noise
 
@@ -135,6 +138,31 @@ def _cell_colours(base: Rgb, h: np.ndarray, h2: np.ndarray, spread: float) -> np
     return b * value + warm
 
 
+def decals(u, v, rng, img: np.ndarray, cell_m: float = 0.45, chance: float = 0.45, strength: float = 0.8) -> np.ndarray:
+    """Sparse one-off marks over ``img`` [h, w, 3]: discs, rings and bars of random colour, size and angle, at most
+    one per ``cell_m`` cell. They make every patch of a regular pattern unique, so features match unambiguously."""
+    salt = int(rng.integers(1 << 30))
+    ci = np.floor(u / cell_m)
+    cj = np.floor(v / cell_m)
+    h0 = cell_hash(ci, cj, salt)
+    on = h0 < chance
+    cx = (ci + 0.25 + 0.5 * cell_hash(cj, ci, salt + 1)) * cell_m
+    cy = (cj + 0.25 + 0.5 * cell_hash(ci, cj, salt + 2)) * cell_m
+    r = cell_m * (0.06 + 0.12 * cell_hash(ci, cj, salt + 3))
+    ang = cell_hash(cj, ci, salt + 4) * np.pi
+    du, dv = u - cx, v - cy
+    along = du * np.cos(ang) + dv * np.sin(ang)
+    across = -du * np.sin(ang) + dv * np.cos(ang)
+    kind = (cell_hash(ci, cj, salt + 5) * 3).astype(np.int64)
+    dist = np.sqrt(du * du + dv * dv)
+    shape = np.where(kind == 0, dist < r, np.where(kind == 1, np.abs(dist - r) < r * 0.3,
+                                                  (np.abs(along) < r * 1.6) & (np.abs(across) < r * 0.35)))
+    m = (on & shape).astype(np.float32)[..., None] * strength
+    col = np.stack([cell_hash(ci, cj, salt + 6), cell_hash(ci, cj, salt + 7), cell_hash(ci, cj, salt + 8)], -1)
+    col = (0.15 + 0.75 * col).astype(np.float32)
+    return img * (1 - m) + col * m
+
+
 # ------------------------------------------------------------------------------------------- patterns
 # Each pattern: (u [h, w] m, v [h, w] m, rng, colours) -> [h, w, 3] float32 albedo.
 
@@ -199,6 +227,7 @@ def tiles(u, v, rng, colours: list[Rgb], grout: Rgb = (0.35, 0.34, 0.33)) -> np.
     speck = n.fbm(u * 30, v * 30, octaves=2)
     stain = n.fbm(u * 2, v * 2, octaves=3)
     out = tone * (0.8 + 0.3 * speck + 0.3 * (stain - 0.5))[..., None]
+    out = decals(u, v, rng, out, cell_m=size * 0.9, chance=0.35, strength=0.5)
     fu = u - i * size
     fv = v - j * size
     joint = (fu < g) | (fv < g)
@@ -217,15 +246,19 @@ def wallpaper(u, v, rng, base: Rgb, accent: Rgb) -> np.ndarray:
     row = np.floor(v / period)
     fv = v / period - row
     cell_jit = cell_hash(stripe, row, salt)
+    mu = fu - 0.5 - 0.2 * (cell_hash(row, stripe, salt + 2) - 0.5)  # motifs a little off their grid
+    mv = fv - 0.5 - 0.2 * (cell_hash(stripe, row, salt + 3) - 0.5)
     if rng.random() < 0.5:
-        motif = ((fu - 0.5) ** 2 + (fv - 0.5) ** 2) < (0.11 + 0.08 * cell_jit) ** 2
+        motif = (mu**2 + mv**2) < (0.11 + 0.08 * cell_jit) ** 2
     else:
-        motif = (np.abs(fu - 0.5) + np.abs(fv - 0.5)) < 0.16 + 0.1 * cell_jit
+        motif = (np.abs(mu) + np.abs(mv)) < 0.16 + 0.1 * cell_jit
+    motif &= cell_hash(row, stripe, salt + 4) < 0.85  # some missing
     acc = _cell_colours(accent, cell_jit, cell_hash(row, stripe, salt + 1), 0.4)
     out = np.where(motif[..., None], acc, tone)
     blotch = n.fbm(u * 1.2, v * 1.2, octaves=3)
     fine = n.fbm(u * 25, v * 25, octaves=2)
-    return out * (0.78 + 0.35 * blotch + 0.15 * (fine - 0.5))[..., None]
+    out = out * (0.78 + 0.35 * blotch + 0.15 * (fine - 0.5))[..., None]
+    return decals(u, v, rng, out, chance=0.3, strength=0.6)
 
 
 def plaster(u, v, rng, base: Rgb) -> np.ndarray:
@@ -238,8 +271,9 @@ def plaster(u, v, rng, base: Rgb) -> np.ndarray:
     cracks = np.clip(1 - np.abs(n.fbm(u * 3 + 99, v * 3, octaves=3) - 0.5) * 40, 0, 1)
     other = _rgb(jitter_colour(base, rng, 0.05, 0.15, 0.15))
     out = _rgb(base) * (1 - patches[..., None]) + other * patches[..., None]
-    shade = 0.75 + 0.3 * m1 + 0.25 * (m2 - 0.5) - 0.35 * spots - 0.3 * cracks
-    return out * shade[..., None]
+    m3 = n.fbm(u * 24 + 31, v * 24, octaves=2)
+    shade = 0.72 + 0.3 * m1 + 0.45 * (m2 - 0.5) + 0.2 * (m3 - 0.5) - 0.35 * spots - 0.3 * cracks
+    return decals(u, v, rng, out * shade[..., None], cell_m=0.3, chance=0.4, strength=0.35)
 
 
 def panels(u, v, rng, base: Rgb) -> np.ndarray:
@@ -258,7 +292,7 @@ def panels(u, v, rng, base: Rgb) -> np.ndarray:
     tex = n.fbm(u * 12, v * 12, octaves=3)
     dots = np.clip((n(u * 30, v * 30 + 5) - 0.75) * 5, 0, 1)
     shade = 0.82 + 0.25 * tex - 0.3 * frame - 0.12 * bevel - 0.2 * dots
-    return tone * shade[..., None]
+    return decals(u, v, rng, tone * shade[..., None], cell_m=size * 0.8, chance=0.35, strength=0.45)
 
 
 def fabric(u, v, rng, base: Rgb) -> np.ndarray:
@@ -478,12 +512,19 @@ PATTERNS: dict[str, Callable[..., np.ndarray]] = {
 
 
 def bake(
-    pattern: str, width_m: float, height_m: float, texels_per_m: float, rng: np.random.Generator, **params
+    pattern: str,
+    width_m: float,
+    height_m: float,
+    texels_per_m: float,
+    rng: np.random.Generator,
+    contrast: float = CONTRAST,
+    **params,
 ) -> np.ndarray:
     """Bake ``pattern`` over ``width_m`` x ``height_m`` metres; returns [h, w, 3] float32 albedo in [0, 1].
 
     Texel (row r, column c) holds the pattern at the texel centre ``((c + 0.5) / texels_per_m, (r + 0.5) /
-    texels_per_m)`` metres; extra keyword parameters go to the pattern (colours, sizes).
+    texels_per_m)`` metres; ``contrast`` scales every texel's difference from the texture's mean colour; extra
+    keyword parameters go to the pattern (colours, sizes).
     """
     if pattern not in PATTERNS:
         raise ValueError(f"unknown texture pattern {pattern!r}; known: {', '.join(PATTERNS)}")
@@ -493,5 +534,8 @@ def bake(
     h = max(2, int(np.ceil(height_m * texels_per_m)) + 1)
     u = ((np.arange(w, dtype=np.float64) + 0.5) / texels_per_m)[None, :].repeat(h, 0)  # [h, w]
     v = ((np.arange(h, dtype=np.float64) + 0.5) / texels_per_m)[:, None].repeat(w, 1)  # [h, w]
-    img = PATTERNS[pattern](u, v, rng, **params)
-    return np.clip(np.asarray(img, np.float32), 0.0, 1.0).reshape(h, w, 3)
+    img = np.asarray(PATTERNS[pattern](u, v, rng, **params), np.float32)
+    if contrast != 1.0:
+        mean = img.reshape(-1, 3).mean(0)
+        img = mean + np.float32(contrast) * (img - mean)
+    return np.clip(img, 0.0, 1.0).reshape(h, w, 3)
