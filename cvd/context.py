@@ -196,24 +196,34 @@ def level_grids(latent_hw: Sequence[int], num_levels: int) -> list[tuple[int, in
 def epipolar_biases(
     K: Tensor,  # [V, F, 3, 3] pixels of the generated image
     world_from_cam: Tensor,  # [V, F, 4, 4] OpenCV axes, one common frame for all videos (any scale)
-    partner_video: IndexLike,  # [V]
+    partner_video: IndexLike,  # [V] (or [P] with query_video)
     *,
     image_hw: Sequence[int],
     grids: Sequence[Sequence[int]],
     config: EpipolarBiasConfig | None = None,
     generator: torch.Generator | None = None,
-) -> list[Tensor | None]:  # per level [V, F, N, N] in config.dtype, or None for mode "none"
+    query_video: IndexLike | None = None,  # [P]
+) -> list[Tensor | None]:  # per level [V or P, F, N, N] in config.dtype, or None for mode "none"
     """The epipolar bias of every UNet level for one pairing: video v's frame-k queries against video
-    ``partner_video[v]``'s frame-k keys. One geometry evaluation shared by all levels (``cvd.geometry``)."""
+    ``partner_video[v]``'s frame-k keys (slot v). With ``query_video``, slot i is ``query_video[i]`` against
+    ``partner_video[i]`` instead (any list of directed pairs, e.g. a video in two pairs; index the slots with
+    :meth:`CrossViewContext.build`'s ``bias_slot``). One geometry evaluation shared by all levels."""
     config = config or EpipolarBiasConfig()
     if K.ndim != 4 or world_from_cam.ndim != 4 or K.shape[:2] != world_from_cam.shape[:2]:
         raise ValueError(f"K must be [V, F, 3, 3] and world_from_cam [V, F, 4, 4], got {K.shape=} {world_from_cam.shape=}")
     if config.mode == "none":
         return [None] * len(grids)
-    p = _index("partner_video", partner_video, K.shape[0], K.shape[0]).to(K.device)
+    v = K.shape[0]
+    if query_video is None:
+        q = torch.arange(v)
+        p = _index("partner_video", partner_video, v, v)
+    else:
+        q = _index("query_video", query_video, None, v)
+        p = _index("partner_video", partner_video, q.shape[0], v)
+    q, p = q.to(K.device), p.to(K.device)
     return list(
         epipolar_bias_pyramid(
-            K, world_from_cam, K[p], world_from_cam[p], image_hw, grids=grids, config=config, generator=generator
+            K[q], world_from_cam[q], K[p], world_from_cam[p], image_hw, grids=grids, config=config, generator=generator
         )
     )
 

@@ -325,3 +325,27 @@ def test_training_step_reaches_only_the_cvsms_with_and_without_checkpointing(mod
     assert set(grads[0]) == names and all(g.abs().sum() > 0 for g in grads[0].values())
     for n in names:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6)
+
+
+def test_general_pairings_with_a_video_in_two_pairs(model):
+    """Odd N: video 0 sits in two pairs (rows 0 and 3), each row with its own partner, bias slot and pose slot;
+    the result equals running each pair on its own."""
+    from cvd.context import epipolar_biases
+
+    K, c2w = camera_inputs(3, NUM_FRAMES, SIZE)
+    feats = model.encode_cameras(K.float(), c2w.float(), SIZE, SIZE)
+    grids = model.unet.level_grids((SIZE // 8, SIZE // 8))
+    pairs_q, pairs_k = [0, 1, 2, 0], [1, 0, 0, 2]  # rows: (0 -> 1), (1 -> 0), (2 -> 0), (0 -> 2)
+    bias = epipolar_biases(K, c2w, pairs_k, query_video=pairs_q, image_hw=(SIZE, SIZE), grids=grids,
+                           generator=torch.Generator().manual_seed(0))
+    ctx = CrossViewContext.build(num_rows=4, num_frames=NUM_FRAMES, device="cpu", dtype=torch.float32,
+                                 partner=[1, 0, 3, 2], bias=bias, bias_slot=[0, 1, 2, 3], pose_features=feats,
+                                 pose_slot=pairs_q)
+    sample, t, text = unet_inputs(model, 4, NUM_FRAMES, SIZE)
+    with torch.no_grad():
+        together = model.unet(sample, t, text, ctx)
+        second = CrossViewContext.build(num_rows=2, num_frames=NUM_FRAMES, device="cpu", dtype=torch.float32,
+                                        partner=[1, 0], bias=[b[2:] for b in bias], pose_features=feats,
+                                        pose_slot=[2, 0])
+        alone = model.unet(sample[2:], t[2:], text[2:], second)
+    torch.testing.assert_close(together[2:], alone, rtol=1e-5, atol=1e-5)
