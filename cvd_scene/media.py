@@ -150,7 +150,7 @@ def contact_sheet(
     if len(ids) != V:
         raise ValueError(f"got {len(ids)} video ids for {V} videos")
     cols = np.unique(np.round(np.linspace(0, F - 1, min(F, max_frames))).astype(int))
-    label_w, label_h, gap = 44, 16, 2
+    label_w, label_h, gap = max(44, 7 * max(len(i) for i in ids) + 8), 16, 2
     scale = min(1.0, (max_width_px - label_w) / (len(cols) * (W + gap)))
     tw, th = max(8, int(W * scale)), max(8, int(H * scale))
     sheet = Image.new("RGB", (label_w + len(cols) * (tw + gap), label_h + V * (th + gap)), (24, 24, 24))
@@ -160,7 +160,7 @@ def contact_sheet(
         draw.text((label_w + c * (tw + gap) + 3, 2), f"#{f}", fill=(220, 220, 220), font=font)
     for v in range(V):
         y = label_h + v * (th + gap)
-        draw.text((3, y + th // 2 - 6), ids[v][:7], fill=(220, 220, 220), font=font)
+        draw.text((3, y + th // 2 - 6), ids[v], fill=(220, 220, 220), font=font)
         for c, f in enumerate(cols):
             tile = Image.fromarray(arr[v, f])
             if (tw, th) != (W, H):
@@ -169,5 +169,5 @@ def contact_sheet(
     out = np.asarray(sheet)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        sheet.save(path)
+        sheet.save(path, optimize=True)
     return out
