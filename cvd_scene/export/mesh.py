@@ -101,9 +101,9 @@ def splat_bounds(gaussians: Gaussians, percentile: float = 2.0) -> tuple[np.ndar
 def ring_cameras(
     lo: np.ndarray,
     hi: np.ndarray,
-    size_px: int = 256,
-    n_yaw: int = 12,
-    pitches_deg: tuple = (-25.0, 0.0, 25.0),
+    size_px: int = 192,
+    n_yaw: int = 6,
+    pitches_deg: tuple = (-30.0, 20.0),
 ) -> Cameras:
     """Viewpoints inside the box ``lo``..``hi`` (world, +y up): video 0 at the centre looking outwards at
     ``n_yaw`` headings and each pitch (90 degree FOV); video 1 on a circle of 0.35 x the horizontal half-extent
