@@ -372,9 +372,11 @@ def triangulate_known_poses(
     K: np.ndarray,
     width: int,
     height: int,
+    min_tri_angle_deg: float = 1.5,
     num_threads: int = -1,
 ) -> Model:
-    """Triangulate the verified matches of the database with the given poses (``world_from_cam`` [4, 4] by name)."""
+    """Triangulate the verified matches of the database with the given poses (``world_from_cam`` [4, 4] by name);
+    points need a triangulation angle of at least ``min_tri_angle_deg``."""
     pycolmap = _pycolmap()
     stats = read_database_stats(database_path)
     rec = pycolmap.Reconstruction()
@@ -387,6 +389,8 @@ def triangulate_known_poses(
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(cam_from_world[:3, :4]))
     opts = pycolmap.IncrementalPipelineOptions()
     opts.num_threads = _threads(num_threads)
+    opts.triangulation.min_angle = float(min_tri_angle_deg)
+    opts.mapper.filter_min_tri_angle = float(min_tri_angle_deg)
     output_dir.mkdir(parents=True, exist_ok=True)
     rec = pycolmap.triangulate_points(rec, database_path, image_dir, output_dir, options=opts)
     return Model(rec)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 
@@ -214,22 +213,3 @@ def format_table(result: dict, paper: bool = True) -> str:
             lines.append(f"| {title} | {label} | " + " | ".join(fmt(v) for v in vals) + " |")
     return "\n".join(lines)
 
-
-def read_run_frames(frames_dir: Path, cameras: Cameras) -> np.ndarray:
-    """The frames ``frames_dir/<vid>/<NNNN>.png`` of a plan as [V, F, H, W, 3] float32 in [0, 1]."""
-    import imageio.v3 as iio
-
-    V, F = cameras.num_videos, cameras.num_frames
-    out = np.zeros((V, F, cameras.height, cameras.width, 3), np.float32)  # [V, F, H, W, 3]
-    for v, vid in enumerate(cameras.video_ids):
-        for f in range(F):
-            path = Path(frames_dir) / vid / f"{f:04d}.png"
-            if not path.is_file():
-                raise FileNotFoundError(f"frame {path} is missing (video {vid}, frame {f})")
-            img = np.asarray(iio.imread(path))
-            if img.ndim == 2:
-                img = np.repeat(img[..., None], 3, axis=-1)
-            if img.shape[:2] != (cameras.height, cameras.width):
-                raise ValueError(f"{path} is {img.shape[1]}x{img.shape[0]}, the plan says {cameras.width}x{cameras.height}")
-            out[v, f] = img[..., :3].astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
-    return out

@@ -5,14 +5,21 @@ scene's), else at a few fixed distances -- and projected into frame b; the overl
 image in front of it (no occlusion test). Registration uses it to choose which frame pairs to match, the
 consistency evaluation to skip pairs that share no view.
 
-Cameras in the project's convention (OpenCV axes, ``world_from_cam``). Pure numpy; must not import pycolmap or torch.
+Cameras in the project's convention (OpenCV axes, ``world_from_cam``). numpy only (and the planner's proxy scenes);
+must not import pycolmap or torch.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
 import numpy as np
 
 from cvd_scene.cameras import Cameras, invert_rigid
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DEPTHS_M: tuple[float, ...] = (1.0, 2.5, 6.0)
 """Distances at which pixels are lifted when no depth is known."""
@@ -70,3 +77,32 @@ def frame_overlap(
         seen = (z > 1e-6) & (x >= 0) & (x <= cameras.width) & (y >= 0) & (y <= cameras.height) & valid[:, None, :]
         out[:, b] = seen.sum(-1) / np.maximum(valid.sum(-1), 1)[:, None]
     return out
+
+
+def planned_depth(run_dir: str | os.PathLike, plan: Cameras, size_px: int = 48) -> np.ndarray | None:
+    """z-depth [V, F, h, w] of every planned frame, for the overlap of frame pairs: the reference generator's ground
+    truth (``generate/gt/depth``) when present, else the planner's proxy scene of the plan's scene kind, else None."""
+    run_dir = Path(run_dir)
+    gt = run_dir / "generate" / "gt" / "depth"
+    if gt.is_dir():
+        try:
+            step = max(1, plan.width // size_px)
+            return np.stack(
+                [
+                    np.stack([np.load(gt / vid / f"{f:04d}.npy")[::step, ::step] for f in range(plan.num_frames)])
+                    for vid in plan.video_ids
+                ]
+            )
+        except (OSError, ValueError) as e:
+            log.warning("cannot read %s (%s); using the plan's proxy scene", gt, e)
+    kind = plan.extras.get("scene")
+    if not kind:
+        return None
+    try:
+        from cvd_scene.covisibility import proxy_depth, proxy_scene, sample_cameras
+        from cvd_scene.planning import scene_layout
+
+        return proxy_depth(sample_cameras(plan, size_px), proxy_scene(scene_layout(kind)))
+    except (ImportError, ValueError, KeyError) as e:
+        log.warning("no proxy scene for kind %r (%s); overlap measured at fixed distances", kind, e)
+        return None

@@ -294,7 +294,15 @@ def register_frames(
     if opt.mode == "known-poses":
         t0 = time.perf_counter()
         model = colmap.triangulate_known_poses(
-            database, image_dir, work_dir / "triangulated", plan_poses, K, plan.width, plan.height, num_threads
+            database,
+            image_dir,
+            work_dir / "triangulated",
+            plan_poses,
+            K,
+            plan.width,
+            plan.height,
+            min_tri_angle_deg=opt.min_tri_angle_deg,
+            num_threads=num_threads,
         )
         timings["triangulation"] = time.perf_counter() - t0
         _drop_weak_frames(model, opt.min_observations)

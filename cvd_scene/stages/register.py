@@ -60,8 +60,9 @@ class RegisterConfig:
     """free: inliers the mapper's initial pair needs (COLMAP relaxes it when no pair qualifies)."""
     init_min_tri_angle_deg: float = 16.0
     """free: triangulation angle the mapper's initial pair needs, degrees (relaxed likewise)."""
-    min_tri_angle_deg: float = 1.5
-    """free: smallest triangulation angle of a 3D point of the incremental mapper, degrees."""
+    min_tri_angle_deg: float = 1.0
+    """Smallest triangulation angle of a 3D point, degrees (known-poses triangulation and the incremental mapper;
+    COLMAP's default 1.5 drops the far points of rotation-dominant plans, leaving their last frames unregistered)."""
     min_baseline_fraction: float = 1e-3
     """Frame pairs whose planned baseline is below this fraction of the plan's extent have no translation direction
     and are left out of the translation-direction error."""
@@ -75,6 +76,7 @@ def run_register(config, run_dir: Path, out_dir: Path):
     """Register ``run_dir/generate/frames`` against ``run_dir/plan`` into ``out_dir`` (becomes ``run_dir/register``);
     ``config`` is the whole :class:`cvd_scene.runconfig.RunConfig`. Returns a ``StageResult``."""
     from cvd_scene.camera_io import read_cameras_json, write_json, write_transforms_json
+    from cvd_scene.overlap import frame_overlap, planned_depth
     from cvd_scene.registration import read_covisibility, register_frames, write_points_ply
     from cvd_scene.runfolder import StageResult
 
@@ -85,7 +87,10 @@ def run_register(config, run_dir: Path, out_dir: Path):
     covisibility = read_covisibility(run_dir / "plan" / "covisibility.json", plan)
     if covisibility is None:
         log.info("register: no usable plan/covisibility.json; matching every same-index pair across videos")
-    reg = register_frames(run_dir / "generate" / "frames", plan, out_dir / "colmap", cfg, covisibility, seed=config.seed)
+    overlap = frame_overlap(plan, planned_depth(run_dir, plan)) if cfg.overlap_top_k > 0 else None
+    reg = register_frames(
+        run_dir / "generate" / "frames", plan, out_dir / "colmap", cfg, covisibility, overlap, seed=config.seed
+    )
     if reg.model is not None:
         reg.model.write(out_dir / "sparse")
         if cfg.text_model:
