@@ -23,9 +23,13 @@ def look_around(videos: int, frames: int, size: int, fov_deg: float = 60.0):
     from cvd_scene.cameras import Cameras, intrinsics_from_fov, look_at
 
     start = np.array([0.0, 1.5, 0.0])
-    yaw = np.linspace(0, 2 * np.pi, videos, endpoint=False)[:, None] + np.linspace(0, 0.8, frames)[None]  # [V, F]
-    eye = np.broadcast_to(start, (videos, frames, 3)) + np.stack([0.3 * np.sin(yaw), 0 * yaw, 0.3 * np.cos(yaw)], -1) * (
-        np.linspace(0, 1, frames)[None, :, None]
+    yaw = (
+        np.linspace(0, 2 * np.pi, videos, endpoint=False)[:, None] + np.linspace(0, 0.8, frames)[None]
+    )  # [V, F]
+    eye = (
+        np.broadcast_to(start, (videos, frames, 3))
+        + np.stack([0.3 * np.sin(yaw), 0 * yaw, 0.3 * np.cos(yaw)], -1)
+        * (np.linspace(0, 1, frames)[None, :, None])
     )
     target = eye + np.stack([np.sin(yaw), np.full_like(yaw, -0.15), np.cos(yaw)], -1)
     return Cameras(look_at(eye, target), intrinsics_from_fov(fov_deg, size, size), size, size)
@@ -52,16 +56,33 @@ def rows(quick: bool = False) -> list:
     scene = build_scene("a cosy room", 0)
     build_s = time.perf_counter() - t0
     _compile(scene)
-    out.append(BenchRow("reference", f"build the demo room ({scene.num_texels / 1e6:.1f} M texels)", "time (s)",
-                        build_s, "rendering the 6x16 case (below)", float("nan")))
+    out.append(
+        BenchRow(
+            "reference",
+            f"build the demo room ({scene.num_texels / 1e6:.1f} M texels)",
+            "time (s)",
+            build_s,
+            "rendering the 6x16 case (below)",
+            float("nan"),
+        )
+    )
     repeat = 1 if quick else 2
     for size in (128, 256, 512):
         n = (2 if size == 512 else 4) if quick else (4 if size == 512 else 8)
         cams = look_around(2, n, size)
         aa = _fps(scene, cams, 4, repeat)
         one = _fps(scene, cams, 1, repeat)
-        out.append(BenchRow("reference", f"{size}², 4 rays/pixel vs 1", "frames/s", aa, "1 ray per pixel", one,
-                            lower_is_better=False))
+        out.append(
+            BenchRow(
+                "reference",
+                f"{size}², 4 rays/pixel vs 1",
+                "frames/s",
+                aa,
+                "1 ray per pixel",
+                one,
+                lower_is_better=False,
+            )
+        )
     cams = look_around(6, 8 if quick else 16, 256)
     t0, c0 = time.perf_counter(), time.process_time()
     render(scene, cams, samples_per_pixel=4, progress=False)
@@ -73,16 +94,34 @@ def rows(quick: bool = False) -> list:
     out.append(BenchRow("reference", case, "CPU time (s)", target_cpu_s, "2 cores x target", 2 * budget))
     out[0].baseline = target_s
     cams = look_around(2, 4 if quick else 8, 256)
-    out.append(BenchRow("reference", "256², 4 rays/pixel, all CPUs vs 1 thread", "frames/s", _fps(scene, cams, 4, 1),
-                        "1 shading thread", _fps(scene, cams, 4, 1, threads=1), lower_is_better=False))
+    out.append(
+        BenchRow(
+            "reference",
+            "256², 4 rays/pixel, all CPUs vs 1 thread",
+            "frames/s",
+            _fps(scene, cams, 4, 1),
+            "1 shading thread",
+            _fps(scene, cams, 4, 1, threads=1),
+            lower_is_better=False,
+        )
+    )
     clip = look_around(2, 8, 64)
     n_clips = 3 if quick else 10
     t0 = time.perf_counter()
     for _ in range(n_clips):
         render(scene, clip, samples_per_pixel=2, progress=False)
     clip_fps = n_clips * 16 / (time.perf_counter() - t0)
-    out.append(BenchRow("reference", "training clips 2x8 at 64², 2 rays/pixel", "frames/s", clip_fps,
-                        "256², 1 ray per pixel (above)", out[2].baseline, lower_is_better=False))
+    out.append(
+        BenchRow(
+            "reference",
+            "training clips 2x8 at 64², 2 rays/pixel",
+            "frames/s",
+            clip_fps,
+            "256², 1 ray per pixel (above)",
+            out[2].baseline,
+            lower_is_better=False,
+        )
+    )
     return out
 
 

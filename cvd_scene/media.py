@@ -44,7 +44,8 @@ def frame_path(folder: str | os.PathLike, video_id: str, index: int) -> Path:
 
 
 def write_frames(frames: np.ndarray, folder: str | os.PathLike, video_ids: Sequence[str]) -> list[Path]:
-    """Write ``frames`` [V, F, H, W, 3] (float in [0, 1] or uint8) as ``<folder>/<vid>/<NNNN>.png``; returns the paths."""
+    """Write ``frames`` [V, F, H, W, 3] (float in [0, 1] or uint8) as ``<folder>/<vid>/<NNNN>.png``; returns the
+    paths written."""
     import imageio.v3 as iio
 
     arr = _check_frames(frames, 5, "frames")
@@ -77,7 +78,9 @@ def read_frames(folder: str | os.PathLike, video_ids: Sequence[str], num_frames:
             if out is None:
                 out = np.empty((len(video_ids), num_frames) + img.shape, np.float32)
             elif img.shape != out.shape[2:]:
-                raise ValueError(f"{p} is {img.shape[1]}x{img.shape[0]}, earlier frames are {out.shape[3]}x{out.shape[2]}")
+                raise ValueError(
+                    f"{p} is {img.shape[1]}x{img.shape[0]}, earlier frames are {out.shape[3]}x{out.shape[2]}"
+                )
             out[v, f] = img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
     if out is None:
         raise ValueError(f"nothing to read: {len(video_ids)} videos x {num_frames} frames")
@@ -92,7 +95,7 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float = 8.0, qua
     arr = to_uint8(_check_frames(frames, 4, "frames"))
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    F, H, W, _ = arr.shape
+    H, W = arr.shape[1:3]
     pad_h, pad_w = H % 2, W % 2
     if pad_h or pad_w:
         arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")

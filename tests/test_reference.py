@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from cvd_scene.camera_io import read_transforms_json, write_cameras_json
-from cvd_scene.cameras import Cameras, intrinsics_from_fov, intrinsics_matrix, invert_rigid, look_at, project
+from cvd_scene.cameras import Cameras, intrinsics_from_fov, intrinsics_matrix, look_at, project
 from cvd_scene.reference import KINDS, build_scene, parse_prompt, render, scene_kind_from_prompt
-from cvd_scene.reference import render as _render_fn  # noqa: F401  (the function; the module is imported below)
 from cvd_scene.reference.render import _compile, camera_rays, cast, pixel_jitter, sample_texture, shade
 from cvd_scene.reference.scene import make_caption
 
@@ -105,9 +104,13 @@ def test_bilinear_texture_sampling_matches_loop(room):
         px, py = float(x[n]) - 0.5, float(y[n]) - 0.5
         x0, y0 = int(np.floor(px)), int(np.floor(py))
         fx, fy = px - x0, py - y0
-        def at(i, j):
-            return img[min(max(j, 0), h - 1), min(max(i, 0), w - 1)]
-        want = (1 - fy) * ((1 - fx) * at(x0, y0) + fx * at(x0 + 1, y0)) + fy * ((1 - fx) * at(x0, y0 + 1) + fx * at(x0 + 1, y0 + 1))
+        t00, t10 = (
+            img[np.clip(y0, 0, h - 1), np.clip(x0, 0, w - 1)],
+            img[np.clip(y0, 0, h - 1), np.clip(x0 + 1, 0, w - 1)],
+        )
+        t01 = img[np.clip(y0 + 1, 0, h - 1), np.clip(x0, 0, w - 1)]
+        t11 = img[np.clip(y0 + 1, 0, h - 1), np.clip(x0 + 1, 0, w - 1)]
+        want = (1 - fy) * ((1 - fx) * t00 + fx * t10) + fy * ((1 - fx) * t01 + fx * t11)
         np.testing.assert_allclose(got[n], want, atol=2e-5)
 
 
@@ -129,12 +132,15 @@ def test_barycentric_hit_points_lie_on_the_ray(room):
     """open3d's barycentrics (u, v) weight corners 1 and 2: the interpolated corner equals origin + t * dir."""
     c = _compile(room)
     cams = _cams([[0.2, 1.5, 0.1]], [[1.0, 1.2, 1.0]], size=(16, 16))
-    o, d = camera_rays(cams.world_from_cam[:, 0], cams.K[:, 0], np.random.default_rng(0).uniform(0, 16, (50, 2)).astype(np.float32))
+    o, d = camera_rays(
+        cams.world_from_cam[:, 0],
+        cams.K[:, 0],
+        np.random.default_rng(0).uniform(0, 16, (50, 2)).astype(np.float32),
+    )
     d = d.reshape(-1, 3)
     hits = cast(room, np.repeat(o, len(d), 0), d)
     assert (hits.triangle >= 0).all()
-    verts = np.concatenate([s.mesh.vertices[s.mesh.triangles] for i, s in enumerate(room.surfaces)])  # static only
-    order = [i for i, s in enumerate(room.surfaces) if s.motion is None]
+    order = [i for i, s in enumerate(room.surfaces) if s.motion is None]  # static triangles come first
     verts = np.concatenate([room.surfaces[i].mesh.vertices[room.surfaces[i].mesh.triangles] for i in order])
     tri = verts[hits.triangle]  # [N, 3, 3]
     u, v = hits.bary[:, :1], hits.bary[:, 1:]
@@ -149,7 +155,7 @@ def test_barycentric_hit_points_lie_on_the_ray(room):
 def test_depth_of_floor_matches_ray_plane_intersection(room):
     cams = _cams([[0.1, 1.6, 0.2]], [[0.6, 0.0, 1.5]], size=(48, 40))
     out = render(room, cams, samples_per_pixel=1, progress=False)
-    floor = [i for i, s in enumerate(room.surfaces) if s.name == "floor"][0]
+    floor = next(i for i, s in enumerate(room.surfaces) if s.name == "floor")
     sel = out.surface_id[0, 0] == floor  # [H, W]
     assert sel.mean() > 0.3
     c2w, K = cams.world_from_cam[0, 0], cams.K[0, 0]
@@ -213,7 +219,9 @@ def test_pixels_reproject_to_the_same_colour_in_other_views():
             p_cam = ray * z
             p_world = (cams.world_from_cam[a, 0, :3, :3] @ p_cam).T + cams.world_from_cam[a, 0, :3, 3]
             uv, zb = project(p_world, cams.world_from_cam[b, 0], cams.K[b, 0])
-            inside = ok & (zb > 0.1) & (uv[:, 0] > 1) & (uv[:, 0] < W - 2) & (uv[:, 1] > 1) & (uv[:, 1] < H - 2)
+            inside = (
+                ok & (zb > 0.1) & (uv[:, 0] > 1) & (uv[:, 0] < W - 2) & (uv[:, 1] > 1) & (uv[:, 1] < H - 2)
+            )
             ub, vb = uv[inside, 0] - 0.5, uv[inside, 1] - 0.5
             xi, yi = np.round(ub).astype(int), np.round(vb).astype(int)
             visible = np.abs(out.depth[b, 0, yi, xi] - zb[inside]) < 0.02 * zb[inside]
@@ -232,7 +240,9 @@ def _bilinear(img, x, y):
     """Bilinear lookup of img [H, W, 3] at pixel-index coordinates x, y [N]."""
     x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
     fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    return (1 - fy) * ((1 - fx) * img[y0, x0] + fx * img[y0, x0 + 1]) + fy * ((1 - fx) * img[y0 + 1, x0] + fx * img[y0 + 1, x0 + 1])
+    return (1 - fy) * ((1 - fx) * img[y0, x0] + fx * img[y0, x0 + 1]) + fy * (
+        (1 - fx) * img[y0 + 1, x0] + fx * img[y0 + 1, x0 + 1]
+    )
 
 
 def test_rectangular_images_are_crops_of_wider_views(room):
@@ -280,7 +290,9 @@ def test_no_two_surfaces_alike():
 
 
 def _mean_albedo(scene, prefix):
-    return np.mean([s.texture.reshape(-1, 3).mean(0) for s in scene.surfaces if s.name.startswith(prefix)], axis=0)
+    return np.mean(
+        [s.texture.reshape(-1, 3).mean(0) for s in scene.surfaces if s.name.startswith(prefix)], axis=0
+    )
 
 
 def test_prompt_colours_tint_the_scene_and_objects():
@@ -336,9 +348,11 @@ def test_layout_agreed_with_the_planner():
     assert lo[1] == pytest.approx(0.0) and 2.55 < hi[1] < 2.85
     assert np.all(np.abs(lo[[0, 2]]) > 2.6) and np.all(hi[[0, 2]] > 2.6)
     table = build_scene("a table", 5, texels_per_m=FAST_TEXELS)
-    top = [s for s in table.surfaces if s.name == "tabletop"][0]
+    top = next(s for s in table.surfaces if s.name == "tabletop")
     assert top.mesh.vertices[:, 1].max() == pytest.approx(0.75)
-    on_top = [s for s in table.surfaces if abs(s.mesh.vertices[:, 1].min() - 0.75) < 1e-6 and s.name != "tabletop"]
+    on_top = [
+        s for s in table.surfaces if abs(s.mesh.vertices[:, 1].min() - 0.75) < 1e-6 and s.name != "tabletop"
+    ]
     assert len(on_top) >= 4  # the objects stand on the top, within about 0.4 m of its centre
     assert all(np.hypot(s.mesh.vertices[:, 0], s.mesh.vertices[:, 2]).max() < 0.45 for s in on_top)
     yard = build_scene("a courtyard", 5, texels_per_m=10.0)
@@ -418,7 +432,9 @@ def test_frames_png_round_trip_and_mp4(tmp_path):
 
 def _plan(run_dir, size=(47, 33), videos=2, frames=3):
     eyes = np.array([[0.0, 1.5, 0.0]] * videos) + np.arange(videos)[:, None] * [0.2, 0.0, 0.0]
-    targets = eyes + np.stack([np.sin(np.arange(videos)), np.full(videos, -0.1), np.cos(np.arange(videos))], 1)
+    targets = eyes + np.stack(
+        [np.sin(np.arange(videos)), np.full(videos, -0.1), np.cos(np.arange(videos))], 1
+    )
     cams = _cams(eyes, targets, size=size, frames=frames)
     (run_dir / "plan").mkdir(parents=True)
     write_cameras_json(cams, run_dir / "plan" / "cameras.json")
@@ -490,10 +506,22 @@ def test_generate_command_on_a_planned_run(tmp_path):
         return StageResult()
 
     run.run_stage("plan", plan, {"cameras": "given"})
-    rc = main(["generate", str(run_dir), "--quiet", "--prompt", "a courtyard", "generate.samples_per_pixel=1",
-               "generate.texels_per_m=10"])
+    rc = main(
+        [
+            "generate",
+            str(run_dir),
+            "--quiet",
+            "--prompt",
+            "a courtyard",
+            "generate.samples_per_pixel=1",
+            "generate.texels_per_m=10",
+        ]
+    )
     assert rc == 0
     rep = json.loads((run_dir / "generate" / "report.json").read_text())
     assert rep["scene_kind"] == "courtyard" and rep["samples_per_pixel"] == 1
-    assert sorted(p.name for p in (run_dir / "generate" / "frames" / "v00").iterdir()) == ["0000.png", "0001.png"]
+    assert sorted(p.name for p in (run_dir / "generate" / "frames" / "v00").iterdir()) == [
+        "0000.png",
+        "0001.png",
+    ]
     assert main(["generate", str(run_dir), "--quiet", "--generator", "cvd", "--redo"]) == 2

@@ -21,7 +21,9 @@ def generate_overrides(
     ov = parse_overrides(list(overrides))
     gen = ov.setdefault("generate", {})
     if not isinstance(gen, dict):
-        raise CliError(f"override generate={gen!r} must set keys of the generate section, e.g. generate.scene=table")
+        raise CliError(
+            f"override generate={gen!r} must set keys of the generate section, e.g. generate.scene=table"
+        )
     if generator is not None:
         gen["generator"] = generator
     if model is not None:

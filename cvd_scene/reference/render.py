@@ -60,7 +60,8 @@ class _Compiled:
     """[T, 16] float32 per triangle: texel coordinates t0 (2), t1 - t0 (2), t2 - t0 (2), shading normals n0 (3),
     n1 - n0 (3), n2 - n0 (3) (object frame for moving surfaces), padding (1); interpolated with barycentrics."""
     tri_texture: np.ndarray
-    """[T, 4] int32 per triangle: first texel of its surface's texture in ``atlas``, width, height, surface index."""
+    """[T, 4] int32 per triangle: first texel of its surface's texture in ``atlas``, texture width and height,
+    surface index."""
     tri_surface: np.ndarray
     """[T] int32 surface index of each triangle."""
     atlas: np.ndarray
@@ -149,7 +150,9 @@ def _compile(scene: Scene) -> _Compiled:
 def _raycasting_scene(o3d, vertices: np.ndarray, triangles: np.ndarray):
     """An open3d RaycastingScene of one triangle mesh, committed (one ray cast) so threads can share it."""
     rs = o3d.t.geometry.RaycastingScene()
-    rs.add_triangles(o3d.core.Tensor(vertices.astype(np.float32)), o3d.core.Tensor(triangles.astype(np.uint32)))
+    rs.add_triangles(
+        o3d.core.Tensor(vertices.astype(np.float32)), o3d.core.Tensor(triangles.astype(np.uint32))
+    )
     rs.cast_rays(o3d.core.Tensor(np.array([[0, 0, 0, 0, 0, 1]], np.float32)))
     return rs
 
@@ -319,14 +322,16 @@ def pixel_jitter(samples_per_pixel: int, height: int, width: int, seed: int) -> 
     if S == 1:
         return np.full((1, height, width, 2), 0.5, np.float32)
     rng = np.random.default_rng([seed, S, height, width])
-    n = int(round(np.sqrt(S)))
+    n = round(np.sqrt(S))
     if n * n == S:
         sy, sx = np.divmod(np.arange(S), n)
         cell = np.stack([sx, sy], -1).astype(np.float32)  # [S, 2] stratum of each sample
         jit = rng.random((S, height, width, 2), dtype=np.float32)
         return (cell[:, None, None, :] + jit) / n
     # Not a square: S strata along a random direction per pixel, jittered (1-D stratified, 2-D uniform).
-    strata = (np.arange(S, dtype=np.float32)[:, None, None] + rng.random((S, height, width), dtype=np.float32)) / S
+    strata = (
+        np.arange(S, dtype=np.float32)[:, None, None] + rng.random((S, height, width), dtype=np.float32)
+    ) / S
     other = rng.random((S, height, width), dtype=np.float32)
     swap = rng.random((1, height, width)) < 0.5
     return np.stack([np.where(swap, strata, other), np.where(swap, other, strata)], -1)
@@ -373,7 +378,11 @@ def _check_inputs(scene: Scene, cameras: Cameras, samples_per_pixel: int) -> Non
         raise TypeError(f"scene must be a cvd_scene.reference.Scene, got {type(scene).__name__}")
     if not isinstance(cameras, Cameras):
         raise TypeError(f"cameras must be a cvd_scene.cameras.Cameras, got {type(cameras).__name__}")
-    if isinstance(samples_per_pixel, bool) or not isinstance(samples_per_pixel, (int, np.integer)) or samples_per_pixel < 1:
+    if (
+        isinstance(samples_per_pixel, bool)
+        or not isinstance(samples_per_pixel, (int, np.integer))
+        or samples_per_pixel < 1
+    ):
         raise ValueError(f"samples_per_pixel must be an int >= 1, got {samples_per_pixel!r}")
     if not np.all(np.isfinite(cameras.world_from_cam)):
         raise ValueError("cameras.world_from_cam has non-finite entries")
@@ -406,7 +415,9 @@ def render(
     V, F, H, W = cameras.num_videos, cameras.num_frames, cameras.height, cameras.width
     S = int(samples_per_pixel)
     jitter = pixel_jitter(S, H, W, scene.seed if jitter_seed is None else jitter_seed).reshape(S, H * W, 2)
-    base = np.stack(np.meshgrid(np.arange(W), np.arange(H)), -1).reshape(H * W, 2).astype(np.float32)  # [HW, 2]
+    base = (
+        np.stack(np.meshgrid(np.arange(W), np.arange(H)), -1).reshape(H * W, 2).astype(np.float32)
+    )  # [HW, 2]
     sample_xy = base[None] + jitter  # [S, HW, 2] where every ray goes
     rgb = np.empty((V, F, H, W, 3), np.float32)
     depth = np.zeros((V, F, H, W), np.float32)
@@ -483,4 +494,6 @@ def render_clip(
     scene: Scene, cameras: Cameras, samples_per_pixel: int = 2, jitter_seed: int | None = None
 ) -> np.ndarray:
     """Just the colour frames [V, F, H, W, 3] float32 of a (small) plan, no progress bar: for training data."""
-    return render(scene, cameras, samples_per_pixel=samples_per_pixel, progress=False, jitter_seed=jitter_seed).rgb
+    return render(
+        scene, cameras, samples_per_pixel=samples_per_pixel, progress=False, jitter_seed=jitter_seed
+    ).rgb

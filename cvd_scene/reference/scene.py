@@ -35,54 +35,192 @@ KINDS: tuple[str, ...] = ("room", "courtyard", "table")
 
 _KIND_WORDS = {
     "room": {
-        "room", "bedroom", "kitchen", "office", "interior", "indoor", "indoors", "hall", "hallway", "studio",
-        "apartment", "library", "lounge", "livingroom", "bathroom", "loft", "cabin", "attic",
+        "room",
+        "bedroom",
+        "kitchen",
+        "office",
+        "interior",
+        "indoor",
+        "indoors",
+        "hall",
+        "hallway",
+        "studio",
+        "apartment",
+        "library",
+        "lounge",
+        "livingroom",
+        "bathroom",
+        "loft",
+        "cabin",
+        "attic",
     },
     "courtyard": {
-        "courtyard", "yard", "street", "plaza", "square", "outdoor", "outdoors", "outside", "garden", "park",
-        "city", "town", "village", "buildings", "building", "alley", "patio", "backyard", "piazza", "campus",
+        "courtyard",
+        "yard",
+        "street",
+        "plaza",
+        "square",
+        "outdoor",
+        "outdoors",
+        "outside",
+        "garden",
+        "park",
+        "city",
+        "town",
+        "village",
+        "buildings",
+        "building",
+        "alley",
+        "patio",
+        "backyard",
+        "piazza",
+        "campus",
     },
     "table": {"tabletop", "table-top", "desk", "desktop", "still-life", "still", "countertop", "workbench"},
 }
 
-_NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-            "several": 3, "many": 5, "some": 2, "pair": 2}
+_NUMBERS = {
+    "a": 1,
+    "an": 1,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "several": 3,
+    "many": 5,
+    "some": 2,
+    "pair": 2,
+}
 _NUMBER_NAMES = {1: "a", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
 
 # Object words per kind: word -> (object type, plural). The builders know how to make each type.
 _OBJECT_WORDS = {
     "room": {
-        "sofa": "sofa", "sofas": "sofa", "couch": "sofa", "couches": "sofa", "bed": "bed", "beds": "bed",
-        "shelf": "shelf", "shelves": "shelf", "bookshelf": "shelf", "bookcase": "shelf", "cabinet": "cabinet",
-        "cabinets": "cabinet", "dresser": "cabinet", "cupboard": "cabinet", "table": "table", "tables": "table",
-        "chair": "chair", "chairs": "chair", "armchair": "chair", "lamp": "lamp", "lamps": "lamp",
-        "plant": "plant", "plants": "plant", "rug": "rug", "carpet": "rug", "painting": "painting",
-        "paintings": "painting", "picture": "painting", "pictures": "painting", "box": "box", "boxes": "box",
-        "ball": "ball", "balls": "ball",
+        "sofa": "sofa",
+        "sofas": "sofa",
+        "couch": "sofa",
+        "couches": "sofa",
+        "bed": "bed",
+        "beds": "bed",
+        "shelf": "shelf",
+        "shelves": "shelf",
+        "bookshelf": "shelf",
+        "bookcase": "shelf",
+        "cabinet": "cabinet",
+        "cabinets": "cabinet",
+        "dresser": "cabinet",
+        "cupboard": "cabinet",
+        "table": "table",
+        "tables": "table",
+        "chair": "chair",
+        "chairs": "chair",
+        "armchair": "chair",
+        "lamp": "lamp",
+        "lamps": "lamp",
+        "plant": "plant",
+        "plants": "plant",
+        "rug": "rug",
+        "carpet": "rug",
+        "painting": "painting",
+        "paintings": "painting",
+        "picture": "painting",
+        "pictures": "painting",
+        "box": "box",
+        "boxes": "box",
+        "ball": "ball",
+        "balls": "ball",
     },
     "courtyard": {
-        "tree": "tree", "trees": "tree", "bench": "bench", "benches": "bench", "fountain": "fountain",
-        "building": "building", "buildings": "building", "house": "building", "houses": "building",
-        "lamppost": "lamppost", "lampposts": "lamppost", "lamp": "lamppost", "lamps": "lamppost",
-        "planter": "planter", "planters": "planter", "box": "box", "boxes": "box", "ball": "ball",
+        "tree": "tree",
+        "trees": "tree",
+        "bench": "bench",
+        "benches": "bench",
+        "fountain": "fountain",
+        "building": "building",
+        "buildings": "building",
+        "house": "building",
+        "houses": "building",
+        "lamppost": "lamppost",
+        "lampposts": "lamppost",
+        "lamp": "lamppost",
+        "lamps": "lamppost",
+        "planter": "planter",
+        "planters": "planter",
+        "box": "box",
+        "boxes": "box",
+        "ball": "ball",
         "balls": "ball",
     },
     "table": {
-        "cup": "cup", "cups": "cup", "mug": "cup", "mugs": "cup", "vase": "vase", "vases": "vase",
-        "book": "book", "books": "book", "box": "box", "boxes": "box", "ball": "ball", "balls": "ball",
-        "apple": "ball", "apples": "ball", "fruit": "ball", "bowl": "bowl", "bowls": "bowl",
-        "bottle": "bottle", "bottles": "bottle", "can": "can", "cans": "can", "jar": "can", "jars": "can",
+        "cup": "cup",
+        "cups": "cup",
+        "mug": "cup",
+        "mugs": "cup",
+        "vase": "vase",
+        "vases": "vase",
+        "book": "book",
+        "books": "book",
+        "box": "box",
+        "boxes": "box",
+        "ball": "ball",
+        "balls": "ball",
+        "apple": "ball",
+        "apples": "ball",
+        "fruit": "ball",
+        "bowl": "bowl",
+        "bowls": "bowl",
+        "bottle": "bottle",
+        "bottles": "bottle",
+        "can": "can",
+        "cans": "can",
+        "jar": "can",
+        "jars": "can",
     },
 }
 
-_PLURALS = {"sofa": "sofas", "bed": "beds", "shelf": "shelves", "cabinet": "cabinets", "table": "tables",
-            "chair": "chairs", "lamp": "lamps", "plant": "plants", "rug": "rugs", "painting": "paintings",
-            "box": "boxes", "ball": "balls", "tree": "trees", "bench": "benches", "fountain": "fountains",
-            "building": "buildings", "lamppost": "lamp posts", "planter": "planters", "cup": "cups",
-            "vase": "vases", "book": "books", "bowl": "bowls", "bottle": "bottles", "can": "cans"}
+_PLURALS = {
+    "sofa": "sofas",
+    "bed": "beds",
+    "shelf": "shelves",
+    "cabinet": "cabinets",
+    "table": "tables",
+    "chair": "chairs",
+    "lamp": "lamps",
+    "plant": "plants",
+    "rug": "rugs",
+    "painting": "paintings",
+    "box": "boxes",
+    "ball": "balls",
+    "tree": "trees",
+    "bench": "benches",
+    "fountain": "fountains",
+    "building": "buildings",
+    "lamppost": "lamp posts",
+    "planter": "planters",
+    "cup": "cups",
+    "vase": "vases",
+    "book": "books",
+    "bowl": "bowls",
+    "bottle": "bottles",
+    "can": "cans",
+}
 _DISPLAY = {"lamppost": "lamp post"}
 
-_MOTION_WORDS = {"moving", "spinning", "rolling", "flying", "floating", "bouncing", "orbiting", "dynamic", "animated"}
+_MOTION_WORDS = {
+    "moving",
+    "spinning",
+    "rolling",
+    "flying",
+    "floating",
+    "bouncing",
+    "orbiting",
+    "dynamic",
+    "animated",
+}
 
 
 # ------------------------------------------------------------------------------------------ the scene
@@ -115,7 +253,11 @@ class Motion:
         """[4, 4] pose of the object at ``time_s``."""
         a = self.phase_rad + self.orbit_rad_per_s * time_s
         p = np.asarray(self.centre, np.float64) + np.array(
-            [self.radius_m * np.cos(a), self.bob_m * np.sin(2 * np.pi * self.bob_hz * time_s), self.radius_m * np.sin(a)]
+            [
+                self.radius_m * np.cos(a),
+                self.bob_m * np.sin(2 * np.pi * self.bob_hz * time_s),
+                self.radius_m * np.sin(a),
+            ]
         )
         T = np.eye(4)
         T[:3, :3] = shapes.rotation_y(self.spin_rad_per_s * time_s)
@@ -351,7 +493,9 @@ def _count_phrase(obj: str, n: int, colour: str | None) -> str:
     return f"{_NUMBER_NAMES.get(n, str(n))} {colour + ' ' if colour else ''}{plural}"
 
 
-def make_caption(kind: str, tint: str | None, objects: list[str], colours: dict[str, str], moving: list[str]) -> str:
+def make_caption(
+    kind: str, tint: str | None, objects: list[str], colours: dict[str, str], moving: list[str]
+) -> str:
     """``a red room with a sofa, two lamps and a moving ball`` from what was built."""
     order: list[str] = []
     for o in objects:
@@ -390,7 +534,8 @@ class _Builder:
         return np.random.default_rng([self.seed, len(self.surfaces), int(self.rng.integers(1 << 31))])
 
     def colour(self, base, obj: str | None = None, tint_weight: float = 0.0, jitter: float = 1.0):
-        """A colour near ``base``: the prompt's colour for ``obj`` if it names one, else tinted by the scene colour."""
+        """A colour near ``base``: the prompt's colour for ``obj`` if it names one, else tinted by the scene's
+        colour (by ``tint_weight``)."""
         rng = self.rng
         if obj is not None and obj in self.words.object_colours:
             return jitter_colour(COLOURS[self.words.object_colours[obj]], rng, 0.02, 0.05, 0.06)
@@ -434,7 +579,9 @@ def _fabric_colour(b: _Builder, obj: str | None = None):
 # ---------------------------------------------------------------------------- room and its furniture
 
 
-def _room_shell(b: _Builder, x0: float, x1: float, z0: float, z1: float, height: float, wall_density: float) -> None:
+def _room_shell(
+    b: _Builder, x0: float, x1: float, z0: float, z1: float, height: float, wall_density: float
+) -> None:
     rng = b.rng
     W, D = x1 - x0, z1 - z0
     floor_pattern = ("planks", "tiles", "stones")[int(rng.integers(3))] if rng.random() < 0.85 else "fabric"
@@ -450,8 +597,13 @@ def _room_shell(b: _Builder, x0: float, x1: float, z0: float, z1: float, height:
     else:
         b.add("floor", floor, "fabric", base=b.colour((0.5, 0.42, 0.35), tint_weight=0.3))
     ceiling = shapes.quad(np.array([x0, height, z0]), np.array([W, 0.0, 0.0]), np.array([0.0, 0.0, D]))
-    b.add("ceiling", ceiling, "panels", density=wall_density, base=b.colour((0.88, 0.86, 0.8), tint_weight=0.1))
-    wall_base = b.colour(((0.82, 0.74, 0.6), (0.6, 0.7, 0.75), (0.75, 0.62, 0.55), (0.7, 0.75, 0.6))[int(rng.integers(4))], tint_weight=0.75)
+    b.add(
+        "ceiling", ceiling, "panels", density=wall_density, base=b.colour((0.88, 0.86, 0.8), tint_weight=0.1)
+    )
+    wall_base = b.colour(
+        ((0.82, 0.74, 0.6), (0.6, 0.7, 0.75), (0.75, 0.62, 0.55), (0.7, 0.75, 0.6))[int(rng.integers(4))],
+        tint_weight=0.75,
+    )
     accent = b.colour(tuple(rng.uniform(0.15, 0.7, 3)), tint_weight=0.3)
     walls = {
         "wall_north": (np.array([x0, 0, z0]), np.array([W, 0, 0])),
@@ -482,7 +634,7 @@ def _wall_slots(x0, x1, z0, z1):
 def _place_against_wall(b: _Builder, slots, width: float, depth: float, tries: int = 40):
     """(centre on the floor, yaw) of a ``width`` x ``depth`` footprint backed against a random wall, or None."""
     for _ in range(tries):
-        name, p, along, inward, length = slots[int(b.rng.integers(len(slots)))]
+        _, p, along, inward, length = slots[int(b.rng.integers(len(slots)))]
         if length < width + 0.4:
             continue
         s = b.rng.uniform(0.2 + width / 2, length - 0.2 - width / 2)
@@ -508,8 +660,12 @@ def _sofa(b: _Builder, slots) -> bool:
     if spot is None:
         return False
     c, yaw = spot
-    parts = [((w, 0.42, d), (0, 0.21, 0)), ((w, 0.45, 0.2), (0, 0.63, -d / 2 + 0.1)),
-             ((0.18, 0.22, d), (-w / 2 + 0.09, 0.53, 0)), ((0.18, 0.22, d), (w / 2 - 0.09, 0.53, 0))]
+    parts = [
+        ((w, 0.42, d), (0, 0.21, 0)),
+        ((w, 0.45, 0.2), (0, 0.63, -d / 2 + 0.1)),
+        ((0.18, 0.22, d), (-w / 2 + 0.09, 0.53, 0)),
+        ((0.18, 0.22, d), (w / 2 - 0.09, 0.53, 0)),
+    ]
     b.add("sofa", shapes.merge(_local(parts, c, yaw)), "fabric", base=_fabric_colour(b, "sofa"))
     return True
 
@@ -534,8 +690,11 @@ def _shelf(b: _Builder, slots) -> bool:
         return False
     c, yaw = spot
     n_shelves = int(b.rng.integers(4, 6))
-    parts = [((0.03, h, d), (-w / 2 + 0.015, h / 2, 0)), ((0.03, h, d), (w / 2 - 0.015, h / 2, 0)),
-             ((w, h, 0.02), (0, h / 2, -d / 2 + 0.01))]
+    parts = [
+        ((0.03, h, d), (-w / 2 + 0.015, h / 2, 0)),
+        ((0.03, h, d), (w / 2 - 0.015, h / 2, 0)),
+        ((w, h, 0.02), (0, h / 2, -d / 2 + 0.01)),
+    ]
     for k in range(n_shelves):
         parts.append(((w, 0.025, d), (0, 0.02 + k * (h - 0.04) / (n_shelves - 1), 0)))
     b.add("shelf", shapes.merge(_local(parts, c, yaw)), "planks", base=_wood(b, "shelf"))
@@ -550,8 +709,13 @@ def _shelf(b: _Builder, slots) -> bool:
                 books.append(((bw, bh, d * 0.75), (x + bw / 2, y0 + bh / 2, 0.02)))
             x += bw + 0.004
     if books:
-        b.add("books", shapes.merge(_local(books, c, yaw)), "labels", density=b.density * 1.5,
-              base=b.colour(tuple(b.rng.uniform(0.2, 0.8, 3)), "book"))
+        b.add(
+            "books",
+            shapes.merge(_local(books, c, yaw)),
+            "labels",
+            density=b.density * 1.5,
+            base=b.colour(tuple(b.rng.uniform(0.2, 0.8, 3)), "book"),
+        )
     return True
 
 
@@ -562,11 +726,21 @@ def _cabinet(b: _Builder, slots) -> bool:
         return False
     c, yaw = spot
     pattern = "panels" if b.rng.random() < 0.5 else "planks"
-    b.add("cabinet", shapes.merge(_local([((w, h, d), (0, h / 2, 0))], c, yaw)), pattern, base=_wood(b, "cabinet"))
+    b.add(
+        "cabinet",
+        shapes.merge(_local([((w, h, d), (0, h / 2, 0))], c, yaw)),
+        pattern,
+        base=_wood(b, "cabinet"),
+    )
     if b.rng.random() < 0.7:  # a box on top
         s = b.rng.uniform(0.15, 0.3)
-        b.add("box", shapes.merge(_local([((s, s, s), (b.rng.uniform(-w / 3, w / 3), h + s / 2, 0))], c, yaw)),
-              "labels", density=b.density * 2, base=b.colour(tuple(b.rng.uniform(0.2, 0.9, 3)), "box"))
+        b.add(
+            "box",
+            shapes.merge(_local([((s, s, s), (b.rng.uniform(-w / 3, w / 3), h + s / 2, 0))], c, yaw)),
+            "labels",
+            density=b.density * 2,
+            base=b.colour(tuple(b.rng.uniform(0.2, 0.9, 3)), "box"),
+        )
         b.objects.append("box")
     return True
 
@@ -579,7 +753,11 @@ def _table_with_chairs(b: _Builder, slots) -> bool:
     c, yaw = spot
     R = shapes.rotation_y(yaw)
     tc = c + R @ np.array([0, 0, 0.35])
-    legs = [((0.05, 0.72, 0.05), (sx * (w / 2 - 0.05), 0.36, sz * (d / 2 - 0.05))) for sx in (-1, 1) for sz in (-1, 1)]
+    legs = [
+        ((0.05, 0.72, 0.05), (sx * (w / 2 - 0.05), 0.36, sz * (d / 2 - 0.05)))
+        for sx in (-1, 1)
+        for sz in (-1, 1)
+    ]
     parts = [((w, 0.04, d), (0, 0.74, 0))] + legs
     b.add("table", shapes.merge(_local(parts, tc, yaw)), "planks", base=_wood(b, "table"))
     for k in range(int(b.rng.integers(1, 3))):
@@ -597,7 +775,9 @@ def _lamp(b: _Builder, slots) -> bool:
         return False
     c, _ = spot
     h = b.rng.uniform(1.3, 1.7)
-    stand = shapes.merge([shapes.frustum(0.16, 0.14, 0.04, c), shapes.frustum(0.02, 0.02, h - 0.3, c + [0, 0.04, 0], 12)])
+    stand = shapes.merge(
+        [shapes.frustum(0.16, 0.14, 0.04, c), shapes.frustum(0.02, 0.02, h - 0.3, c + [0, 0.04, 0], 12)]
+    )
     b.add("lamp_stand", stand, "metal", base=b.colour((0.6, 0.6, 0.62)))
     shade = shapes.frustum(0.22, 0.13, 0.3, c + [0, h - 0.3, 0], caps=False)
     b.add("lamp", shade, "fabric", base=b.colour((0.9, 0.85, 0.7), "lamp"))
@@ -639,7 +819,9 @@ def _painting(b: _Builder, slots, height: float) -> bool:
 def _rug(b: _Builder, x0, x1, z0, z1) -> None:
     w, d = b.rng.uniform(1.6, 2.6), b.rng.uniform(1.2, 2.0)
     cx, cz = b.rng.uniform(-0.3, 0.3), b.rng.uniform(-0.3, 0.3)
-    q = shapes.quad(np.array([cx - w / 2, 0.006, cz - d / 2]), np.array([w, 0.0, 0.0]), np.array([0.0, 0.0, d]))
+    q = shapes.quad(
+        np.array([cx - w / 2, 0.006, cz - d / 2]), np.array([w, 0.0, 0.0]), np.array([0.0, 0.0, d])
+    )
     base = b.colour(tuple(b.rng.uniform(0.3, 0.75, 3)), "rug", tint_weight=0.4)
     accent = b.colour(tuple(b.rng.uniform(0.1, 0.8, 3)))
     b.add("rug", q, "rug", base=base, accent=accent, canvas_w_m=w, canvas_h_m=d)
@@ -648,12 +830,23 @@ def _rug(b: _Builder, x0, x1, z0, z1) -> None:
 def _ceiling_lamp(b: _Builder, height: float) -> None:
     c = np.array([b.rng.uniform(-0.4, 0.4), height - 0.45, b.rng.uniform(-0.4, 0.4)])
     b.add("ceiling_lamp_cord", shapes.frustum(0.01, 0.01, 0.4, c + [0, 0.05, 0], 8), "metal")
-    b.add("ceiling_lamp", shapes.frustum(0.25, 0.08, 0.2, c - [0, 0.15, 0], caps=False), "glow",
-          base=b.colour((0.95, 0.9, 0.75)))
+    b.add(
+        "ceiling_lamp",
+        shapes.frustum(0.25, 0.08, 0.2, c - [0, 0.15, 0], caps=False),
+        "glow",
+        base=b.colour((0.95, 0.9, 0.75)),
+    )
 
 
-_ROOM_FURNITURE = {"sofa": _sofa, "bed": _bed, "shelf": _shelf, "cabinet": _cabinet, "table": _table_with_chairs,
-                   "lamp": _lamp, "plant": _plant}
+_ROOM_FURNITURE = {
+    "sofa": _sofa,
+    "bed": _bed,
+    "shelf": _shelf,
+    "cabinet": _cabinet,
+    "table": _table_with_chairs,
+    "lamp": _lamp,
+    "plant": _plant,
+}
 
 
 def _build_room(b: _Builder, words: PromptWords) -> dict:
@@ -670,12 +863,24 @@ def _build_room(b: _Builder, words: PromptWords) -> dict:
     s = rng.uniform(0.8, length - 0.8)
     door_c = p + along * s + inward * 0.015
     b.pictures.append((name, s, 1.0))  # pictures keep clear of the door
-    b.add("door", shapes.quad(door_c - along * 0.45, along * 0.9, np.array([0.0, 2.05, 0.0])), "planks",
-          base=_wood(b, "door"))
-    b.footprints.append(tuple(np.r_[np.minimum(door_c - along * 0.6, door_c + along * 0.6)[[0, 2]] - 0.5,
-                                    np.maximum(door_c - along * 0.6, door_c + along * 0.6)[[0, 2]] + 0.5]))
+    b.add(
+        "door",
+        shapes.quad(door_c - along * 0.45, along * 0.9, np.array([0.0, 2.05, 0.0])),
+        "planks",
+        base=_wood(b, "door"),
+    )
+    b.footprints.append(
+        tuple(
+            np.r_[
+                np.minimum(door_c - along * 0.6, door_c + along * 0.6)[[0, 2]] - 0.5,
+                np.maximum(door_c - along * 0.6, door_c + along * 0.6)[[0, 2]] + 0.5,
+            ]
+        )
+    )
     wanted = dict(words.object_counts)
-    default = [k for k in ("sofa", "shelf", "cabinet", "table", "lamp", "plant", "bed") if rng.random() < 0.55]
+    default = [
+        k for k in ("sofa", "shelf", "cabinet", "table", "lamp", "plant", "bed") if rng.random() < 0.55
+    ]
     for obj in default:
         wanted.setdefault(obj, 1)
     if len([k for k in wanted if k in _ROOM_FURNITURE]) < 3:
@@ -701,12 +906,20 @@ def _build_room(b: _Builder, words: PromptWords) -> dict:
             cx, cz = rng.uniform(x0 + 0.4, x1 - 0.4), rng.uniform(z0 + 0.4, z1 - 0.4)
             if np.hypot(cx, cz) > 1.2 and b.free(cx - s / 2, cz - s / 2, cx + s / 2, cz + s / 2):
                 b.footprints.append((cx - s / 2, cz - s / 2, cx + s / 2, cz + s / 2))
-                b.add("box", shapes.box((s, s, s), (cx, s / 2, cz), rng.uniform(0, np.pi)), "labels",
-                      density=b.density * 2, base=b.colour(tuple(rng.uniform(0.2, 0.9, 3)), "box"))
+                b.add(
+                    "box",
+                    shapes.box((s, s, s), (cx, s / 2, cz), rng.uniform(0, np.pi)),
+                    "labels",
+                    density=b.density * 2,
+                    base=b.colour(tuple(rng.uniform(0.2, 0.9, 3)), "box"),
+                )
                 b.objects.append("box")
                 break
-    return {"start": np.array([0.0, 1.5, 0.0]), "focus": np.array([ox, 1.3, oz]),
-            "moving_area": (np.array([0.0, 0.0, 0.0]), 1.6, 0.25, height - 0.4)}
+    return {
+        "start": np.array([0.0, 1.5, 0.0]),
+        "focus": np.array([ox, 1.3, oz]),
+        "moving_area": (np.array([0.0, 0.0, 0.0]), 1.6, 0.25, height - 0.4),
+    }
 
 
 # ------------------------------------------------------------------------------------------ courtyard
@@ -714,59 +927,111 @@ def _build_room(b: _Builder, words: PromptWords) -> dict:
 
 def _building(b: _Builder, centre, yaw, w, d, h) -> None:
     rng = b.rng
-    base = b.colour(((0.78, 0.7, 0.58), (0.7, 0.45, 0.35), (0.85, 0.82, 0.75), (0.6, 0.6, 0.62))[int(rng.integers(4))],
-                    "building", tint_weight=0.5)
+    base = b.colour(
+        ((0.78, 0.7, 0.58), (0.7, 0.45, 0.35), (0.85, 0.82, 0.75), (0.6, 0.6, 0.62))[int(rng.integers(4))],
+        "building",
+        tint_weight=0.5,
+    )
     body = shapes.box((w, h, d), (centre[0], h / 2, centre[2]), yaw)
     storey = rng.uniform(2.8, 3.4)
     bay = rng.uniform(2.2, 3.2)
     b.add("building", body, "facade", density=b.density * 0.45, base=base, storey_m=storey, bay_m=bay)
     roof_h = rng.uniform(0.4, 1.0)
     roof = shapes.box((w + 0.3, roof_h, d + 0.3), (centre[0], h + roof_h / 2, centre[2]), yaw)
-    b.add("roof", roof, "tiles", density=b.density * 0.3,
-          colours=[b.colour((0.55, 0.25, 0.2)), b.colour((0.4, 0.2, 0.18)), b.colour((0.3, 0.3, 0.32))])
+    b.add(
+        "roof",
+        roof,
+        "tiles",
+        density=b.density * 0.3,
+        colours=[b.colour((0.55, 0.25, 0.2)), b.colour((0.4, 0.2, 0.18)), b.colour((0.3, 0.3, 0.32))],
+    )
 
 
 def _tree(b: _Builder, x: float, z: float) -> None:
     rng = b.rng
     th = rng.uniform(1.6, 2.6)
     r = rng.uniform(0.12, 0.22)
-    b.add("trunk", shapes.frustum(r * 1.3, r * 0.8, th, (x, 0, z), 12), "bark", density=b.density * 2,
-          base=b.colour((0.36, 0.26, 0.18)))
+    b.add(
+        "trunk",
+        shapes.frustum(r * 1.3, r * 0.8, th, (x, 0, z), 12),
+        "bark",
+        density=b.density * 2,
+        base=b.colour((0.36, 0.26, 0.18)),
+    )
     for k in range(int(rng.integers(1, 4))):
         cr = rng.uniform(0.8, 1.5)
         c = (x + rng.uniform(-0.5, 0.5), th + cr * 0.7 + k * 0.4, z + rng.uniform(-0.5, 0.5))
-        b.add("tree", shapes.ellipsoid((cr, cr * rng.uniform(0.8, 1.2), cr), c), "leaves", density=b.density * 0.8,
-              base=b.colour((0.22, 0.5, 0.2), "tree", tint_weight=0.2))
+        b.add(
+            "tree",
+            shapes.ellipsoid((cr, cr * rng.uniform(0.8, 1.2), cr), c),
+            "leaves",
+            density=b.density * 0.8,
+            base=b.colour((0.22, 0.5, 0.2), "tree", tint_weight=0.2),
+        )
 
 
 def _bench(b: _Builder, x: float, z: float, yaw: float) -> None:
     c = np.array([x, 0.0, z])
-    parts = [((1.6, 0.05, 0.45), (0, 0.45, 0)), ((1.6, 0.4, 0.05), (0, 0.7, -0.2)),
-             ((0.06, 0.45, 0.4), (-0.7, 0.225, 0)), ((0.06, 0.45, 0.4), (0.7, 0.225, 0))]
-    b.add("bench", shapes.merge(_local(parts, c, yaw)), "planks", density=b.density * 1.5, base=_wood(b, "bench"))
+    parts = [
+        ((1.6, 0.05, 0.45), (0, 0.45, 0)),
+        ((1.6, 0.4, 0.05), (0, 0.7, -0.2)),
+        ((0.06, 0.45, 0.4), (-0.7, 0.225, 0)),
+        ((0.06, 0.45, 0.4), (0.7, 0.225, 0)),
+    ]
+    b.add(
+        "bench",
+        shapes.merge(_local(parts, c, yaw)),
+        "planks",
+        density=b.density * 1.5,
+        base=_wood(b, "bench"),
+    )
 
 
 def _lamppost(b: _Builder, x: float, z: float) -> None:
-    post = shapes.merge([shapes.frustum(0.08, 0.05, 3.2, (x, 0, z), 12),
-                         shapes.ellipsoid((0.2, 0.25, 0.2), (x, 3.4, z), 12, 8)])
+    post = shapes.merge(
+        [
+            shapes.frustum(0.08, 0.05, 3.2, (x, 0, z), 12),
+            shapes.ellipsoid((0.2, 0.25, 0.2), (x, 3.4, z), 12, 8),
+        ]
+    )
     b.add("lamppost", post, "metal", density=b.density * 2, base=b.colour((0.2, 0.22, 0.2), "lamppost"))
 
 
 def _fountain(b: _Builder) -> None:
     r = b.rng.uniform(1.0, 1.5)
-    b.add("fountain", shapes.merge([shapes.frustum(r, r, 0.5, (0, 0, 0), 32), shapes.frustum(0.2, 0.15, 1.2, (0, 0.5, 0), 16)]),
-          "stones", density=b.density * 2, base=b.colour((0.7, 0.68, 0.62), "fountain"), size=0.15)
+    b.add(
+        "fountain",
+        shapes.merge(
+            [shapes.frustum(r, r, 0.5, (0, 0, 0), 32), shapes.frustum(0.2, 0.15, 1.2, (0, 0.5, 0), 16)]
+        ),
+        "stones",
+        density=b.density * 2,
+        base=b.colour((0.7, 0.68, 0.62), "fountain"),
+        size=0.15,
+    )
 
 
 def _build_courtyard(b: _Builder, words: PromptWords) -> dict:
     rng = b.rng
     plaza = rng.uniform(8.5, 10.0)  # half size of the paved square
-    paving = shapes.quad(np.array([-plaza, 0.0, -plaza]), np.array([2 * plaza, 0.0, 0.0]), np.array([0.0, 0.0, 2 * plaza]))
+    paving = shapes.quad(
+        np.array([-plaza, 0.0, -plaza]), np.array([2 * plaza, 0.0, 0.0]), np.array([0.0, 0.0, 2 * plaza])
+    )
     if rng.random() < 0.5:
-        b.add("ground", paving, "stones", base=b.colour((0.62, 0.58, 0.52), tint_weight=0.2), size=rng.uniform(0.2, 0.35))
+        b.add(
+            "ground",
+            paving,
+            "stones",
+            base=b.colour((0.62, 0.58, 0.52), tint_weight=0.2),
+            size=rng.uniform(0.2, 0.35),
+        )
     else:
-        b.add("ground", paving, "tiles", colours=[b.colour((0.7, 0.66, 0.6)), b.colour((0.5, 0.45, 0.4)),
-                                                   b.colour((0.62, 0.55, 0.45))])
+        b.add(
+            "ground",
+            paving,
+            "tiles",
+            colours=[b.colour((0.7, 0.66, 0.6)), b.colour((0.5, 0.45, 0.4)), b.colour((0.62, 0.55, 0.45))],
+        )
     outer = 40.0
     lawn_density = b.density * 0.2
     for name, o, eu, ev in (
@@ -775,11 +1040,22 @@ def _build_courtyard(b: _Builder, words: PromptWords) -> dict:
         ("lawn_w", (-outer, 0, -plaza), (outer - plaza, 0, 0), (0, 0, 2 * plaza)),
         ("lawn_e", (plaza, 0, -plaza), (outer - plaza, 0, 0), (0, 0, 2 * plaza)),
     ):
-        b.add(name, shapes.quad(np.array(o, float), np.array(eu, float), np.array(ev, float)), "grass",
-              density=lawn_density, base=b.colour((0.3, 0.52, 0.2)))
+        b.add(
+            name,
+            shapes.quad(np.array(o, float), np.array(eu, float), np.array(ev, float)),
+            "grass",
+            density=lawn_density,
+            base=b.colour((0.3, 0.52, 0.2)),
+        )
     n_build = max(words.object_counts.get("building", 0), int(rng.integers(5, 8)))
-    angles = np.sort((rng.uniform(0, 2 * np.pi) + np.arange(n_build) * 2 * np.pi / n_build
-                      + rng.uniform(-0.2, 0.2, n_build)) % (2 * np.pi))
+    angles = np.sort(
+        (
+            rng.uniform(0, 2 * np.pi)
+            + np.arange(n_build) * 2 * np.pi / n_build
+            + rng.uniform(-0.2, 0.2, n_build)
+        )
+        % (2 * np.pi)
+    )
     for a in angles:
         dist = rng.uniform(10.0, 14.0)
         w, d, h = rng.uniform(6, 10), rng.uniform(5, 8), rng.uniform(6, 14)
@@ -789,12 +1065,16 @@ def _build_courtyard(b: _Builder, words: PromptWords) -> dict:
         b.objects.append("building")
     if words.object_counts.get("fountain", 0) or rng.random() < 0.4:
         # The fountain stands off-centre so the start (0, 1.6, 0) is free.
-        _fountain_at = np.array([rng.choice([-1, 1]) * rng.uniform(3.5, 5), 0, rng.choice([-1, 1]) * rng.uniform(3.5, 5)])
+        _fountain_at = np.array(
+            [rng.choice([-1, 1]) * rng.uniform(3.5, 5), 0, rng.choice([-1, 1]) * rng.uniform(3.5, 5)]
+        )
         before = len(b.surfaces)
         _fountain(b)
         for s in b.surfaces[before:]:
             s.mesh = s.mesh.transformed(np.eye(3), _fountain_at)
-        b.footprints.append((_fountain_at[0] - 1.6, _fountain_at[2] - 1.6, _fountain_at[0] + 1.6, _fountain_at[2] + 1.6))
+        b.footprints.append(
+            (_fountain_at[0] - 1.6, _fountain_at[2] - 1.6, _fountain_at[0] + 1.6, _fountain_at[2] + 1.6)
+        )
         b.objects.append("fountain")
     n_trees = max(words.object_counts.get("tree", 0), int(rng.integers(3, 7)))
     placed = 0
@@ -808,10 +1088,12 @@ def _build_courtyard(b: _Builder, words: PromptWords) -> dict:
             _tree(b, x, z)
             b.objects.append("tree")
             placed += 1
-    extras = [("bench", max(words.object_counts.get("bench", 0), int(rng.integers(1, 4)))),
-              ("lamppost", max(words.object_counts.get("lamppost", 0), int(rng.integers(1, 4)))),
-              ("planter", max(words.object_counts.get("planter", 0), int(rng.integers(0, 3)))),
-              ("box", words.object_counts.get("box", 0))]
+    extras = [
+        ("bench", max(words.object_counts.get("bench", 0), int(rng.integers(1, 4)))),
+        ("lamppost", max(words.object_counts.get("lamppost", 0), int(rng.integers(1, 4)))),
+        ("planter", max(words.object_counts.get("planter", 0), int(rng.integers(0, 3)))),
+        ("box", words.object_counts.get("box", 0)),
+    ]
     for obj, n in extras:
         for _ in range(n):
             for _try in range(60):
@@ -824,17 +1106,30 @@ def _build_courtyard(b: _Builder, words: PromptWords) -> dict:
                     elif obj == "lamppost":
                         _lamppost(b, x, z)
                     elif obj == "planter":
-                        b.add("planter", shapes.box((1.2, 0.5, 0.8), (x, 0.25, z), rng.uniform(0, np.pi)), "bricks",
-                              density=b.density * 1.5, base=b.colour((0.6, 0.35, 0.25)))
+                        b.add(
+                            "planter",
+                            shapes.box((1.2, 0.5, 0.8), (x, 0.25, z), rng.uniform(0, np.pi)),
+                            "bricks",
+                            density=b.density * 1.5,
+                            base=b.colour((0.6, 0.35, 0.25)),
+                        )
                         b.add("bush", shapes.ellipsoid((0.55, 0.35, 0.4), (x, 0.6, z)), "leaves")
                     else:
                         s = rng.uniform(0.4, 0.7)
-                        b.add("box", shapes.box((s, s, s), (x, s / 2, z), rng.uniform(0, np.pi)), "labels",
-                              density=b.density * 2, base=b.colour(tuple(rng.uniform(0.2, 0.9, 3)), "box"))
+                        b.add(
+                            "box",
+                            shapes.box((s, s, s), (x, s / 2, z), rng.uniform(0, np.pi)),
+                            "labels",
+                            density=b.density * 2,
+                            base=b.colour(tuple(rng.uniform(0.2, 0.9, 3)), "box"),
+                        )
                     b.objects.append(obj)
                     break
-    return {"start": np.array([0.0, 1.6, 0.0]), "focus": np.array([0.0, 1.6, 0.0]),
-            "moving_area": (np.array([0.0, 0.0, 0.0]), 3.0, 0.4, 2.0)}
+    return {
+        "start": np.array([0.0, 1.6, 0.0]),
+        "focus": np.array([0.0, 1.6, 0.0]),
+        "moving_area": (np.array([0.0, 0.0, 0.0]), 3.0, 0.4, 2.0),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -855,13 +1150,23 @@ def _table_object(b: _Builder, obj: str, x: float, z: float) -> float:
         return r
     if obj == "vase":
         r, h = rng.uniform(0.05, 0.08), rng.uniform(0.18, 0.3)
-        m = shapes.merge([shapes.frustum(r * 0.7, r, h * 0.6, (x, y, z)), shapes.frustum(r, r * 0.45, h * 0.4, (x, y + h * 0.6, z))])
+        m = shapes.merge(
+            [
+                shapes.frustum(r * 0.7, r, h * 0.6, (x, y, z)),
+                shapes.frustum(r, r * 0.45, h * 0.4, (x, y + h * 0.6, z)),
+            ]
+        )
         b.add("vase", m, "wallpaper", density=d, base=col, accent=jitter_colour(col, rng, 0.4, 0.3, 0.3))
         return r
     if obj == "bottle":
         r, h = rng.uniform(0.03, 0.04), rng.uniform(0.2, 0.28)
-        m = shapes.merge([shapes.frustum(r, r, h * 0.65, (x, y, z)), shapes.frustum(r, r * 0.35, h * 0.15, (x, y + h * 0.65, z)),
-                          shapes.frustum(r * 0.35, r * 0.35, h * 0.2, (x, y + h * 0.8, z), 12)])
+        m = shapes.merge(
+            [
+                shapes.frustum(r, r, h * 0.65, (x, y, z)),
+                shapes.frustum(r, r * 0.35, h * 0.15, (x, y + h * 0.65, z)),
+                shapes.frustum(r * 0.35, r * 0.35, h * 0.2, (x, y + h * 0.8, z), 12),
+            ]
+        )
         b.add("bottle", m, "labels", density=d, base=col)
         return r
     if obj == "can":
@@ -870,8 +1175,14 @@ def _table_object(b: _Builder, obj: str, x: float, z: float) -> float:
         return r
     if obj == "bowl":
         r = rng.uniform(0.08, 0.12)
-        b.add("bowl", shapes.frustum(r * 0.55, r, r * 0.6, (x, y, z)), "wallpaper", density=d, base=col,
-              accent=jitter_colour(col, rng, 0.5, 0.2, 0.3))
+        b.add(
+            "bowl",
+            shapes.frustum(r * 0.55, r, r * 0.6, (x, y, z)),
+            "wallpaper",
+            density=d,
+            base=col,
+            accent=jitter_colour(col, rng, 0.5, 0.2, 0.3),
+        )
         return r
     if obj == "ball":
         r = rng.uniform(0.035, 0.06)
@@ -881,12 +1192,19 @@ def _table_object(b: _Builder, obj: str, x: float, z: float) -> float:
         w, dd, h = rng.uniform(0.13, 0.2), rng.uniform(0.18, 0.25), rng.uniform(0.02, 0.04)
         n = int(rng.integers(1, 4))
         yaw = rng.uniform(0, np.pi)
-        stack = [shapes.box((w, h, dd), (x, y + h * (k + 0.5), z), yaw + rng.uniform(-0.2, 0.2)) for k in range(n)]
+        stack = [
+            shapes.box((w, h, dd), (x, y + h * (k + 0.5), z), yaw + rng.uniform(-0.2, 0.2)) for k in range(n)
+        ]
         b.add("book", shapes.merge(stack), "labels", density=d, base=col)
         return 0.5 * float(np.hypot(w, dd))
     s = rng.uniform(0.06, 0.12)  # box
-    b.add("box", shapes.box((s, s * rng.uniform(0.6, 1.4), s), (x, y + s * 0.5 * 1.0, z), rng.uniform(0, np.pi)),
-          "labels", density=d, base=col)
+    b.add(
+        "box",
+        shapes.box((s, s * rng.uniform(0.6, 1.4), s), (x, y + s * 0.5 * 1.0, z), rng.uniform(0, np.pi)),
+        "labels",
+        density=d,
+        base=col,
+    )
     return s * 0.72
 
 
@@ -914,8 +1232,14 @@ def _build_table(b: _Builder, words: PromptWords) -> dict:
         b.add("tabletop", top, "planks", density=b.density * 2, base=top_colour)
     else:
         b.add("tabletop", top, "fabric", density=b.density * 2, base=top_colour)
-    legs = [shapes.box((0.06, _TABLE_TOP_Y - 0.04, 0.06), (sx * (w / 2 - 0.06), (_TABLE_TOP_Y - 0.04) / 2, sz * (d / 2 - 0.06)))
-            for sx in (-1, 1) for sz in (-1, 1)]
+    legs = [
+        shapes.box(
+            (0.06, _TABLE_TOP_Y - 0.04, 0.06),
+            (sx * (w / 2 - 0.06), (_TABLE_TOP_Y - 0.04) / 2, sz * (d / 2 - 0.06)),
+        )
+        for sx in (-1, 1)
+        for sz in (-1, 1)
+    ]
     b.add("table_legs", shapes.merge(legs), "planks", base=_wood(b))
     wanted: list[str] = []
     for obj, n in words.object_counts.items():
@@ -935,8 +1259,11 @@ def _build_table(b: _Builder, words: PromptWords) -> dict:
                 placed.append((x, z, fr))
                 b.objects.append(obj)
                 break
-    return {"start": np.array([0.0, 1.25, 1.2]), "focus": np.array([0.0, _TABLE_TOP_Y + 0.05, 0.0]),
-            "moving_area": (np.array([0.0, _TABLE_TOP_Y, 0.0]), 0.25, 0.28, 0.0)}
+    return {
+        "start": np.array([0.0, 1.25, 1.2]),
+        "focus": np.array([0.0, _TABLE_TOP_Y + 0.05, 0.0]),
+        "moving_area": (np.array([0.0, _TABLE_TOP_Y, 0.0]), 0.25, 0.28, 0.0),
+    }
 
 
 # -------------------------------------------------------------------------------------- moving objects
@@ -956,7 +1283,11 @@ def _add_moving(b: _Builder, n: int, area) -> list[str]:
         else:
             mesh = shapes.box((size * 1.6, size * 1.6, size * 1.6), (0, 0, 0))
         motion = Motion(
-            centre=(float(centre[0]), float(centre[1] + height + size * (0 if small else 1)), float(centre[2])),
+            centre=(
+                float(centre[0]),
+                float(centre[1] + height + size * (0 if small else 1)),
+                float(centre[2]),
+            ),
             radius_m=float(radius * rng.uniform(0.8, 1.0)),
             orbit_rad_per_s=float(rng.choice([-1, 1]) * rng.uniform(0.6, 1.0)),
             phase_rad=float(rng.uniform(0, 2 * np.pi) + k * np.pi),
@@ -1012,7 +1343,9 @@ def build_scene(
     caption_colours = {o: c for o, c in words.object_colours.items() if o in b.objects}
     caption = make_caption(kind, words.tint, b.objects, caption_colours, moving)
     if kind == "courtyard":
-        lighting = Lighting(ambient=0.5, directions=((0.45, 0.8, 0.35), (-0.6, 0.3, -0.5)), intensities=(0.55, 0.15))
+        lighting = Lighting(
+            ambient=0.5, directions=((0.45, 0.8, 0.35), (-0.6, 0.3, -0.5)), intensities=(0.55, 0.15)
+        )
     else:
         lighting = Lighting()
     scene = Scene(
@@ -1027,6 +1360,12 @@ def build_scene(
         focus=layout["focus"],
         objects=list(b.objects) + moving,
     )
-    log.debug("built %s scene (seed %d): %s; %d surfaces, %.1f M texels", kind, seed, caption, len(b.surfaces),
-              scene.num_texels / 1e6)
+    log.debug(
+        "built %s scene (seed %d): %s; %d surfaces, %.1f M texels",
+        kind,
+        seed,
+        caption,
+        len(b.surfaces),
+        scene.num_texels / 1e6,
+    )
     return scene

@@ -35,7 +35,9 @@ class Mesh:
     def transformed(self, R: np.ndarray, t: np.ndarray) -> Mesh:
         """The mesh rotated by ``R`` [3, 3] then moved by ``t`` [3]."""
         R = np.asarray(R, np.float64)
-        return Mesh(self.vertices @ R.T + np.asarray(t, np.float64), self.triangles, self.uv_m, self.normals @ R.T)
+        return Mesh(
+            self.vertices @ R.T + np.asarray(t, np.float64), self.triangles, self.uv_m, self.normals @ R.T
+        )
 
 
 def rotation_y(angle_rad: float) -> np.ndarray:
@@ -62,7 +64,8 @@ def merge(meshes: list[Mesh]) -> Mesh:
 
 
 def quad(origin: np.ndarray, edge_u: np.ndarray, edge_v: np.ndarray, uv_origin_m=(0.0, 0.0)) -> Mesh:
-    """A parallelogram ``origin + a * edge_u + b * edge_v`` (a, b in [0, 1]); u along ``edge_u``, v along ``edge_v``."""
+    """A parallelogram ``origin + a * edge_u + b * edge_v`` (a, b in [0, 1]); texture u runs along ``edge_u``,
+    v along ``edge_v``."""
     o = np.asarray(origin, np.float64)
     eu = np.asarray(edge_u, np.float64)
     ev = np.asarray(edge_v, np.float64)
@@ -109,7 +112,9 @@ def frustum(
 ) -> Mesh:
     """A cylinder (equal radii) or truncated cone standing on ``base_center``, smooth-shaded sides, flat caps."""
     if height <= 0 or min(radius_bottom, radius_top) < 0 or max(radius_bottom, radius_top) <= 0:
-        raise ValueError(f"frustum needs height > 0 and radii >= 0 (one > 0), got {radius_bottom=} {radius_top=} {height=}")
+        raise ValueError(
+            f"frustum needs height > 0 and radii >= 0 (one > 0), got {radius_bottom=} {radius_top=} {height=}"
+        )
     a = np.linspace(0, 2 * np.pi, segments + 1)  # [S+1]; the seam vertex repeats with u = circumference
     ca, sa = np.cos(a), np.sin(a)
     bottom = np.stack([radius_bottom * ca, np.zeros_like(a), radius_bottom * sa], -1)
@@ -136,13 +141,20 @@ def frustum(
             ring = np.stack([r * ca[:-1], np.full(segments, y), r * sa[:-1]], -1)
             centre = np.array([[0.0, y, 0.0]])
             v = np.concatenate([centre, ring])
-            t = np.array([[0, 1 + (i + 1) % segments, 1 + i] if sign > 0 else [0, 1 + i, 1 + (i + 1) % segments] for i in range(segments)])
+            t = np.array(
+                [
+                    [0, 1 + (i + 1) % segments, 1 + i] if sign > 0 else [0, 1 + i, 1 + (i + 1) % segments]
+                    for i in range(segments)
+                ]
+            )
             uv = (v[:, [0, 2]] + r)[t]
             parts.append(Mesh(v, t, uv, np.broadcast_to([0.0, sign, 0.0], (segments, 3, 3)).copy()))
     return merge(parts).transformed(np.eye(3), np.asarray(base_center, np.float64))
 
 
-def ellipsoid(radii: tuple[float, float, float], center: tuple[float, float, float], segments: int = 24, rings: int = 12) -> Mesh:
+def ellipsoid(
+    radii: tuple[float, float, float], center: tuple[float, float, float], segments: int = 24, rings: int = 12
+) -> Mesh:
     """An ellipsoid (a sphere with equal radii), smooth-shaded; u along longitude, v along latitude, metres."""
     rx, ry, rz = (float(r) for r in radii)
     if min(rx, ry, rz) <= 0:

@@ -113,7 +113,9 @@ COLOURS: dict[str, Rgb] = {
 """Colour words a prompt may use, as sRGB albedo in [0, 1]."""
 
 
-def jitter_colour(rgb: Rgb, rng: np.random.Generator, hue: float = 0.03, sat: float = 0.1, val: float = 0.1) -> Rgb:
+def jitter_colour(
+    rgb: Rgb, rng: np.random.Generator, hue: float = 0.03, sat: float = 0.1, val: float = 0.1
+) -> Rgb:
     """``rgb`` with its hue, saturation and value moved by up to the given amounts."""
     h, s, v = colorsys.rgb_to_hsv(*np.clip(rgb, 0, 1))
     h = (h + rng.uniform(-hue, hue)) % 1.0
@@ -138,7 +140,9 @@ def _cell_colours(base: Rgb, h: np.ndarray, h2: np.ndarray, spread: float) -> np
     return b * value + warm
 
 
-def decals(u, v, rng, img: np.ndarray, cell_m: float = 0.45, chance: float = 0.45, strength: float = 0.8) -> np.ndarray:
+def decals(
+    u, v, rng, img: np.ndarray, cell_m: float = 0.45, chance: float = 0.45, strength: float = 0.8
+) -> np.ndarray:
     """Sparse one-off marks over ``img`` [h, w, 3]: discs, rings and bars of random colour, size and angle, at most
     one per ``cell_m`` cell. They make every patch of a regular pattern unique, so features match unambiguously."""
     salt = int(rng.integers(1 << 30))
@@ -155,10 +159,17 @@ def decals(u, v, rng, img: np.ndarray, cell_m: float = 0.45, chance: float = 0.4
     across = -du * np.sin(ang) + dv * np.cos(ang)
     kind = (cell_hash(ci, cj, salt + 5) * 3).astype(np.int64)
     dist = np.sqrt(du * du + dv * dv)
-    shape = np.where(kind == 0, dist < r, np.where(kind == 1, np.abs(dist - r) < r * 0.3,
-                                                  (np.abs(along) < r * 1.6) & (np.abs(across) < r * 0.35)))
+    shape = np.where(
+        kind == 0,
+        dist < r,
+        np.where(
+            kind == 1, np.abs(dist - r) < r * 0.3, (np.abs(along) < r * 1.6) & (np.abs(across) < r * 0.35)
+        ),
+    )
     m = (on & shape).astype(np.float32)[..., None] * strength
-    col = np.stack([cell_hash(ci, cj, salt + 6), cell_hash(ci, cj, salt + 7), cell_hash(ci, cj, salt + 8)], -1)
+    col = np.stack(
+        [cell_hash(ci, cj, salt + 6), cell_hash(ci, cj, salt + 7), cell_hash(ci, cj, salt + 8)], -1
+    )
     col = (0.15 + 0.75 * col).astype(np.float32)
     return img * (1 - m) + col * m
 
@@ -434,7 +445,13 @@ def rug(u, v, rng, base: Rgb, accent: Rgb, canvas_w_m: float, canvas_h_m: float)
     diamond = np.abs(u - cu) / canvas_w_m + np.abs(v - cv) / canvas_h_m
     ring = np.floor(diamond * rng.uniform(10, 16))
     pal = np.asarray(
-        [base, accent, mix(base, (1, 1, 1), 0.5), mix(accent, (0, 0, 0), 0.4), jitter_colour(accent, rng, 0.2)],
+        [
+            base,
+            accent,
+            mix(base, (1, 1, 1), 0.5),
+            mix(accent, (0, 0, 0), 0.4),
+            jitter_colour(accent, rng, 0.2),
+        ],
         np.float32,
     )
     idx = np.where(band < 4, band % 2 + 2, ring % 5).astype(np.int64)
@@ -470,7 +487,12 @@ def facade(u, v, rng, base: Rgb, storey_m: float, bay_m: float) -> np.ndarray:
 def labels(u, v, rng, base: Rgb) -> np.ndarray:
     """Printed packaging: horizontal colour bands, a checker or dot motif and fine print-like noise."""
     n = ValueNoise(rng)
-    pal = [base, jitter_colour(base, rng, 0.5, 0.3, 0.3), (0.95, 0.94, 0.9), jitter_colour(base, rng, 0.3, 0.4, 0.4)]
+    pal = [
+        base,
+        jitter_colour(base, rng, 0.5, 0.3, 0.3),
+        (0.95, 0.94, 0.9),
+        jitter_colour(base, rng, 0.3, 0.4, 0.4),
+    ]
     pal_arr = np.asarray(pal, np.float32)
     band_h = rng.uniform(0.015, 0.04)
     band = np.floor(v / band_h)

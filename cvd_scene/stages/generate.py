@@ -84,7 +84,9 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cams_path = run_dir / "plan" / "cameras.json"
     if not cams_path.is_file():
-        raise StageRefused(f"stage 'generate' needs {cams_path}; run the plan stage first (cvd-scene plan {run_dir})")
+        raise StageRefused(
+            f"stage 'generate' needs {cams_path}; run the plan stage first (cvd-scene plan {run_dir})"
+        )
     cams = read_cameras_json(cams_path)
     gen = config.generate
     t0 = time.perf_counter()
@@ -117,19 +119,30 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
     write_json(out_dir / "report.json", report)
     from cvd_scene.runfolder import StageResult
 
-    summary = {k: report[k] for k in ("generator", "videos", "frames", "width", "height", "wall_time_s") if k in report}
+    summary = {
+        k: report[k]
+        for k in ("generator", "videos", "frames", "width", "height", "wall_time_s")
+        if k in report
+    }
     for k in ("scene_kind", "caption", "valid_fraction"):
         if k in report:
             summary[k] = report[k]
-    status, message = "finished", f"{cams.num_videos} videos x {cams.num_frames} frames by the {gen.generator} generator"
+    status, message = (
+        "finished",
+        f"{cams.num_videos} videos x {cams.num_frames} frames by the {gen.generator} generator",
+    )
     empty = report.get("empty_frames") or []
     if empty:
         status = "partial"
-        message += f"; {len(empty)} frame(s) see almost nothing of the scene (e.g. {empty[0]}): check the plan"
+        message += (
+            f"; {len(empty)} frame(s) see almost nothing of the scene (e.g. {empty[0]}): check the plan"
+        )
     return StageResult(status=status, summary=summary, message=message)
 
 
-def write_generate_outputs(frames: np.ndarray, cams: Cameras, out_dir: Path, contact_sheet_frames: int = 8) -> float:
+def write_generate_outputs(
+    frames: np.ndarray, cams: Cameras, out_dir: Path, contact_sheet_frames: int = 8
+) -> float:
     """Write what every generator writes: frames, videos, contact sheet and ``transforms.json``; returns seconds.
 
     ``frames`` [V, F, H, W, 3] float in [0, 1] must match the plan ``cams`` (videos, frames, size).
@@ -142,12 +155,16 @@ def write_generate_outputs(frames: np.ndarray, cams: Cameras, out_dir: Path, con
     t0 = time.perf_counter()
     want = (cams.num_videos, cams.num_frames, cams.height, cams.width, 3)
     if tuple(np.shape(frames)) != want:
-        raise ValueError(f"generated frames have shape {np.shape(frames)}, the plan needs {want} [V, F, H, W, 3]")
+        raise ValueError(
+            f"generated frames have shape {np.shape(frames)}, the plan needs {want} [V, F, H, W, 3]"
+        )
     out_dir = Path(out_dir)
     write_frames(frames, out_dir / "frames", cams.video_ids)
     for v, vid in enumerate(cams.video_ids):
         write_mp4(frames[v], out_dir / "videos" / f"{vid}.mp4", fps=cams.fps)
-    contact_sheet(frames, out_dir / "contact_sheet.png", max_frames=contact_sheet_frames, video_ids=cams.video_ids)
+    contact_sheet(
+        frames, out_dir / "contact_sheet.png", max_frames=contact_sheet_frames, video_ids=cams.video_ids
+    )
     write_transforms_json(cams, out_dir / "transforms.json", "frames")
     return time.perf_counter() - t0
 
@@ -175,7 +192,11 @@ def _generate_reference(config: RunConfig, cams: Cameras, out_dir: Path) -> tupl
     gen = config.generate
     t0 = time.perf_counter()
     scene = build_scene(
-        config.prompt, config.seed, kind=gen.scene, moving_objects=gen.moving_objects, texels_per_m=gen.texels_per_m
+        config.prompt,
+        config.seed,
+        kind=gen.scene,
+        moving_objects=gen.moving_objects,
+        texels_per_m=gen.texels_per_m,
     )
     build_s = time.perf_counter() - t0
     log.info("reference scene: %s (%s, seed %d)", scene.caption, scene.kind, config.seed)
@@ -202,7 +223,10 @@ def _generate_reference(config: RunConfig, cams: Cameras, out_dir: Path) -> tupl
         "render_fps": round(cams.num_videos * cams.num_frames / max(out.seconds, 1e-9), 2),
         "valid_fraction": round(float(out.mask.mean()), 4),
         "empty_frames": empty,
-        "depth_range_m": [round(float(out.depth[out.mask].min()), 4), round(float(out.depth[out.mask].max()), 4)]
+        "depth_range_m": [
+            round(float(out.depth[out.mask].min()), 4),
+            round(float(out.depth[out.mask].max()), 4),
+        ]
         if out.mask.any()
         else None,
     }
@@ -229,6 +253,10 @@ def _warn_outside(scene, cams: Cameras) -> None:
     outside = np.any((pos < lo - 1e-6) | (pos > hi + 1e-6), axis=1)
     if outside.any():
         log.warning(
-            "%d of %d planned cameras are outside the %s scene's bounds %s .. %s", int(outside.sum()), len(pos),
-            scene.kind, np.round(lo, 2).tolist(), np.round(hi, 2).tolist(),
+            "%d of %d planned cameras are outside the %s scene's bounds %s .. %s",
+            int(outside.sum()),
+            len(pos),
+            scene.kind,
+            np.round(lo, 2).tolist(),
+            np.round(hi, 2).tolist(),
         )
