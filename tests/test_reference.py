@@ -525,3 +525,14 @@ def test_generate_command_on_a_planned_run(tmp_path):
         "0001.png",
     ]
     assert main(["generate", str(run_dir), "--quiet", "--generator", "cvd", "--redo"]) == 2
+
+
+def test_scene_pickles_without_its_ray_casting_structures(room):
+    """Data loaders send scenes to worker processes: the open3d structures are rebuilt on demand."""
+    import pickle
+
+    cams = _cams([[0, 1.5, 0]], [[1, 1.2, -1]], size=(20, 16))
+    before = render(room, cams, 1, progress=False)
+    copy = pickle.loads(pickle.dumps(room))
+    assert copy._compiled is None
+    np.testing.assert_array_equal(render(copy, cams, 1, progress=False).rgb, before.rgb)
