@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -13,8 +17,103 @@ class FitConfig:
     method: Literal["cvd-scene", "cvd-scene-nerf"] = "cvd-scene"
     """nerfstudio method: ``cvd-scene`` (Gaussian splatting) or ``cvd-scene-nerf`` (NeRF)."""
     iterations: int = 3000
-    """Training iterations."""
+    """Training iterations (densification and learning-rate schedules are sized to them)."""
+    time_budget_s: float | None = None
+    """Stop training after this many seconds of wall-clock time and keep what was fitted (None: no limit)."""
     eval_every_k: int = 6
-    """Hold out every k-th frame of every video for evaluation."""
+    """Hold out every k-th frame of every video for evaluation (frame index % k == k - 1)."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    sh_degree: int = 1
+    """Highest SH degree of the Gaussians (0-3; generated views carry little view dependence)."""
+    num_random_points: int = 0
+    """Random points added to the registration's sparse points at the start (``cvd-scene``)."""
+    appearance: Literal["none", "per-frame", "per-video"] = "per-frame"
+    """Colour correction learnt per training frame (or video) to absorb flicker; renders use the neutral one."""
+    views: bool = True
+    """Render colour and depth at every registered camera into ``fit/views/`` (the export stage's mesh input)."""
+    threads: int | None = None
+    """CPU threads for torch (None: torch's default)."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("fit.device is 'cuda' but torch sees no CUDA device; use fit.device=cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"fit.device must be auto, cpu or cuda, got {device!r}")
+    return device
+
+
+def check_registration(run_dir: Path) -> None:
+    """Refuse (``StageRefused``, with the reason) when the registration failed or left nothing to fit."""
+    import json
+
+    from cvd_scene.runfolder import StageRefused
+
+    record = None
+    run_json = run_dir / "run.json"
+    if run_json.is_file():
+        try:
+            record = json.loads(run_json.read_text()).get("stages", {}).get("register")
+        except ValueError:
+            record = None
+    if record is not None and record.get("status") == "failed":
+        raise StageRefused(f"stage 'fit' needs a registration, and it failed: {record.get('message') or 'no reason given'}")
+    transforms = run_dir / "register" / "transforms.json"
+    if not transforms.is_file():
+        why = (record or {}).get("message") or "no frame was registered"
+        raise StageRefused(f"stage 'fit' needs {transforms}, which is missing ({why}); run or redo the register stage")
+
+
+def run_fit(config, run_dir: Path, out_dir: Path):
+    """Fit the run's registered frames with the nerfstudio method ``config.fit.method`` into ``out_dir``.
+
+    ``config`` is the whole :class:`cvd_scene.runconfig.RunConfig`. Returns a ``StageResult`` whose summary holds
+    the held-out PSNR/SSIM, the number of Gaussians, iterations, seconds and device.
+    """
+    import torch
+
+    from cvd_scene.fit.train import FitSettings, fit_run_folder
+    from cvd_scene.runfolder import StageResult
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    cfg: FitConfig = config.fit
+    check_registration(run_dir)
+    if cfg.iterations < 1:
+        raise ValueError(f"fit.iterations must be >= 1, got {cfg.iterations}")
+    if cfg.eval_every_k < 2:
+        raise ValueError(f"fit.eval_every_k must be >= 2, got {cfg.eval_every_k}")
+    if not 0 <= cfg.sh_degree <= 3:
+        raise ValueError(f"fit.sh_degree must be 0..3, got {cfg.sh_degree}")
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    settings = FitSettings(
+        method=cfg.method,
+        iterations=cfg.iterations,
+        time_budget_s=cfg.time_budget_s or 0.0,
+        eval_every_k=cfg.eval_every_k,
+        device=resolve_device(cfg.device),
+        seed=config.seed,
+        sh_degree=cfg.sh_degree,
+        num_random_points=cfg.num_random_points,
+        appearance=cfg.appearance,
+        views=cfg.views,
+    )
+    metrics = fit_run_folder(run_dir, out_dir, settings, final_out_dir=run_dir / "fit")
+    summary = {
+        k: metrics.get(k)
+        for k in ("method", "psnr", "ssim", "lpips", "depth_abs_error_m", "gaussians", "iterations", "seconds", "device")
+        if metrics.get(k) is not None
+    }
+    message = (
+        f"{cfg.method}: held-out PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} after "
+        f"{metrics['iterations']} iterations in {metrics['seconds']:.0f} s on {settings.device}"
+    )
+    if metrics.get("gaussians"):
+        message += f", {metrics['gaussians']} Gaussians"
+    return StageResult(status="finished", summary=summary, message=message)

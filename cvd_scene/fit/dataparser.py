@@ -1,0 +1,193 @@
+"""nerfstudio dataparser ``cvd-scene-data``: a cvd-scene run folder's registered frames and sparse points.
+
+Reads ``register/transforms.json`` (nerfstudio format written by the register stage: OpenGL
+``transform_matrix``, per-frame intrinsics, frames ``../generate/frames/<vid>/<NNNN>.png``) through
+:func:`cvd_scene.camera_io.read_transforms_json`, and ``register/sparse_pc.ply``. The run's Y-up metric world is
+mapped to nerfstudio's frame (+z up, the scene within about [-1, 1]^3) by a similarity recorded as the
+``dataparser_transform``/``dataparser_scale`` (see :mod:`cvd_scene.fit.frames`), so every output can be mapped
+back. Every ``eval_every_k``-th frame of every video (index % k == k - 1) is held out for evaluation.
+
+Imports only nerfstudio's dataparser and camera modules (ns-train imports every plugin at start; models and
+datamanagers here would make a circular import).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Type
+
+import numpy as np
+import torch
+from nerfstudio.cameras.cameras import Cameras as NsCameras
+from nerfstudio.cameras.cameras import CameraType
+from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
+from nerfstudio.data.scene_box import SceneBox
+
+from cvd_scene.camera_io import read_transforms_json
+from cvd_scene.fit.frames import NerfstudioFrame, nerfstudio_frame
+
+log = logging.getLogger(__name__)
+
+
+class RunFolderDataError(ValueError):
+    """The run folder has no usable registered frames; the message names the file and what is wrong."""
+
+
+@dataclass
+class CvdSceneDataParserConfig(DataParserConfig):
+    """A cvd-scene run folder (``--data RUN_DIR``) as nerfstudio training data."""
+
+    _target: Type = field(default_factory=lambda: CvdSceneDataParser)
+    data: Path = Path()
+    """The run folder (reads ``register/transforms.json`` and ``register/sparse_pc.ply``), or a transforms.json."""
+    eval_every_k: int = 6
+    """Hold out every k-th frame of every video (frame index % k == k - 1) for evaluation (k >= 2)."""
+    scale_from: Literal["points", "cameras"] = "points"
+    """What sets the scale: the 95th-percentile distance of the sparse points from the cameras' centre
+    (``points``, right for cameras inside a room and around an object alike) or the cameras' extent."""
+    scene_radius_m: float | None = None
+    """Fix the radius (metres) mapped to 1 instead of measuring it."""
+    load_points: bool = True
+    """Pass ``register/sparse_pc.ply`` to the model as initial points."""
+
+
+def read_points_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Points [P, 3] float64 and colours [P, 3] uint8 of a point-cloud PLY (grey when it has no colours)."""
+    from plyfile import PlyData
+
+    ply = PlyData.read(str(path))
+    try:
+        v = ply["vertex"]
+    except KeyError:
+        raise RunFolderDataError(f"{path}: no 'vertex' element, not a point cloud") from None
+    names = v.data.dtype.names
+    if not all(k in names for k in ("x", "y", "z")):
+        raise RunFolderDataError(f"{path}: vertices need x, y, z; found {names}")
+    xyz = np.stack([np.asarray(v[k], np.float64) for k in ("x", "y", "z")], axis=1)
+    if all(k in names for k in ("red", "green", "blue")):
+        rgb = np.stack([np.asarray(v[k]) for k in ("red", "green", "blue")], axis=1)
+        if rgb.dtype.kind == "f":
+            rgb = np.clip(rgb * 255.0 + 0.5, 0, 255)
+        rgb = rgb.astype(np.uint8)
+    else:
+        rgb = np.full((len(xyz), 3), 128, np.uint8)
+    ok = np.all(np.isfinite(xyz), axis=1)
+    return xyz[ok], rgb[ok]
+
+
+def locate_registration(data: Path) -> tuple[Path, Path]:
+    """(run folder, transforms.json) for ``--data`` given as a run folder or as a transforms.json."""
+    data = Path(data)
+    if data.is_file():
+        return data.parent.parent, data
+    transforms = data / "register" / "transforms.json"
+    if not transforms.is_file():
+        raise RunFolderDataError(
+            f"{data} has no register/transforms.json: pass a cvd-scene run folder whose register stage has run "
+            f"(cvd-scene register {data})"
+        )
+    return data, transforms
+
+
+@dataclass
+class FrameIndex:
+    """Which registered frame an image of a split is."""
+
+    video_id: str
+    """Video id (``v00``, ...)."""
+    frame: int
+    """Frame index within the video."""
+    video: int
+    """Video index (position in the sorted video ids)."""
+
+
+class CvdSceneDataParser(DataParser):
+    """Registered frames of a run folder, in nerfstudio's frame; see the module docstring."""
+
+    config: CvdSceneDataParserConfig
+
+    def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
+        cfg = self.config
+        if cfg.eval_every_k < 2:
+            raise ValueError(f"eval_every_k must be >= 2 (hold out every k-th frame), got {cfg.eval_every_k}")
+        run_dir, transforms_path = locate_registration(cfg.data)
+        tf = read_transforms_json(transforms_path)
+        cams = tf.cameras
+        base = transforms_path.parent
+        ok = np.all(np.isfinite(cams.world_from_cam), axis=(-2, -1))  # [V, F] registered
+        if not ok.any():
+            raise RunFolderDataError(f"{transforms_path}: no frame has a finite pose")
+        positions = cams.positions[ok]  # [R, 3]
+        centre = positions.mean(0)
+        points_path = base / str(tf.extra.get("ply_file_path", "sparse_pc.ply"))
+        xyz, rgb = (read_points_ply(points_path) if points_path.is_file() else (np.zeros((0, 3)), np.zeros((0, 3), np.uint8)))
+        if cfg.scene_radius_m is not None:
+            radius = float(cfg.scene_radius_m)
+        elif cfg.scale_from == "points" and len(xyz) >= 20:
+            radius = float(np.percentile(np.linalg.norm(xyz - centre, axis=1), 95))
+        else:
+            radius = float(np.max(np.linalg.norm(positions - centre, axis=1), initial=0.0))
+        if not np.isfinite(radius) or radius < 1e-6:
+            radius = 1.0
+        frame = nerfstudio_frame(centre, radius)
+
+        held_out = (np.arange(cams.num_frames) % cfg.eval_every_k) == cfg.eval_every_k - 1  # [F]
+        want_eval = split in ("val", "test")
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}")
+        index: list[FrameIndex] = []
+        files: list[Path] = []
+        for v, vid in enumerate(cams.video_ids):
+            for f in range(cams.num_frames):
+                if not ok[v, f] or bool(held_out[f]) != want_eval:
+                    continue
+                path = (base / tf.file_paths[v][f]).resolve()
+                if not path.is_file():
+                    raise RunFolderDataError(f"{transforms_path}: frame {vid}/{f:04d} names {path}, which is missing")
+                index.append(FrameIndex(vid, f, v))
+                files.append(path)
+        if not files:
+            raise RunFolderDataError(
+                f"{transforms_path}: the {split} split is empty (eval_every_k={cfg.eval_every_k}, "
+                f"{cams.num_frames} frames per video, {int(ok.sum())} registered)"
+            )
+        sel_v = np.array([i.video for i in index])
+        sel_f = np.array([i.frame for i in index])
+        c2w = frame.poses_to_ns(cams.world_from_cam[sel_v, sel_f])  # [I, 3, 4]
+        K = cams.K[sel_v, sel_f]  # [I, 3, 3]
+        ns_cams = NsCameras(
+            camera_to_worlds=torch.from_numpy(c2w).float(),
+            fx=torch.from_numpy(K[:, 0, 0:1]).float(),
+            fy=torch.from_numpy(K[:, 1, 1:2]).float(),
+            cx=torch.from_numpy(K[:, 0, 2:3]).float(),
+            cy=torch.from_numpy(K[:, 1, 2:3]).float(),
+            width=cams.width,
+            height=cams.height,
+            camera_type=CameraType.PERSPECTIVE,
+        )
+        metadata = {
+            "cvd_frames": index,
+            "cvd_num_videos": cams.num_videos,
+            "cvd_run_dir": run_dir,
+            "cvd_frame": frame,
+        }
+        if cfg.load_points and len(xyz):
+            metadata["points3D_xyz"] = torch.from_numpy(frame.points_to_ns(xyz)).float()
+            metadata["points3D_rgb"] = torch.from_numpy(rgb)
+        elif cfg.load_points:
+            log.warning("%s: no sparse points; the model starts from random points", points_path)
+        return DataparserOutputs(
+            image_filenames=files,
+            cameras=ns_cams,
+            scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])),
+            dataparser_transform=torch.from_numpy(frame.transform).float(),
+            dataparser_scale=frame.scale,
+            metadata=metadata,
+        )
+
+
+def frame_of_outputs(outputs: DataparserOutputs) -> NerfstudioFrame:
+    """The world <-> nerfstudio similarity of dataparser outputs made here."""
+    return outputs.metadata["cvd_frame"]

@@ -1,0 +1,143 @@
+"""nerfstudio trainer configs of the methods ``cvd-scene`` (Gaussian splatting) and ``cvd-scene-nerf`` (NeRF).
+
+The plugin entry points (``plugins/cvd_scene_plugins``) wrap these in ``MethodSpecification``s; the ``fit`` stage
+starts from the same functions, so ``ns-train cvd-scene`` and ``cvd-scene fit`` train the same method.
+``reduced=True`` gives the tiny configurations the tests train for a few steps on the CPU.
+
+Imports nerfstudio (the fit subpackage is the only place that may).
+"""
+
+from __future__ import annotations
+
+from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
+from nerfstudio.configs.base_config import ViewerConfig
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+
+from cvd_scene.fit.dataparser import CvdSceneDataParserConfig
+from cvd_scene.fit.nerf_model import CvdNerfModelConfig
+from cvd_scene.fit.splat_model import CvdSplatModelConfig
+
+SPLAT_DESCRIPTION = "cvd-scene: Gaussian splatting for generated multi-view videos (runs on CPU and CUDA)"
+NERF_DESCRIPTION = "cvd-scene-nerf: nerfacto for cvd-scene run folders (runs on CPU and CUDA, no downloads)"
+
+
+def splat_optimizers(max_steps: int) -> dict:
+    """One optimizer per parameter group of :class:`CvdSplatModel` (nerfstudio needs every group listed)."""
+    return {
+        "means": {
+            "optimizer": AdamOptimizerConfig(lr=1.6e-4, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=max_steps),
+        },
+        "features_dc": {"optimizer": AdamOptimizerConfig(lr=0.0025, eps=1e-15), "scheduler": None},
+        "features_rest": {"optimizer": AdamOptimizerConfig(lr=0.0025 / 20, eps=1e-15), "scheduler": None},
+        "opacities": {"optimizer": AdamOptimizerConfig(lr=0.05, eps=1e-15), "scheduler": None},
+        "scales": {"optimizer": AdamOptimizerConfig(lr=0.005, eps=1e-15), "scheduler": None},
+        "quats": {"optimizer": AdamOptimizerConfig(lr=0.001, eps=1e-15), "scheduler": None},
+        "appearance": {"optimizer": AdamOptimizerConfig(lr=1e-3, eps=1e-15), "scheduler": None},
+        "camera_opt": {
+            "optimizer": AdamOptimizerConfig(lr=1e-4, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(
+                lr_final=5e-7, max_steps=max_steps, warmup_steps=min(1000, max_steps // 3), lr_pre_warmup=0
+            ),
+        },
+    }
+
+
+def splat_config(max_steps: int = 3000, eval_every_k: int = 6, reduced: bool = False) -> TrainerConfig:
+    """Trainer config of ``cvd-scene``; ``reduced``: 2 steps, tiny refinement schedule, for tests."""
+    model = CvdSplatModelConfig()
+    if reduced:
+        max_steps = 2
+        model = CvdSplatModelConfig(warmup_length=0, refine_every=1, stop_split_at=2, num_downscales=0)
+    return TrainerConfig(
+        method_name="cvd-scene",
+        steps_per_eval_image=max(100, max_steps // 6),
+        steps_per_eval_batch=0,
+        steps_per_save=1000,
+        steps_per_eval_all_images=1_000_000,
+        max_num_iterations=max_steps,
+        mixed_precision=False,
+        pipeline=VanillaPipelineConfig(
+            datamanager=FullImageDatamanagerConfig(
+                dataparser=CvdSceneDataParserConfig(eval_every_k=eval_every_k),
+                cache_images_type="uint8",
+            ),
+            model=model,
+        ),
+        optimizers=splat_optimizers(max_steps),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    )
+
+
+def nerf_optimizers(max_steps: int) -> dict:
+    """One optimizer per parameter group of nerfacto."""
+    return {
+        "proposal_networks": {
+            "optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=max(max_steps, 1)),
+        },
+        "fields": {
+            "optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=max(max_steps, 1)),
+        },
+        "camera_opt": {
+            "optimizer": AdamOptimizerConfig(lr=1e-3, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=5000),
+        },
+    }
+
+
+def nerf_config(max_steps: int = 5000, eval_every_k: int = 6, reduced: bool = False) -> TrainerConfig:
+    """Trainer config of ``cvd-scene-nerf`` (nerfacto); ``reduced``: 2 steps of 256 rays, small fields."""
+    rays = 4096
+    model = CvdNerfModelConfig(
+        eval_num_rays_per_chunk=1 << 13,
+        average_init_density=0.01,
+        near_plane=0.02,
+        far_plane=100.0,
+        camera_optimizer=CameraOptimizerConfig(mode="off"),
+    )
+    if reduced:
+        max_steps, rays = 2, 256
+        model = CvdNerfModelConfig(
+            eval_num_rays_per_chunk=1 << 12,
+            near_plane=0.02,
+            far_plane=100.0,
+            camera_optimizer=CameraOptimizerConfig(mode="off"),
+            num_levels=4,
+            log2_hashmap_size=12,
+            hidden_dim=16,
+            hidden_dim_color=16,
+            num_proposal_samples_per_ray=(32, 16),
+            num_nerf_samples_per_ray=16,
+            proposal_net_args_list=[
+                {"hidden_dim": 8, "log2_hashmap_size": 12, "num_levels": 4, "max_res": 64, "use_linear": False},
+                {"hidden_dim": 8, "log2_hashmap_size": 12, "num_levels": 4, "max_res": 128, "use_linear": False},
+            ],
+        )
+    return TrainerConfig(
+        method_name="cvd-scene-nerf",
+        steps_per_eval_batch=500,
+        steps_per_eval_image=max(500, max_steps // 4),
+        steps_per_save=2000,
+        steps_per_eval_all_images=1_000_000,
+        max_num_iterations=max_steps,
+        mixed_precision=False,
+        pipeline=VanillaPipelineConfig(
+            datamanager=VanillaDataManagerConfig(
+                dataparser=CvdSceneDataParserConfig(eval_every_k=eval_every_k),
+                train_num_rays_per_batch=rays,
+                eval_num_rays_per_batch=rays,
+            ),
+            model=model,
+        ),
+        optimizers=nerf_optimizers(max_steps),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 13),
+        vis="viewer",
+    )

@@ -1,0 +1,334 @@
+"""The ``fit`` stage's work: nerfstudio's trainer with our method on a run folder, then evaluation and outputs.
+
+Writes into the stage's folder:
+
+* ``nerfstudio/<method>/run/`` - what ``ns-train`` writes (``config.yml`` rewritten to point at the final folder,
+  ``dataparser_transforms.json``, ``nerfstudio_models/step-*.ckpt``): ``ns-viewer --load-config`` works on it;
+* ``heldout/<vid>/<NNNN>.png`` - every held-out frame, ground truth left, render right;
+* ``metrics.json`` - PSNR, SSIM, LPIPS (when its weights are on disk), depth error against
+  ``generate/gt/depth`` (when it exists), Gaussians, iterations, seconds, device;
+* ``gaussians.ply`` (``cvd-scene``) - the Gaussians in the run's world frame (Inria 3DGS PLY);
+* ``views/rgb/<vid>/<NNNN>.png`` and ``views/depth/<vid>/<NNNN>.npy`` (both methods) - colour and z-depth in metres
+  (0 where nothing was rendered) at every registered camera, for the export stage.
+
+Imports nerfstudio (the fit subpackage is the only place that may). Training runs in this process; nothing here
+starts worker processes, so no ``__main__`` guard is needed by callers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cvd_scene.camera_io import read_transforms_json, write_json
+from cvd_scene.fit.frames import NerfstudioFrame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class FitSettings:
+    """What :func:`fit_run_folder` needs (the stage's config, resolved)."""
+
+    method: str = "cvd-scene"
+    """``cvd-scene`` or ``cvd-scene-nerf``."""
+    iterations: int = 3000
+    """Training iterations (the schedules are sized to them)."""
+    time_budget_s: float = 0.0
+    """Stop training after this many seconds (0: no limit)."""
+    eval_every_k: int = 6
+    """Hold out every k-th frame of every video."""
+    device: str = "cpu"
+    """``cpu`` or ``cuda``."""
+    seed: int = 0
+    """Seed of nerfstudio's trainer."""
+    sh_degree: int = 1
+    """Highest SH degree (``cvd-scene``)."""
+    num_random_points: int = 0
+    """Random points added to the sparse points (``cvd-scene``)."""
+    appearance: str = "per-frame"
+    """Colour correction: ``none``, ``per-frame`` or ``per-video`` (``cvd-scene``)."""
+    views: bool = True
+    """Render colour and depth at every registered camera into ``views/``."""
+    reduced: bool = False
+    """Tiny model and schedule (tests)."""
+
+
+def trainer_config(run_dir: Path, out_dir: Path, s: FitSettings):
+    """The nerfstudio ``TrainerConfig`` of the method, pointed at ``run_dir``, writing under ``out_dir``."""
+    from cvd_scene.fit.methods import nerf_config, splat_config
+
+    if s.method == "cvd-scene":
+        config = splat_config(max_steps=s.iterations, eval_every_k=s.eval_every_k, reduced=s.reduced)
+        model = config.pipeline.model
+        model.sh_degree = s.sh_degree
+        model.num_random_points = s.num_random_points
+        model.appearance = s.appearance
+        model.max_train_seconds = s.time_budget_s
+        scale = max(s.iterations, 1) / 3000.0  # schedules below are written for 3000 steps
+        if not s.reduced:
+            model.warmup_length = int(300 * scale)
+            model.stop_split_at = int(2500 * scale)
+            model.stop_screen_size_at = int(2500 * scale)
+            model.resolution_schedule = max(1, int(600 * scale))
+            model.sh_degree_interval = max(1, int(1000 * scale))
+    elif s.method == "cvd-scene-nerf":
+        config = nerf_config(max_steps=s.iterations, eval_every_k=s.eval_every_k, reduced=s.reduced)
+    else:
+        raise ValueError(f"method must be cvd-scene or cvd-scene-nerf, got {s.method!r}")
+    config.data = Path(run_dir).resolve()
+    config.pipeline.datamanager.data = config.data
+    config.output_dir = Path(out_dir).resolve()
+    config.experiment_name = "nerfstudio"
+    config.timestamp = "run"
+    config.vis = "tensorboard"
+    config.viewer.quit_on_train_completion = True
+    config.machine.device_type = s.device
+    config.machine.seed = s.seed
+    config.logging.local_writer.enable = False
+    config.steps_per_save = max(s.iterations, 1)
+    config.steps_per_eval_image = 1_000_000
+    config.steps_per_eval_batch = 0
+    return config
+
+
+@contextlib.contextmanager
+def _quiet_nerfstudio():
+    """nerfstudio prints through its own rich console; keep it quiet while the stage shows its progress."""
+    from nerfstudio.utils.rich_utils import CONSOLE
+
+    was = CONSOLE.quiet
+    CONSOLE.quiet = not log.isEnabledFor(logging.DEBUG)
+    try:
+        yield
+    finally:
+        CONSOLE.quiet = was
+
+
+class _Progress:
+    """A rich progress bar on a terminal (cvd_scene.logs settings), else a log line every 10 %."""
+
+    def __init__(self, total: int, description: str):
+        from cvd_scene.logs import progress_enabled
+
+        self.total, self.description = total, description
+        self.bar = None
+        self.next_log = 0.1
+        self.t0 = time.perf_counter()
+        if progress_enabled():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
+            )  # fmt: skip
+            self.task = self.bar.add_task(description, total=total)
+            self.bar.start()
+
+    def update(self, step: int) -> None:
+        done = step + 1
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+        elif done / self.total >= self.next_log:
+            log.info("%s: %d/%d steps (%.0f s)", self.description, done, self.total, time.perf_counter() - self.t0)
+            while self.next_log <= done / self.total:
+                self.next_log += 0.1
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def train(run_dir: Path, out_dir: Path, s: FitSettings):
+    """Run nerfstudio's trainer; returns ``(trainer, seconds, steps)``."""
+    from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+
+    config = trainer_config(run_dir, out_dir, s)
+    torch.manual_seed(s.seed)
+    with _quiet_nerfstudio():
+        config.save_config()
+        trainer = config.setup(local_rank=0, world_size=1)
+        trainer.setup()
+        progress = _Progress(config.max_num_iterations, f"fit {s.method}")
+        steps = [0]
+
+        def on_step(step: int) -> None:
+            steps[0] = step + 1
+            progress.update(step)
+
+        trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], on_step))
+        t0 = time.perf_counter()
+        try:
+            trainer.train()
+        finally:
+            progress.close()
+        seconds = time.perf_counter() - t0
+    return trainer, seconds, steps[0]
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+
+def _render(model, camera) -> dict[str, torch.Tensor]:
+    """Render one nerfstudio camera with the model in eval mode: rgb [H, W, 3], z-depth [H, W] (model frame),
+    accumulation [H, W]."""
+    from cvd_scene.fit.splat_model import CvdSplatModel
+
+    with torch.no_grad():
+        out = model.get_outputs_for_camera(camera)
+    depth = out["depth"][..., 0]
+    if not isinstance(model, CvdSplatModel):  # NeRF depth is the distance along the ray: make it z
+        K = camera.get_intrinsics_matrices()[0]
+        H, W = depth.shape
+        v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+        norm = torch.sqrt(((u - K[0, 2]) / K[0, 0]) ** 2 + ((v - K[1, 2]) / K[1, 1]) ** 2 + 1.0)
+        depth = depth / norm.to(depth.device)
+    return {"rgb": out["rgb"].clamp(0, 1), "depth": depth, "accumulation": out["accumulation"][..., 0]}
+
+
+def _png(path: Path, rgb: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+
+def evaluate_heldout(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFrame) -> dict:
+    """Metrics over the held-out frames and their side-by-side PNGs (``heldout/<vid>/<NNNN>.png``)."""
+    from pytorch_msssim import ssim as ssim_fn
+
+    pipeline = trainer.pipeline
+    model = pipeline.model
+    model.eval()
+    dm = pipeline.datamanager
+    dataset = dm.eval_dataset
+    frames = dataset.metadata["cvd_frames"]
+    psnrs, ssims, lpipss, depth_abs, depth_rel = [], [], [], [], []
+    for i in range(len(dataset)):
+        camera = dataset.cameras[i : i + 1].to(model.device)
+        gt = dataset.get_image_float32(i)[..., :3].to(model.device)  # [H, W, 3]
+        out = _render(model, camera)
+        pred = out["rgb"]
+        mse = torch.mean((pred - gt) ** 2).clamp_min(1e-12)
+        psnrs.append(float(-10.0 * torch.log10(mse)))
+        a, b = gt.permute(2, 0, 1)[None], pred.permute(2, 0, 1)[None]
+        ssims.append(float(ssim_fn(a, b, data_range=1.0, size_average=True)))
+        lp = getattr(model, "lpips", None)
+        if lp is not None:
+            with torch.no_grad():
+                lpipss.append(float(lp(a.clamp(0, 1), b.clamp(0, 1))))
+        fi = frames[i]
+        _png(out_dir / "heldout" / fi.video_id / f"{fi.frame:04d}.png", torch.cat([gt, pred], 1).cpu().numpy())
+        gt_depth_path = Path(run_dir) / "generate" / "gt" / "depth" / fi.video_id / f"{fi.frame:04d}.npy"
+        if gt_depth_path.is_file():
+            gt_depth = np.load(gt_depth_path).astype(np.float64)
+            pred_depth = out["depth"].cpu().numpy().astype(np.float64) / frame.scale  # metres
+            ok = (gt_depth > 0) & (out["accumulation"].cpu().numpy() > 0.5)
+            if ok.any():
+                err = np.abs(pred_depth[ok] - gt_depth[ok])
+                depth_abs.append(float(err.mean()))
+                depth_rel.append(float((err / gt_depth[ok]).mean()))
+    metrics = {
+        "heldout_frames": len(dataset),
+        "psnr": float(np.mean(psnrs)),
+        "ssim": float(np.mean(ssims)),
+        "lpips": float(np.mean(lpipss)) if lpipss else None,
+        "psnr_per_frame": {f"{f.video_id}/{f.frame:04d}": round(p, 3) for f, p in zip(frames, psnrs)},
+    }
+    if depth_abs:
+        metrics["depth_abs_error_m"] = float(np.mean(depth_abs))
+        metrics["depth_abs_rel_error"] = float(np.mean(depth_rel))
+    return metrics
+
+
+def render_views(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFrame) -> int:
+    """Colour and z-depth (metres, 0 where empty) at every registered camera into ``views/``; returns the count."""
+    from nerfstudio.cameras.cameras import Cameras as NsCameras
+    from nerfstudio.cameras.cameras import CameraType
+
+    from cvd_scene.logs import track
+
+    model = trainer.pipeline.model
+    model.eval()
+    cams = read_transforms_json(Path(run_dir) / "register" / "transforms.json").cameras
+    todo = [(v, f) for v in range(cams.num_videos) for f in range(cams.num_frames) if np.all(np.isfinite(cams.world_from_cam[v, f]))]
+    c2w = frame.poses_to_ns(np.stack([cams.world_from_cam[v, f] for v, f in todo]))  # [R, 3, 4]
+    K = np.stack([cams.K[v, f] for v, f in todo])  # [R, 3, 3]
+    ns = NsCameras(
+        camera_to_worlds=torch.from_numpy(c2w).float(),
+        fx=torch.from_numpy(K[:, 0, 0:1]).float(),
+        fy=torch.from_numpy(K[:, 1, 1:2]).float(),
+        cx=torch.from_numpy(K[:, 0, 2:3]).float(),
+        cy=torch.from_numpy(K[:, 1, 2:3]).float(),
+        width=cams.width,
+        height=cams.height,
+        camera_type=CameraType.PERSPECTIVE,
+    )
+    for i, (v, f) in enumerate(track(todo, total=len(todo), description="render views")):
+        out = _render(model, ns[i : i + 1].to(model.device))
+        vid = cams.video_ids[v]
+        _png(out_dir / "views" / "rgb" / vid / f"{f:04d}.png", out["rgb"].cpu().numpy())
+        depth = (out["depth"] / frame.scale).cpu().numpy().astype(np.float32)
+        depth = np.where((out["accumulation"].cpu().numpy() >= 0.5) & np.isfinite(depth), depth, 0.0).astype(np.float32)
+        path = out_dir / "views" / "depth" / vid / f"{f:04d}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, depth)
+    return len(todo)
+
+
+def _rewrite_config(config_path: Path, final_out_dir: Path) -> None:
+    """Point the saved ``config.yml`` at the stage's final folder (it was written in the temporary one)."""
+    import yaml
+
+    config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    config.output_dir = Path(final_out_dir).resolve()
+    config_path.write_text(yaml.dump(config), "utf8")
+
+
+def fit_run_folder(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: Path | None = None) -> dict:
+    """Train, evaluate and write every output of the fit stage into ``out_dir``; returns ``metrics.json``'s data.
+
+    ``final_out_dir`` is where ``out_dir`` will be renamed to (``RUN_DIR/fit``), for the saved nerfstudio config.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    trainer, seconds, steps = train(run_dir, out_dir, s)
+    frame: NerfstudioFrame = trainer.pipeline.datamanager.train_dataparser_outputs.metadata["cvd_frame"]
+    base = trainer.config.get_base_dir()
+    write_json(out_dir / "frame.json", frame.to_json())
+    t0 = time.perf_counter()
+    metrics = evaluate_heldout(trainer, run_dir, out_dir, frame)
+    metrics.update(
+        method=s.method,
+        iterations=steps,
+        iterations_planned=s.iterations,
+        seconds=round(seconds, 2),
+        seconds_per_iteration=round(seconds / max(steps, 1), 4),
+        device=s.device,
+        torch_threads=torch.get_num_threads(),
+        train_frames=len(trainer.pipeline.datamanager.train_dataset),
+    )
+    model = trainer.pipeline.model
+    if s.method == "cvd-scene":
+        from cvd_scene.export.ply import write_ply
+        from cvd_scene.fit.frames import gaussians_to_world
+
+        gaussians = gaussians_to_world(model.gaussians(), frame)
+        write_ply(gaussians, out_dir / "gaussians.ply")
+        metrics["gaussians"] = len(gaussians)
+    else:
+        metrics["gaussians"] = None
+    if s.views:
+        metrics["views"] = render_views(trainer, run_dir, out_dir, frame)
+    metrics["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    if final_out_dir is not None:
+        _rewrite_config(base / "config.yml", Path(final_out_dir))
+    metrics["nerfstudio_config"] = str(base.relative_to(out_dir.resolve()) / "config.yml")
+    write_json(out_dir / "metrics.json", metrics)
+    trainer.shutdown()
+    return metrics
