@@ -49,21 +49,21 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "PairSet",
-    "solo_set",
+    "PRESETS",
+    "CovisibilityPairing",
     "Evaluation",
+    "ExhaustivePairing",
+    "PairSet",
+    "PairingSchedule",
     "PairingStrategy",
     "PartitionPairing",
-    "ExhaustivePairing",
-    "CovisibilityPairing",
-    "PairingSchedule",
-    "PRESETS",
-    "schedule_preset",
-    "released_schedule",
-    "covisibility_affinity",
-    "call_groups",
-    "schedule_cost",
     "ScheduleCost",
+    "call_groups",
+    "covisibility_affinity",
+    "released_schedule",
+    "schedule_cost",
+    "schedule_preset",
+    "solo_set",
 ]
 
 _WEIGHT_ATOL = 1e-9
@@ -98,9 +98,15 @@ class PairSet:
         if self.solo:
             if len(pairs):
                 raise ValueError(f"a solo set has no pairs, got {len(pairs)} pairs")
-            videos = tuple(range(self.num_videos)) if self.solo_videos is None else tuple(int(v) for v in self.solo_videos)
+            videos = (
+                tuple(range(self.num_videos))
+                if self.solo_videos is None
+                else tuple(int(v) for v in self.solo_videos)
+            )
             if any(not 0 <= v < self.num_videos for v in videos) or len(set(videos)) != len(videos):
-                raise ValueError(f"solo_videos must be distinct indices in [0, {self.num_videos}), got {videos}")
+                raise ValueError(
+                    f"solo_videos must be distinct indices in [0, {self.num_videos}), got {videos}"
+                )
             object.__setattr__(self, "solo_videos", videos)
             return
         if len(pairs) and (pairs.min() < 0 or pairs.max() >= self.num_videos):
@@ -163,7 +169,9 @@ def _matching_set(num_videos: int, pairs: list[tuple[int, int]], extra: tuple[in
                 w[p.index(u)] = 0.5
         rows.append([v, u])
         weights.append([1.0, 0.5])
-    return PairSet(num_videos=num_videos, pairs=np.array(rows).reshape(-1, 2), weights=np.array(weights).reshape(-1, 2))
+    return PairSet(
+        num_videos=num_videos, pairs=np.array(rows).reshape(-1, 2), weights=np.array(weights).reshape(-1, 2)
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -450,7 +458,9 @@ PRESETS: dict[str, PairingSchedule] = {
     "exhaustive": PairingSchedule(strategy="exhaustive", recurrences=1, accumulations=1),
     "partition": PairingSchedule(strategy="partition", recurrences=1, accumulations=1, order="round-robin"),
     # The release, call for call.
-    "released-pair": PairingSchedule(strategy="partition", recurrences=1, accumulations=1, batching="per-set"),
+    "released-pair": PairingSchedule(
+        strategy="partition", recurrences=1, accumulations=1, batching="per-set"
+    ),
     "released-4": PairingSchedule(strategy="partition", recurrences=3, accumulations=1, batching="per-set"),
     "released-6": PairingSchedule(strategy="partition", recurrences=6, accumulations=2, batching="per-set"),
 }
@@ -499,19 +509,24 @@ def call_groups(
         raise ValueError(f"max_pairs_per_call must be >= 1 or None, got {max_pairs_per_call}")
     if evaluation.solo:
         n = evaluation.num_videos
-        skip = set(int(x) for x in skip_videos)
+        skip = {int(x) for x in skip_videos}
         videos = [v for v in range(n) if v not in skip]
         step = max_pairs_per_call * 2 if max_pairs_per_call else len(videos)
-        return [dataclasses.replace(solo_set(n), solo_videos=tuple(videos[i : i + step])) for i in range(0, len(videos), step)]
+        return [
+            dataclasses.replace(solo_set(n), solo_videos=tuple(videos[i : i + step]))
+            for i in range(0, len(videos), step)
+        ]
     sets = [evaluation.merged()] if batching == "merged" else list(evaluation.pair_sets)
-    skip = set(int(v) for v in skip_videos)
+    skip = {int(v) for v in skip_videos}
     out = []
     for s in sets:
         keep = np.array([not (int(a) in skip and int(b) in skip) for a, b in s.pairs], dtype=bool)
         pairs, weights = s.pairs[keep], s.weights[keep]
         step = max_pairs_per_call or max(len(pairs), 1)
         for i in range(0, len(pairs), step):
-            out.append(PairSet(num_videos=s.num_videos, pairs=pairs[i : i + step], weights=weights[i : i + step]))
+            out.append(
+                PairSet(num_videos=s.num_videos, pairs=pairs[i : i + step], weights=weights[i : i + step])
+            )
     return out
 
 
@@ -563,4 +578,3 @@ def _check_weights(evaluation: Evaluation) -> None:  # used by tests and the pip
     w = evaluation.video_weights()
     if not np.allclose(w, 1.0, atol=_WEIGHT_ATOL):
         raise AssertionError(f"video weights do not sum to one: {w.tolist()}")
-

@@ -102,7 +102,9 @@ def test_random_partition_is_uniform_over_pairs():
     """The release's random matchings: over many draws every pair turns up about equally often."""
     n, draws = 6, 3000
     strategy = PartitionPairing(n)
-    seen = Counter(tuple(sorted(p)) for s in strategy.draw(draws, np.random.default_rng(0)) for p in s.pairs.tolist())
+    seen = Counter(
+        tuple(sorted(p)) for s in strategy.draw(draws, np.random.default_rng(0)) for p in s.pairs.tolist()
+    )
     expected = draws * (n // 2) / (n * (n - 1) / 2)
     assert len(seen) == 15 and all(abs(c - expected) < 0.15 * expected for c in seen.values())
 
@@ -115,7 +117,9 @@ def test_covisibility_pairs_videos_that_see_the_same_things_more_often():
     cov[np.arange(n), np.arange(n)] = 1.0
     cov[..., 0] = 1.0  # the common first frame carries no information and is skipped
     strategy = CovisibilityPairing(n, covisibility_affinity(cov))
-    seen = Counter(tuple(sorted(p)) for s in strategy.draw(2000, np.random.default_rng(1)) for p in s.pairs.tolist())
+    seen = Counter(
+        tuple(sorted(p)) for s in strategy.draw(2000, np.random.default_rng(1)) for p in s.pairs.tolist()
+    )
     favoured = sum(seen[p] for p in [(0, 1), (2, 3), (4, 5)]) / 3
     others = [c for p, c in seen.items() if p not in [(0, 1), (2, 3), (4, 5)]]
     assert favoured > 5 * max(others)
@@ -149,15 +153,23 @@ def test_covisibility_affinity_reduces_and_symmetrises():
         covisibility_affinity(np.full((2, 2), 2.0))
 
 
-@pytest.mark.parametrize("n,preset,calls", [(2, "released-pair", 25), (4, "released-4", 73), (6, "released-6", 290)])
+@pytest.mark.parametrize(
+    "n,preset,calls", [(2, "released-pair", 25), (4, "released-4", 73), (6, "released-6", 290)]
+)
 def test_released_schedules_give_the_released_call_counts(n, preset, calls):
     cost = schedule_cost(schedule_preset(preset), n, 25)
-    assert cost.unet_calls == calls == released_call_count(25, PRESETS[preset].recurrences, PRESETS[preset].accumulations)
+    assert (
+        cost.unet_calls
+        == calls
+        == released_call_count(25, PRESETS[preset].recurrences, PRESETS[preset].accumulations)
+    )
     assert cost.max_rows_per_call == 2 * n  # all videos of one matching, both guidance branches, in one call
     assert schedule_preset("released", n).describe() == PRESETS[preset].describe()
     for steps in (1, 2, 7):
         s = PRESETS[preset]
-        assert schedule_cost(s, n, steps).unet_calls == released_call_count(steps, s.recurrences, s.accumulations)
+        assert schedule_cost(s, n, steps).unet_calls == released_call_count(
+            steps, s.recurrences, s.accumulations
+        )
 
 
 def test_ours_is_one_call_per_step_and_far_fewer_rows_than_the_release():

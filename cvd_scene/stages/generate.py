@@ -42,17 +42,30 @@ class GenerateConfig:
     """Reference generator: base texture resolution of the scene (texels per metre; objects use multiples); None
     uses the kind's default (room and table 90, courtyard 50). Higher: sharper close-ups, slower scene building."""
     model: str = "tiny"
-    """CVD generator: a model config name in ``configs/model/`` (``tiny``, ``tiny-trained``, ``sd15``)."""
+    """CVD generator: a model name: ``tiny`` (random weights, for tests), ``tiny-trained`` (the committed small
+    model in ``models/``), ``sd15`` (needs ``weights``); ignored when ``weights`` is given."""
     weights: str | None = None
     """CVD generator: a local folder of converted weights (``cvd-scene convert``) or of our saved format."""
     steps: int = 25
     """CVD generator: denoising steps."""
-    guidance_scale: float = 8.5
-    """CVD generator: classifier-free guidance scale."""
+    guidance_scale: float | None = None
+    """CVD generator: classifier-free guidance scale; None: the release's 8.5 for one or two videos, 14 for more."""
     negative_prompt: str = "worst quality, low quality, letterboxed"
     """CVD generator: negative prompt."""
-    pairing: str = "exhaustive"
-    """CVD generator: pairing strategy (``partition``, ``exhaustive``, ``covisibility``) or a named schedule preset."""
+    pairing: str = "covisibility"
+    """CVD generator: pairing schedule preset: ``covisibility`` (default: two co-visibility-weighted partners per
+    video per step, one batched call a step), ``exhaustive`` (every pair every step), ``partition`` (one
+    round-robin matching a step), ``released`` (the release's schedule for N videos), ``released-pair``,
+    ``released-4``, ``released-6``."""
+    recurrences: int | None = None
+    """CVD generator: override the preset's recurrences R per step (re-noising in between; DDIM only)."""
+    accumulations: int | None = None
+    """CVD generator: override the preset's accumulations Q (pair sets averaged per evaluation)."""
+    max_rows_per_call: int | None = None
+    """CVD generator: most UNet rows (videos x guidance branches) per call; None: automatic (all on a CPU, a
+    memory estimate on a GPU)."""
+    offload: bool = False
+    """CVD generator: move each model component to the GPU only while it runs (diffusers' model CPU offload)."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -71,6 +84,20 @@ class GenerateConfig:
             raise ValueError(f"texels_per_m must be in [1, 2000] or null, got {self.texels_per_m}")
         if self.contact_sheet_frames < 1:
             raise ValueError(f"contact_sheet_frames must be >= 1, got {self.contact_sheet_frames}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.guidance_scale is not None and not self.guidance_scale >= 0:
+            raise ValueError(f"guidance_scale must be >= 0 or null, got {self.guidance_scale}")
+        for name in ("recurrences", "accumulations"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or null, got {value}")
+        if self.max_rows_per_call is not None and self.max_rows_per_call < 4:
+            raise ValueError(
+                f"max_rows_per_call must be >= 4 (one guided pair) or null, got {self.max_rows_per_call}"
+            )
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
 
 # ---------------------------------------------------------------------------------------------- stage
@@ -235,13 +262,124 @@ def _generate_reference(config: RunConfig, cams: Cameras, out_dir: Path) -> tupl
 
 def _generate_cvd(config: RunConfig, cams: Cameras, run_dir: Path, out_dir: Path) -> tuple[np.ndarray, dict]:
     """The CVD model's videos along the plan: frames [V, F, H, W, 3] float32 in [0, 1] and report entries
-    (``model``, ``unet_calls``, device and timing details). Not built yet."""
-    from cvd_scene.runfolder import StageRefused
+    (``model``, ``unet_calls``, pairing, device and timing details).
 
-    raise StageRefused(
-        "the CVD generator is not built in this version of cvd-scene yet; use the reference generator "
-        "(cvd-scene generate RUN_DIR --generator reference, or generate.generator=reference)"
+    The model generates at the plan's size rounded up to its stride (64 px for SD1.5), with the intrinsics scaled
+    to match, and the frames are resized back to the plan's size. ``plan/covisibility.json`` (when present)
+    weights the ``covisibility`` pairing.
+    """
+    import numpy as np
+    import torch
+
+    from cvd.pipeline import CVDPipeline
+    from cvd_scene.cameras import scale_intrinsics
+    from cvd_scene.cvd_models import load_cvd_model
+    from cvd_scene.logs import progress_enabled
+
+    gen = config.generate
+    device = torch.device(
+        "cuda"
+        if gen.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if gen.device == "auto" else gen.device)
     )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"generate.device={gen.device!r} but no CUDA device is available")
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
+        gen.dtype, torch.float16 if device.type == "cuda" else torch.float32
+    )
+    t0 = time.perf_counter()
+    model, model_info = load_cvd_model(
+        gen.model, gen.weights, device="cpu" if gen.offload else device, dtype=dtype, seed=config.seed
+    )
+    load_s = time.perf_counter() - t0
+    pipe = CVDPipeline.from_model(model)
+    pipe.set_progress_bar_config(disable=not progress_enabled(), desc="denoising", leave=False)
+    if gen.offload:
+        if device.type != "cuda":
+            raise ValueError("generate.offload needs a CUDA device (it moves components between CPU and GPU)")
+        pipe.enable_model_cpu_offload(device=device)
+    stride = model.config.image_stride_px
+    H, W = cams.height, cams.width
+    Hg, Wg = -(-H // stride) * stride, -(-W // stride) * stride
+    if (Hg, Wg) != (H, W):
+        log.info(
+            "the %s model generates at multiples of %d px: %dx%d, resized to the plan's %dx%d",
+            model.config.name,
+            stride,
+            Wg,
+            Hg,
+            W,
+            H,
+        )
+    K = scale_intrinsics(cams.K, Wg / W, Hg / H)
+    cov, cov_source = _plan_covisibility(run_dir, cams)
+    out = pipe(
+        config.prompt,
+        cams.world_from_cam,
+        K,
+        height=Hg,
+        width=Wg,
+        num_inference_steps=gen.steps,
+        guidance_scale=gen.guidance_scale,
+        negative_prompt=gen.negative_prompt,
+        pairing=gen.pairing,
+        recurrences=gen.recurrences,
+        accumulations=gen.accumulations,
+        covisibility=cov,
+        seed=config.seed,
+        max_rows_per_call=gen.max_rows_per_call or "auto",
+        output_type="pt",
+    )
+    frames = out.frames  # [V, F, Hg, Wg, 3]
+    if (Hg, Wg) != (H, W):
+        flat = frames.reshape(-1, Hg, Wg, 3).permute(0, 3, 1, 2)  # [(V F), 3, Hg, Wg]
+        flat = torch.nn.functional.interpolate(
+            flat, size=(H, W), mode="bilinear", antialias=True, align_corners=False
+        )
+        frames = flat.clamp(0, 1).permute(0, 2, 3, 1).reshape(cams.num_videos, cams.num_frames, H, W, 3)
+    s = out.stats
+    report = {
+        "model": model_info,
+        "unet_calls": s.unet_calls,
+        "unet_rows": s.unet_rows,
+        "evaluations": s.evaluations,
+        "pairing": {**s.pairing, "covisibility": cov_source},
+        "steps": gen.steps,
+        "guidance_scale": gen.guidance_scale
+        if gen.guidance_scale is not None
+        else (8.5 if cams.num_videos <= 2 else 14.0),
+        "device": s.device,
+        "dtype": s.dtype,
+        "generated_size": [Wg, Hg],
+        "shared_first_camera": s.shared_first_camera,
+        "model_load_s": round(load_s, 3),
+        "denoise_time_s": round(s.denoise_time_s, 3),
+        "decode_time_s": round(s.decode_time_s, 3),
+        "sampling_time_s": round(s.wall_time_s, 3),
+        "max_rows_per_call": s.max_rows_per_call,
+        "bias_cache_mb": round(s.bias_cache_mb, 1),
+    }
+    if s.memory_kind == "cuda-allocated":
+        report["gpu_peak_memory_mb"] = round(s.peak_memory_mb, 1)
+    return np.ascontiguousarray(frames.numpy(), dtype=np.float32), report
+
+
+def _plan_covisibility(run_dir: Path, cams: Cameras) -> tuple[np.ndarray | None, str | None]:
+    """``plan/covisibility.json`` as [V, V, F] when it describes this plan's videos, else (None, None)."""
+    import numpy as np
+
+    from cvd_scene.camera_io import read_json
+
+    path = Path(run_dir) / "plan" / "covisibility.json"
+    if not path.is_file():
+        return None, None
+    doc = read_json(path)
+    cov = np.asarray(doc.get("covisibility"), dtype=np.float64)
+    V, F = cams.num_videos, cams.num_frames
+    if list(doc.get("videos", [])) != list(cams.video_ids) or cov.shape != (V, V, F):
+        log.warning("%s does not describe the plan's %d videos x %d frames; pairing ignores it", path, V, F)
+        return None, None
+    return cov, "plan/covisibility.json"
 
 
 def _warn_outside(scene, cams: Cameras) -> None:

@@ -1,0 +1,991 @@
+"""Collaborative N-video sampling: :class:`CVDPipeline`, a diffusers ``DiffusionPipeline`` over the components of
+a :class:`~cvd.model.CVDModel`, turning one prompt and N camera paths into N videos that agree with each other.
+
+One ``__call__``: check the inputs, encode the prompt once, encode the cameras once (Plücker rays -> pose
+features per UNet level), draw the pairing schedule (:mod:`cvd.pairing`), then denoise: at every step, for every
+evaluation of the schedule, run its pairs through the UNet in batched calls (each pair = two rows attending to
+each other, times the guidance branches, which are never paired across), mix every video's predictions with
+its weights, take the scheduler step and re-noise between recurrences; finally decode with the VAE.
+
+Cost model: text embeddings and pose features are computed once per call; the epipolar bias of a directed video
+pair depends only on the cameras and the level grids, so it is built once per pair and cached (fp16 by default);
+the prepared context of a UNet call (row partners, per-row bias and pose tokens) is cached per pair group, so a
+fixed pairing (``exhaustive``) prepares its contexts once for the whole run. The loop keeps latents in float32
+and runs the UNet in the model's dtype; nothing inside a UNet call reads device values on the host.
+
+Cameras: ``world_from_cam`` [V, F, 4, 4] (OpenCV axes, metres, one world for all videos) and ``K`` [V, F, 3, 3] in
+pixels of the generated image. The pose encoder sees each video's poses relative to its own first frame with
+translations times ``model_units_per_metre`` (CameraCtrl); the epipolar bias uses the world poses (same scale),
+so a plan whose videos do not share their first camera still gets its true fundamental matrices at frame 0
+(with a warning: the model was trained on pairs that share it).
+
+``fixed_frames``/``fixed_latents``: videos replaced at every evaluation by their ground truth noised to the
+current timestep (with that video's initial noise, as a deterministic DDIM trajectory through the ground truth
+would be); they act as partners only. This is the toy consistency measure's "fixed ground-truth partner".
+
+Imports torch, diffusers, numpy and ``cvd``; must never import ``cvd_scene``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from torch import Tensor, nn
+
+from cvd.context import CrossViewContext, level_grids
+from cvd.geometry import epipolar_bias_pyramid, plucker_embedding
+from cvd.model_config import CVDModelConfig
+from cvd.pairing import (
+    Evaluation,
+    PairingSchedule,
+    PairSet,
+    call_groups,
+    schedule_preset,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_NEGATIVE_PROMPT",
+    "CVDPipeline",
+    "CVDPipelineOutput",
+    "SamplingStats",
+    "estimate_row_bytes",
+    "model_poses",
+    "shares_first_camera",
+]
+
+DEFAULT_NEGATIVE_PROMPT = "worst quality, low quality, letterboxed"
+"""The release's negative prompt."""
+
+_SHARED_FIRST_TOL = 1e-4
+
+
+@dataclass
+class SamplingStats:
+    """What one sampling run cost."""
+
+    unet_calls: int = 0
+    """UNet forward calls."""
+    unet_rows: int = 0
+    """Rows over all UNet calls (videos x guidance branches): compute in units of one video's denoising pass."""
+    evaluations: int = 0
+    """Noise estimates of all videos (steps x recurrences)."""
+    wall_time_s: float = 0.0
+    """The whole call (text, cameras, denoising, decoding)."""
+    denoise_time_s: float = 0.0
+    """The denoising loop alone (device synchronised at its end)."""
+    decode_time_s: float = 0.0
+    """VAE decoding."""
+    peak_memory_mb: float = 0.0
+    """Peak memory: CUDA memory allocated during the call on a GPU, else the process's peak resident memory."""
+    memory_kind: str = ""
+    """``cuda-allocated`` or ``process-rss``."""
+    device: str = ""
+    """Device the UNet ran on (and the GPU's name)."""
+    dtype: str = ""
+    """UNet dtype."""
+    seed: int | None = None
+    """Seed of the generator (None when a generator was passed in)."""
+    pairing: dict = field(default_factory=dict)
+    """The schedule used (strategy, R, Q, batching, ...)."""
+    shared_first_camera: bool = True
+    """Whether every video starts at one common camera (as in training)."""
+    bias_cache_mb: float = 0.0
+    """Memory held by the cached epipolar biases at the end."""
+    max_rows_per_call: int = 0
+    """Largest UNet call, in rows."""
+
+
+@dataclass
+class CVDPipelineOutput(BaseOutput):
+    """Output of :class:`CVDPipeline`."""
+
+    frames: Any
+    """[V, F, H, W, 3] float32 in [0, 1] (numpy, or torch with ``output_type="pt"``); latents [V, C, F, h, w] with
+    ``output_type="latent"``."""
+    stats: SamplingStats
+    """Cost of the run."""
+    schedule: list = field(default_factory=list)
+    """The evaluations drawn, ``[step][recurrence]`` -> :class:`~cvd.pairing.Evaluation` (inspection, tests)."""
+
+
+# ---------------------------------------------------------------------------------------------- cameras
+
+
+def _as_tensor(name: str, x: Any) -> Tensor:
+    if isinstance(x, Tensor):
+        return x.detach().to("cpu", torch.float64)
+    if isinstance(x, (np.ndarray, list, tuple)):
+        try:
+            return torch.as_tensor(np.asarray(x, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}") from None
+    raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+
+
+def _invert_rigid(T: Tensor) -> Tensor:  # [..., 4, 4] -> [..., 4, 4]
+    R, t = T[..., :3, :3], T[..., :3, 3:]
+    out = torch.zeros_like(T)
+    out[..., :3, :3] = R.transpose(-1, -2)
+    out[..., :3, 3:] = -R.transpose(-1, -2) @ t
+    out[..., 3, 3] = 1
+    return out
+
+
+def model_poses(world_from_cam: Tensor, model_units_per_metre: float) -> Tensor:  # [V, F, 4, 4] float64
+    """The pose encoder's poses: each video relative to its own first frame (frame 0 the identity), translations
+    in model units (the same conversion as ``cvd_scene.cameras.to_model_poses``)."""
+    rel = _invert_rigid(world_from_cam[:, :1]) @ world_from_cam  # [V, F, 4, 4]
+    rel[..., :3, 3] *= model_units_per_metre
+    return rel
+
+
+def shares_first_camera(world_from_cam: Tensor, tol: float = _SHARED_FIRST_TOL) -> bool:
+    """Whether every video's frame 0 is the same camera (pose within ``tol``, metres and rotation entries)."""
+    first = world_from_cam[:, 0]  # [V, 4, 4]
+    return bool((first - first[:1]).abs().max() <= tol)
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def estimate_row_bytes(
+    config: CVDModelConfig, num_frames: int, height: int, width: int, dtype: torch.dtype
+) -> int:
+    """A deliberately generous estimate of the device memory one UNet row (one video, one guidance branch) holds
+    during a call: its per-level epipolar bias plus activations (skip connections and the largest transient
+    buffers, ~30 feature maps of every level)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    grids = level_grids(
+        (height // config.vae_scale_factor, width // config.vae_scale_factor), config.num_levels
+    )
+    tokens = [h * w for h, w in grids]
+    bias = (
+        sum(n * n for n in tokens) * size
+        if config.cvsm.enabled and config.epipolar_bias.mode != "none"
+        else 0
+    )
+    acts = sum(n * c for n, c in zip(tokens, config.unet.block_out_channels)) * size * 30
+    return num_frames * (bias + acts)
+
+
+class _LRU:
+    """Least-recently-used cache bounded by bytes (values report their size through ``nbytes``)."""
+
+    def __init__(self, capacity_bytes: float) -> None:
+        self.capacity = capacity_bytes
+        self.items: OrderedDict = OrderedDict()
+        self.bytes = 0
+
+    def get(self, key):
+        item = self.items.get(key)
+        if item is None:
+            return None
+        self.items.move_to_end(key)
+        return item[0]
+
+    def put(self, key, value, nbytes: int) -> None:
+        self.items[key] = (value, nbytes)
+        self.items.move_to_end(key)
+        self.bytes += nbytes
+        while self.bytes > self.capacity and len(self.items) > 1:
+            _, (_, size) = self.items.popitem(last=False)
+            self.bytes -= size
+
+
+# ---------------------------------------------------------------------------------------------- call plans
+
+
+@dataclass(eq=False)
+class _CallPlan:
+    """Everything a UNet call of one pair group needs, on the device (cached and reused while the group recurs)."""
+
+    context: CrossViewContext
+    row_video: Tensor  # [B] long
+    text: Tensor  # [B, L, D]
+    mix: Tensor  # [V, B / branches] float32: weight of each guided row's prediction in each video's estimate
+    num_rows: int
+    nbytes: int
+
+
+class CVDPipeline(DiffusionPipeline):
+    """Collaborative Video Diffusion: N camera-controlled videos of one prompt, synchronised pair by pair.
+
+    Build it from a model bundle (:meth:`from_model`, :meth:`from_pretrained`) or from the components. The
+    components are those of :class:`~cvd.model.CVDModel`; the model config travels on ``unet.config``.
+    """
+
+    model_cpu_offload_seq = "text_encoder->pose_encoder->unet->vae"
+    _optional_components: ClassVar[list[str]] = []
+
+    def __init__(
+        self,
+        vae: nn.Module,
+        text_encoder: nn.Module,
+        tokenizer: Any,
+        unet: nn.Module,
+        pose_encoder: nn.Module,
+        scheduler: Any,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            pose_encoder=pose_encoder,
+            scheduler=scheduler,
+        )
+        self._bias_cache: _LRU | None = None
+
+    # ------------------------------------------------------------------------------------------------ build
+
+    @classmethod
+    def from_model(cls, model) -> CVDPipeline:
+        """The pipeline over a :class:`~cvd.model.CVDModel`'s components (shared, not copied)."""
+        return cls(
+            vae=model.vae,
+            text_encoder=model.text_encoder,
+            tokenizer=model.tokenizer,
+            unet=model.unet,
+            pose_encoder=model.pose_encoder,
+            scheduler=model.scheduler,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, **kwargs
+    ) -> CVDPipeline:  # type: ignore[override]
+        """Load a model folder in our saved format (``cvd-scene convert`` or :meth:`CVDModel.save_pretrained`)."""
+        from cvd.model import CVDModel
+
+        return cls.from_model(CVDModel.from_pretrained(path, device=device, dtype=dtype, **kwargs).eval())
+
+    def save_pretrained(self, path, **kwargs):  # type: ignore[override]
+        """Write the components as a model folder in our saved format."""
+        from cvd.model import CVDModel
+
+        model = CVDModel(
+            config=self.model_config,
+            unet=self.unet,
+            pose_encoder=self.pose_encoder,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            scheduler=self.scheduler,
+        )
+        return model.save_pretrained(path, **kwargs)
+
+    @property
+    def model_config(self) -> CVDModelConfig:
+        """The model config the UNet was built from."""
+        return self.unet.config
+
+    @property
+    def device(self) -> torch.device:  # diffusers' version asks every module for ``.device``
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    # ------------------------------------------------------------------------------------------------ inputs
+
+    def check_inputs(
+        self,
+        *,
+        prompt: Any,
+        negative_prompt: Any,
+        world_from_cam: Tensor,
+        K: Tensor,
+        num_frames: int | None,
+        height: Any,
+        width: Any,
+        num_inference_steps: Any,
+        guidance_scale: Any,
+        eta: Any,
+        pairing: Any,
+        covisibility: Any,
+        generator: Any,
+        seed: Any,
+        latents: Any,
+        fixed_frames: Any,
+        fixed_latents: Any,
+        max_rows_per_call: Any,
+        output_type: Any,
+        callback_on_step_end_tensor_inputs: Any,
+        scheduler: Any,
+    ) -> None:
+        """Validate every argument; each error names the argument and its value."""
+        cfg = self.model_config
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}: {prompt!r}")
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise TypeError(
+                f"negative_prompt must be a str or None, got {type(negative_prompt).__name__}: {negative_prompt!r}"
+            )
+        if (
+            world_from_cam.ndim != 4
+            or world_from_cam.shape[-2:] != (4, 4)
+            or world_from_cam.shape[0] < 1
+            or world_from_cam.shape[1] < 1
+        ):
+            raise ValueError(
+                f"world_from_cam must be [V, F, 4, 4] with V, F >= 1, got world_from_cam.shape={tuple(world_from_cam.shape)}"
+            )
+        V, F = world_from_cam.shape[:2]
+        if K.shape != (V, F, 3, 3):
+            raise ValueError(
+                f"K must be [V, F, 3, 3] = [{V}, {F}, 3, 3] (or one [3, 3]), got K.shape={tuple(K.shape)}"
+            )
+        for name, x in (("world_from_cam", world_from_cam), ("K", K)):
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{name} contains NaN or Inf")
+        R = world_from_cam[..., :3, :3]
+        ortho = (R.transpose(-1, -2) @ R - torch.eye(3, dtype=R.dtype)).abs().amax(dim=(-1, -2))  # [V, F]
+        det = torch.linalg.det(R)
+        bottom = (
+            (world_from_cam[..., 3, :] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=R.dtype)).abs().amax(-1)
+        )
+        bad = (ortho > 1e-4) | ((det - 1).abs() > 1e-4) | (bottom > 1e-9)
+        if bool(bad.any()):
+            v, f = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"world_from_cam[{v}, {f}] is not a rigid camera-to-world transform (rotation with det +1, bottom row "
+                f"0 0 0 1): {world_from_cam[v, f].tolist()}"
+            )
+        fx, fy = K[..., 0, 0], K[..., 1, 1]
+        if bool((fx <= 0).any() or (fy <= 0).any()):
+            raise ValueError(
+                f"K must have positive focal lengths, got fx in [{float(fx.min())}, {float(fx.max())}], "
+                f"fy in [{float(fy.min())}, {float(fy.max())}]"
+            )
+        if num_frames is not None and (not isinstance(num_frames, int) or num_frames != F):
+            raise ValueError(
+                f"num_frames={num_frames!r} does not match the cameras' {F} frames (world_from_cam [V, F, 4, 4])"
+            )
+        limit = min(cfg.motion.max_seq_length, cfg.pose_encoder.max_frames)
+        if F > limit:
+            raise ValueError(f"num_frames={F}: the {cfg.name} model handles at most {limit} frames per video")
+        stride = cfg.image_stride_px
+        for name, v in (("height", height), ("width", width)):
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % stride:
+                raise ValueError(
+                    f"{name} must be a positive multiple of {stride} for the {cfg.name} model, got {name}={v!r}"
+                )
+        if (
+            not isinstance(num_inference_steps, int)
+            or isinstance(num_inference_steps, bool)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(
+                f"num_inference_steps must be a positive integer, got num_inference_steps={num_inference_steps!r}"
+            )
+        train_steps = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
+        if train_steps is not None and num_inference_steps > train_steps:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} exceeds the scheduler's {train_steps} training steps"
+            )
+        if guidance_scale is not None and (
+            not isinstance(guidance_scale, (int, float))
+            or isinstance(guidance_scale, bool)
+            or not math.isfinite(guidance_scale)
+            or guidance_scale < 0
+        ):
+            raise ValueError(
+                f"guidance_scale must be a finite number >= 0 (or None), got guidance_scale={guidance_scale!r}"
+            )
+        if not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
+            raise ValueError(f"eta must be in [0, 1], got eta={eta!r}")
+        if not isinstance(pairing, (str, PairingSchedule)):
+            raise TypeError(
+                f"pairing must be a preset name or a PairingSchedule, got {type(pairing).__name__}: {pairing!r}"
+            )
+        if covisibility is not None:
+            c = np.asarray(covisibility, dtype=np.float64)
+            if c.shape[:2] != (V, V) or c.ndim not in (2, 3) or (c.ndim == 3 and c.shape[2] != F):
+                raise ValueError(
+                    f"covisibility must be [V, V] or [V, V, F] = [{V}, {V}, {F}], got covisibility.shape={c.shape}"
+                )
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator must be a torch.Generator or None, got {type(generator).__name__}: {generator!r}"
+            )
+        if seed is not None:
+            if generator is not None:
+                raise ValueError(f"pass seed or generator, not both (seed={seed!r}, generator={generator!r})")
+            if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+                raise ValueError(f"seed must be a non-negative integer, got seed={seed!r}")
+        h, w = (height // cfg.vae_scale_factor, width // cfg.vae_scale_factor)
+        latent_shape = (V, cfg.unet.in_channels, F, h, w)
+        if latents is not None and (not isinstance(latents, Tensor) or tuple(latents.shape) != latent_shape):
+            raise ValueError(
+                f"latents must be a tensor of shape {latent_shape}, got {getattr(latents, 'shape', latents)!r}"
+            )
+        if fixed_frames is not None and fixed_latents is not None:
+            raise ValueError("pass fixed_frames or fixed_latents, not both")
+        for name, fixed, shape in (
+            ("fixed_frames", fixed_frames, (F, height, width, 3)),
+            ("fixed_latents", fixed_latents, latent_shape[1:]),
+        ):
+            if fixed is None:
+                continue
+            if not isinstance(fixed, Mapping):
+                raise TypeError(f"{name} must map video index -> tensor, got {type(fixed).__name__}")
+            for v, x in fixed.items():
+                if not isinstance(v, int) or not 0 <= v < V:
+                    raise ValueError(f"{name} key {v!r} is not a video index in [0, {V})")
+                if not isinstance(x, Tensor) or tuple(x.shape) != shape:
+                    raise ValueError(
+                        f"{name}[{v}] must be a tensor of shape {shape}, got {getattr(x, 'shape', x)!r}"
+                    )
+                if name == "fixed_frames" and bool((x < 0).any() or (x > 1).any()):
+                    raise ValueError(
+                        f"fixed_frames[{v}] must lie in [0, 1], got [{float(x.min())}, {float(x.max())}]"
+                    )
+            if len(fixed) >= V:
+                raise ValueError(f"{name} fixes all {V} videos: nothing left to generate")
+        if max_rows_per_call is not None and max_rows_per_call != "auto":  # noqa: SIM102 (one check per line)
+            if (
+                not isinstance(max_rows_per_call, int)
+                or isinstance(max_rows_per_call, bool)
+                or max_rows_per_call < 4
+            ):
+                raise ValueError(
+                    f"max_rows_per_call must be an integer >= 4 (one guided pair), 'auto' or None, "
+                    f"got max_rows_per_call={max_rows_per_call!r}"
+                )
+        if output_type not in ("np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got output_type={output_type!r}")
+        bad_inputs = [k for k in callback_on_step_end_tensor_inputs if k != "latents"]
+        if bad_inputs:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may only name 'latents', got {bad_inputs}")
+
+    # ------------------------------------------------------------------------------------------------ parts
+
+    @torch.no_grad()
+    def encode_prompt(
+        self, prompt: str, negative_prompt: str | None, guided: bool, device: torch.device
+    ) -> Tensor:
+        """[branches, L, D] text tokens in the UNet dtype: ``[negative, prompt]`` when guided, else ``[prompt]``."""
+        texts = [negative_prompt or "", prompt] if guided else [prompt]
+        tok = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        full = self.tokenizer([prompt], padding="longest", return_tensors="pt").input_ids
+        if full.shape[-1] > tok.input_ids.shape[-1]:
+            log.warning(
+                "the prompt is longer than the text encoder's %d tokens and was truncated",
+                self.tokenizer.model_max_length,
+            )
+        return self.text_encoder(tok.input_ids.to(device))[0].to(self.unet.dtype)  # [branches, L, D]
+
+    @torch.no_grad()
+    def encode_cameras(
+        self, K: Tensor, poses: Tensor, height: int, width: int, device: torch.device
+    ) -> list[Tensor]:
+        """Pose features of every UNet level, [V, F, C_l, h_l, w_l] each (once per call)."""
+        rays = plucker_embedding(
+            K.to(device, torch.float32), poses.to(device, torch.float32), height, width
+        )  # [V, F, 6, H, W]
+        return list(self.pose_encoder(rays))
+
+    @torch.no_grad()
+    def decode_latents(
+        self, latents: Tensor, chunk_frames: int = 16
+    ) -> Tensor:  # [V, C, F, h, w] -> [V, F, H, W, 3]
+        """VAE decoding, ``chunk_frames`` frames at a time, to float32 in [0, 1] on the CPU."""
+        V, C, F, h, w = latents.shape
+        flat = latents.permute(0, 2, 1, 3, 4).reshape(V * F, C, h, w)  # [(V F), C, h, w]
+        scale = self.vae.config.scaling_factor
+        vae_dtype = next(self.vae.parameters()).dtype
+        out = []
+        for i in range(0, V * F, chunk_frames):
+            img = self.vae.decode((flat[i : i + chunk_frames] / scale).to(vae_dtype)).sample  # [n, 3, H, W]
+            out.append((img.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu())  # [n, H, W, 3]
+        frames = torch.cat(out)  # [(V F), H, W, 3]
+        return frames.reshape(V, F, *frames.shape[1:])  # [V, F, H, W, 3]
+
+    @torch.no_grad()
+    def encode_frames(self, frames: Tensor, device: torch.device) -> Tensor:  # [F, H, W, 3] -> [C, F, h, w]
+        """Latents of frames in [0, 1] (the posterior mean, scaled as the UNet expects)."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        x = frames.to(device, vae_dtype).permute(0, 3, 1, 2) * 2 - 1  # [F, 3, H, W]
+        z = self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor  # [F, C, h, w]
+        return z.float().permute(1, 0, 2, 3)  # [C, F, h, w]
+
+    # ------------------------------------------------------------------------------------------------ call
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        world_from_cam: Tensor | np.ndarray,
+        K: Tensor | np.ndarray,
+        *,
+        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float | None = None,
+        eta: float = 0.0,
+        pairing: str | PairingSchedule = "covisibility",
+        recurrences: int | None = None,
+        accumulations: int | None = None,
+        covisibility: np.ndarray | None = None,
+        scheduler: Any = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        latents: Tensor | None = None,
+        fixed_frames: Mapping[int, Tensor] | None = None,
+        fixed_latents: Mapping[int, Tensor] | None = None,
+        max_rows_per_call: int | str | None = "auto",
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[CVDPipeline, int, int, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        decode_chunk_frames: int = 16,
+    ) -> CVDPipelineOutput | tuple:
+        """Generate one video per camera path.
+
+        Args:
+            prompt: The text prompt (one for all videos).
+            world_from_cam: [V, F, 4, 4] camera-to-world poses (OpenCV axes, metres, one world for all videos).
+            K: [V, F, 3, 3] (or one [3, 3]) intrinsics in pixels of the generated ``width`` x ``height`` image.
+            negative_prompt: The guidance's negative prompt (default: the release's).
+            num_frames: Frames per video; must equal F when given.
+            height, width: Image size (default: the model's), multiples of the model's stride (64 for SD1.5).
+            num_inference_steps: Denoising steps S.
+            guidance_scale: Classifier-free guidance; <= 1 runs no unconditional branch; None: the release's
+                8.5 for one or two videos, 14 for more.
+            eta: DDIM eta (the release: 0).
+            pairing: A preset name (``covisibility``, ``exhaustive``, ``partition``, ``released``, ``released-pair``,
+                ``released-4``, ``released-6``) or a :class:`~cvd.pairing.PairingSchedule`.
+            recurrences, accumulations: Override the schedule's R and Q.
+            covisibility: [V, V, F] or [V, V] co-visibility of the plan (the ``covisibility`` strategy's weights).
+            scheduler: A diffusers scheduler to use instead of the pipeline's (DDIM as released by default).
+            generator, seed: Randomness (initial noise, pairing draws, pseudo-line orientations); not both.
+            latents: [V, C, F, h, w] initial noise instead of drawing it.
+            fixed_frames: {video: [F, H, W, 3] in [0, 1]} ground-truth partners (module docstring).
+            fixed_latents: {video: [C, F, h, w]} the same, as latents.
+            max_rows_per_call: Rows per UNet call at most (pairs are never split); ``auto``: everything in one call
+                on a CPU, a memory-budget estimate on a GPU; None: no limit.
+            output_type: ``np``, ``pt`` or ``latent``.
+            return_dict: Return :class:`CVDPipelineOutput` (else a tuple ``(frames, stats)``).
+            callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict`` after every step; a
+                returned ``latents`` replaces the latents.
+            callback_on_step_end_tensor_inputs: Tensors passed to the callback (``latents``).
+            decode_chunk_frames: Frames per VAE decode call.
+        """
+        t_start = time.perf_counter()
+        cfg = self.model_config
+        scheduler = scheduler if scheduler is not None else self.scheduler
+        height = cfg.height_px if height is None else height
+        width = cfg.width_px if width is None else width
+        c2w = _as_tensor("world_from_cam", world_from_cam)
+        K = _as_tensor("K", K)
+        if K.shape == (3, 3) and c2w.ndim == 4:
+            K = K.expand(*c2w.shape[:2], 3, 3).clone()
+
+        # 1. Check inputs.
+        self.check_inputs(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            world_from_cam=c2w,
+            K=K,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            eta=eta,
+            pairing=pairing,
+            covisibility=covisibility,
+            generator=generator,
+            seed=seed,
+            latents=latents,
+            fixed_frames=fixed_frames,
+            fixed_latents=fixed_latents,
+            max_rows_per_call=max_rows_per_call,
+            output_type=output_type,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            scheduler=scheduler,
+        )
+        V, F = c2w.shape[:2]
+        if isinstance(pairing, PairingSchedule):
+            changes = {
+                k: v
+                for k, v in (("recurrences", recurrences), ("accumulations", accumulations))
+                if v is not None
+            }
+            schedule = dataclasses.replace(pairing, **changes)
+        else:
+            schedule = schedule_preset(pairing, V, recurrences=recurrences, accumulations=accumulations)
+        renoises = (schedule.recurrences > 1 or schedule.last_step_recurrences > 1) and V > 1
+        if renoises and type(scheduler).__name__ != "DDIMScheduler":
+            raise ValueError(
+                f"recurrences={schedule.recurrences} re-noise with the DDIM formula; the scheduler is "
+                f"{type(scheduler).__name__} (use DDIMScheduler or recurrences=1)"
+            )
+        if (fixed_frames or fixed_latents) and type(scheduler).__name__ != "DDIMScheduler":
+            raise ValueError(
+                f"fixed partners are noised with the DDIM formula; the scheduler is {type(scheduler).__name__}"
+            )
+        # DDIM steps take the host integer (no device read); other schedulers look their timestep up by value.
+        ddim = type(scheduler).__name__ == "DDIMScheduler"
+        if guidance_scale is None:
+            guidance_scale = 8.5 if V <= 2 else 14.0
+        guided = guidance_scale > 1.0
+        branches = 2 if guided else 1
+        device = self._execution_device
+        dtype = self.unet.dtype
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        if V > 1 and not shares_first_camera(c2w):
+            log.warning(
+                "the %d videos do not start at one common camera: CVD was trained on videos that share their first "
+                "frame, so this is outside its training distribution (frame 0 uses the true fundamental matrix)",
+                V,
+            )
+        shared_first = V == 1 or shares_first_camera(c2w)
+        cross_view = V > 1 and cfg.cvsm.enabled
+
+        # 2. Randomness: one generator for the pairing draws, pseudo-line orientations and noise.
+        if generator is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else seed
+            generator = torch.Generator("cpu").manual_seed(seed)
+        draw_seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+        step_params = set(inspect.signature(scheduler.step).parameters)
+        step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in step_params}
+        rng = np.random.default_rng(draw_seed)
+
+        # 3. Encode the prompt and the cameras once.
+        text = self.encode_prompt(prompt, negative_prompt, guided, device)  # [branches, L, D]
+        poses = model_poses(c2w, cfg.model_units_per_metre)  # [V, F, 4, 4]
+        features = self.encode_cameras(K, poses, height, width, device)  # per level [V, F, C, h, w]
+        world_model = c2w.clone()
+        world_model[..., :3, 3] *= cfg.model_units_per_metre  # one world for all videos, model units
+
+        # 4. Timesteps and the pairing schedule.
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = scheduler.timesteps
+        steps_host = [int(t) for t in timesteps.tolist()]
+        plan = schedule.plan(V, len(steps_host), rng, covisibility, cross_view=cross_view)
+
+        # 5. Initial noise (independent per video) and the fixed partners.
+        h, w = height // cfg.vae_scale_factor, width // cfg.vae_scale_factor
+        shape = (V, cfg.unet.in_channels, F, h, w)
+        if latents is None:
+            noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(
+                device
+            )
+        else:
+            noise = latents.to(device, torch.float32)
+        latents = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # [V, C, F, h, w]
+        fixed: dict[int, Tensor] = {}
+        if fixed_latents:
+            fixed = {v: x.to(device, torch.float32) for v, x in fixed_latents.items()}
+        elif fixed_frames:
+            fixed = {v: self.encode_frames(x, device) for v, x in fixed_frames.items()}
+
+        # 6. Denoising loop.
+        rows_cap = self._rows_cap(max_rows_per_call, F, height, width, dtype, device)
+        max_pairs = None if rows_cap is None else max(1, rows_cap // (2 * branches))
+        grids = level_grids((h, w), cfg.num_levels)
+        self._bias_cache = _LRU(self._cache_budget(device))
+        plans = _LRU(self._cache_budget(device))
+        angles = torch.from_numpy(
+            np.random.default_rng(draw_seed + 1).uniform(0, math.pi, (V, V, F))
+        )  # [V, V, F]
+        stats = SamplingStats(
+            seed=seed,
+            pairing={"preset": pairing if isinstance(pairing, str) else None, **schedule.describe()},
+            shared_first_camera=shared_first,
+            dtype=str(dtype).removeprefix("torch."),
+            device=_device_name(device),
+        )
+        t_loop = time.perf_counter()
+        with self.progress_bar(total=len(steps_host)) as progress:
+            for i, t in enumerate(steps_host):
+                t_dev = timesteps[i]
+                for r, evaluation in enumerate(plan[i]):
+                    _check_weights(evaluation)
+                    self._place_fixed(latents, fixed, noise, scheduler, t)
+                    eps = torch.zeros(
+                        V, math.prod(shape[1:]), device=device, dtype=torch.float32
+                    )  # [V, C·F·h·w]
+                    for group in call_groups(
+                        evaluation, schedule.batching, max_pairs, skip_videos=list(fixed)
+                    ):
+                        call = self._call_plan(
+                            group,
+                            plans,
+                            branches,
+                            text,
+                            features,
+                            K,
+                            world_model,
+                            angles,
+                            (height, width),
+                            grids,
+                            F,
+                            device,
+                            dtype,
+                        )
+                        x = latents.index_select(0, call.row_video)  # [B, C, F, h, w]
+                        x = scheduler.scale_model_input(x, t_dev).to(dtype)
+                        out = self.unet(x, t_dev, call.text, call.context).float()  # [B, C, F, h, w]
+                        if guided:
+                            out = out.view(-1, 2, *shape[1:])  # [B/2, 2, C, F, h, w] (uncond, cond)
+                            out = out[:, 0] + guidance_scale * (out[:, 1] - out[:, 0])  # [B/2, C, F, h, w]
+                        eps += call.mix @ out.reshape(out.shape[0], -1)  # [V, C·F·h·w]
+                        stats.unet_calls += 1
+                        stats.unet_rows += call.num_rows
+                        stats.max_rows_per_call = max(stats.max_rows_per_call, call.num_rows)
+                    stats.evaluations += 1
+                    step_t = t if ddim else t_dev
+                    latents = scheduler.step(eps.view(shape), step_t, latents, **step_kwargs).prev_sample
+                    if r < len(plan[i]) - 1:
+                        latents = self._renoise(latents, scheduler, t, num_inference_steps, generator)
+                if callback_on_step_end is not None:
+                    got = callback_on_step_end(
+                        self, i, t, {k: latents for k in callback_on_step_end_tensor_inputs}
+                    )
+                    if got and "latents" in got:
+                        latents = got["latents"]
+                progress.update()
+        for v, x0 in fixed.items():
+            latents[v] = x0
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stats.denoise_time_s = time.perf_counter() - t_loop
+        stats.bias_cache_mb = self._bias_cache.bytes / 2**20
+
+        # 7. Decode.
+        t_dec = time.perf_counter()
+        if output_type == "latent":
+            frames: Any = latents
+        else:
+            frames = self.decode_latents(latents, decode_chunk_frames)  # [V, F, H, W, 3]
+            if output_type == "np":
+                frames = frames.numpy()
+        stats.decode_time_s = time.perf_counter() - t_dec
+        stats.peak_memory_mb, stats.memory_kind = _peak_memory_mb(device)
+        stats.wall_time_s = time.perf_counter() - t_start
+        self._bias_cache = None
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return frames, stats
+        return CVDPipelineOutput(frames=frames, stats=stats, schedule=plan)
+
+    # ------------------------------------------------------------------------------------------------ helpers
+
+    def _rows_cap(
+        self, requested, F: int, height: int, width: int, dtype: torch.dtype, device: torch.device
+    ) -> int | None:
+        if requested != "auto":
+            return requested
+        if device.type != "cuda":
+            return None
+        free, _ = torch.cuda.mem_get_info(device)
+        per_row = estimate_row_bytes(self.model_config, F, height, width, dtype)
+        cap = max(4, int(0.6 * free // per_row))
+        log.debug(
+            "auto max_rows_per_call: %d (%.0f MiB per row, %.1f GiB free)", cap, per_row / 2**20, free / 2**30
+        )
+        return cap
+
+    @staticmethod
+    def _cache_budget(device: torch.device) -> float:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return 0.25 * free
+        return 2 * 2**30
+
+    @staticmethod
+    def _place_fixed(latents: Tensor, fixed: dict[int, Tensor], noise: Tensor, scheduler, t: int) -> None:
+        """Fixed partners: their ground truth noised to timestep ``t`` with their own initial noise (in place)."""
+        if not fixed:
+            return
+        a = float(scheduler.alphas_cumprod[t])
+        for v, x0 in fixed.items():
+            latents[v] = math.sqrt(a) * x0 + math.sqrt(1 - a) * noise[v]
+
+    @staticmethod
+    def _renoise(latents: Tensor, scheduler, t: int, num_steps: int, generator: torch.Generator) -> Tensor:
+        """Back from the DDIM step's ``t_prev`` to ``t``: ``x_t = sqrt(a_t/a_prev) x_prev + sqrt(1 - a_t/a_prev) ε``."""
+        prev = t - scheduler.config.num_train_timesteps // num_steps
+        a_t = float(scheduler.alphas_cumprod[t])
+        a_prev = float(scheduler.alphas_cumprod[prev]) if prev >= 0 else float(scheduler.final_alpha_cumprod)
+        ratio = a_t / a_prev
+        noise = torch.randn(latents.shape, generator=generator, device=generator.device, dtype=torch.float32)
+        return math.sqrt(ratio) * latents + math.sqrt(1 - ratio) * noise.to(latents.device)
+
+    def _pair_biases(
+        self,
+        directed: list[tuple[int, int]],
+        K: Tensor,
+        world: Tensor,
+        angles: Tensor,
+        image_hw: tuple[int, int],
+        grids: list[tuple[int, int]],
+        device: torch.device,
+    ) -> list[list[Tensor | None]]:  # [pair][level] -> [F, N, N]
+        """The epipolar bias of each directed pair (queries of ``a``, keys of ``b``), cached per pair."""
+        cache = self._bias_cache
+        cfg = self.model_config.epipolar_bias
+        found = {p: cache.get(p) for p in dict.fromkeys(directed)}
+        missing = [p for p, v in found.items() if v is None]
+        for i in range(0, len(missing), 4):  # a few pairs at a time bounds the float32 distance buffers
+            chunk = missing[i : i + 4]
+            a = torch.tensor([p[0] for p in chunk])
+            b = torch.tensor([p[1] for p in chunk])
+            if cfg.mode == "none":
+                levels = [None] * len(grids)
+            else:
+                levels = epipolar_bias_pyramid(
+                    K[a].to(device),
+                    world[a].to(device),
+                    K[b].to(device),
+                    world[b].to(device),
+                    image_hw,
+                    grids=grids,
+                    config=cfg,
+                    line_angle_rad=angles[a, b].to(device),
+                )  # per level [P, F, N, N]
+            for j, p in enumerate(chunk):
+                found[p] = [None if lv is None else lv[j] for lv in levels]
+                cache.put(p, found[p], sum(x.numel() * x.element_size() for x in found[p] if x is not None))
+        return [found[p] for p in directed]
+
+    def _call_plan(
+        self,
+        group: PairSet,
+        plans: _LRU,
+        branches: int,
+        text: Tensor,
+        features: list[Tensor],
+        K: Tensor,
+        world: Tensor,
+        angles: Tensor,
+        image_hw: tuple[int, int],
+        grids: list[tuple[int, int]],
+        num_frames: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> _CallPlan:
+        """Rows, partners, bias, pose tokens, text and mixing weights of one UNet call (cached per group).
+
+        Layout: video-major, branch-minor. Pair ``k = (a, b)`` gives rows ``[a_u, a_c, b_u, b_c]`` (``[a, b]``
+        unguided); row ``(k, side, branch)`` attends to ``(k, 1 - side, branch)``. Solo videos: ``[v_u, v_c]``.
+        """
+        if group.solo:
+            key = ("solo", group.solo_videos, branches)
+        else:
+            key = (
+                tuple(group.pairs.reshape(-1).tolist()),
+                tuple(np.round(group.weights, 12).reshape(-1).tolist()),
+                branches,
+            )
+        cached = plans.get(key)
+        if cached is not None:
+            return cached
+        V = group.num_videos
+        if group.solo:
+            slots = list(group.solo_videos)  # one slot per video row
+            weights = [1.0] * len(slots)
+            partner = None
+            bias = None
+            bias_slot = None
+        else:
+            slots = group.pairs.reshape(-1).tolist()  # [a0, b0, a1, b1, ...]: video of each (pair, side)
+            weights = group.weights.reshape(-1).tolist()
+            n = len(slots)
+            partner = [(s ^ 1) * branches + br for s in range(n) for br in range(branches)]
+            directed = [(slots[s], slots[s ^ 1]) for s in range(n)]
+            per_pair = self._pair_biases(directed, K, world, angles, image_hw, grids, device)
+            bias = [
+                None if per_pair[0][lv] is None else torch.stack([p[lv] for p in per_pair])
+                for lv in range(len(grids))
+            ]
+            bias_slot = [s for s in range(n) for _ in range(branches)]
+        row_video = [v for v in slots for _ in range(branches)]
+        row_branch = [br for _ in slots for br in range(branches)]
+        context = CrossViewContext.build(
+            num_rows=len(row_video),
+            num_frames=num_frames,
+            device=device,
+            dtype=dtype,
+            partner=partner,
+            branch=row_branch,
+            bias=bias,
+            bias_slot=bias_slot,
+            pose_features=features,
+            pose_slot=row_video,
+        )
+        mix = torch.zeros(V, len(slots), dtype=torch.float32)
+        for s, (v, wgt) in enumerate(zip(slots, weights)):
+            mix[v, s] = wgt
+        row_idx = torch.tensor(row_video, dtype=torch.long)
+        branch_idx = torch.tensor(row_branch, dtype=torch.long)
+        if device.type == "cuda":
+            mix, row_idx, branch_idx = (
+                x.pin_memory().to(device, non_blocking=True) for x in (mix, row_idx, branch_idx)
+            )
+        else:
+            mix, row_idx = mix.to(device), row_idx.to(device)
+        call = _CallPlan(
+            context=context,
+            row_video=row_idx,
+            text=text.index_select(0, branch_idx.to(text.device)),
+            mix=mix,
+            num_rows=len(row_video),
+            nbytes=0,
+        )
+        call.nbytes = (
+            context.bias_bytes()
+            + sum(t.numel() * t.element_size() for t in context.pose_tokens or ())
+            + call.text.numel() * call.text.element_size()
+        )
+        plans.put(key, call, call.nbytes)
+        return call
+
+
+def _check_weights(evaluation: Evaluation) -> None:
+    w = evaluation.video_weights()
+    if not np.allclose(w, 1.0, atol=1e-9):
+        raise AssertionError(f"the predictions of a video must weigh one in total, got {w.tolist()}")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda-allocated"
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (rss / 2**20 if sys.platform == "darwin" else rss / 1024.0), "process-rss"
