@@ -44,13 +44,17 @@ def pinhole_params(K: np.ndarray) -> list[float]:
     """``[fx, fy, cx, cy]`` of a pinhole matrix [3, 3] (COLMAP's PINHOLE parameter order)."""
     K = np.asarray(K, np.float64)
     if K.shape != (3, 3) or abs(K[0, 1]) > 1e-9:
-        raise ValueError(f"need a [3, 3] pinhole matrix without skew, got {K.shape=} skew={K[0, 1] if K.ndim == 2 else None}")
+        raise ValueError(
+            f"need a [3, 3] pinhole matrix without skew, got {K.shape=} skew={K[0, 1] if K.ndim == 2 else None}"
+        )
     return [float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])]
 
 
 def _camera(K: np.ndarray, width: int, height: int):
     pycolmap = _pycolmap()
-    return pycolmap.Camera(model="PINHOLE", width=int(width), height=int(height), params=pinhole_params(K), camera_id=CAMERA_ID)
+    return pycolmap.Camera(
+        model="PINHOLE", width=int(width), height=int(height), params=pinhole_params(K), camera_id=CAMERA_ID
+    )
 
 
 # ------------------------------------------------------------------------------------ in-memory SIFT
@@ -74,7 +78,9 @@ class Features:
         return self.keypoints[:, :2].astype(np.float64)
 
 
-def extract_sift(images: Sequence[np.ndarray], max_num_features: int = 4096, num_threads: int = -1) -> list[Features]:
+def extract_sift(
+    images: Sequence[np.ndarray], max_num_features: int = 4096, num_threads: int = -1
+) -> list[Features]:
     """SIFT features of each image [H, W, 3] or [H, W] float in [0, 1] (colour is averaged to grey)."""
     pycolmap = _pycolmap()
     opts = pycolmap.FeatureExtractionOptions()
@@ -469,7 +475,9 @@ class MapperSettings:
     """Threads (-1: all cores)."""
 
 
-def incremental_mapping(database_path: Path, image_dir: Path, output_dir: Path, settings: MapperSettings) -> list[Model]:
+def incremental_mapping(
+    database_path: Path, image_dir: Path, output_dir: Path, settings: MapperSettings
+) -> list[Model]:
     """COLMAP incremental mapping with the shared intrinsics fixed; the models found, largest first."""
     pycolmap = _pycolmap()
     opts = pycolmap.IncrementalPipelineOptions()
@@ -497,7 +505,9 @@ def incremental_mapping(database_path: Path, image_dir: Path, output_dir: Path, 
     return models
 
 
-def global_mapping(database_path: Path, image_dir: Path, output_dir: Path, settings: MapperSettings) -> list[Model]:
+def global_mapping(
+    database_path: Path, image_dir: Path, output_dir: Path, settings: MapperSettings
+) -> list[Model]:
     """COLMAP global mapping (GLOMAP: rotation averaging, global positioning, bundle adjustment) with the shared
     intrinsics fixed, on the CPU; the models found, largest first. Copes with rotation-dominant camera motion (small
     triangulation angles) better than incremental mapping."""

@@ -47,7 +47,12 @@ FrameId = tuple[int, int]
 def consistency_pairs(num_videos: int, num_frames: int) -> dict[str, list[tuple[FrameId, FrameId]]]:
     """The protocol's pairs: ``within_video`` (frame 0 vs each later frame) and ``cross_video`` (same index)."""
     within = [((v, 0), (v, k)) for v in range(num_videos) for k in range(1, num_frames)]
-    cross = [((i, k), (j, k)) for i in range(num_videos) for j in range(i + 1, num_videos) for k in range(num_frames)]
+    cross = [
+        ((i, k), (j, k))
+        for i in range(num_videos)
+        for j in range(i + 1, num_videos)
+        for k in range(num_frames)
+    ]
     return {"within_video": within, "cross_video": cross}
 
 
@@ -114,13 +119,23 @@ def evaluate_consistency(
     index = {fid: i for i, fid in enumerate(needed)}
     features = colmap.extract_sift([frames[v, f] for v, f in needed], opt.max_num_features, num_threads)
     all_pairs = [(index[a], index[b]) for pairs in plan.values() for a, b in pairs]
-    matches = iter(colmap.match_sift(features, all_pairs, max_ratio=opt.match_max_ratio, num_threads=num_threads))
+    matches = iter(
+        colmap.match_sift(features, all_pairs, max_ratio=opt.match_max_ratio, num_threads=num_threads)
+    )
 
     out: dict = {}
     for name, pairs in plan.items():
-        rows = [_score_pair(features[index[a]], features[index[b]], next(matches), a, b, cameras, opt, seed) for a, b in pairs]
+        rows = [
+            _score_pair(features[index[a]], features[index[b]], next(matches), a, b, cameras, opt, seed)
+            for a, b in pairs
+        ]
         out[name] = _summarise(rows, skipped[name])
-    out["settings"] = {**asdict(opt), "seed": seed, "features": "SIFT (pycolmap)", "pose": "essential matrix, LO-RANSAC"}
+    out["settings"] = {
+        **asdict(opt),
+        "seed": seed,
+        "features": "SIFT (pycolmap)",
+        "pose": "essential matrix, LO-RANSAC",
+    }
     out["features_per_frame_mean"] = float(np.mean([len(f) for f in features])) if features else 0.0
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
@@ -149,7 +164,7 @@ def _score_pair(
         "a": [int(a[0]), int(a[1])],
         "b": [int(b[0]), int(b[1])],
         "keypoints": len(f1),
-        "matches": int(len(m)),
+        "matches": len(m),
         "correct": correct,
         "precision": correct / len(m) if len(m) else 0.0,
         "matching_score": correct / len(f1) if len(f1) else 0.0,
@@ -157,11 +172,15 @@ def _score_pair(
         "translation_error_deg": float("inf"),
         "inliers": 0,
     }
-    est = colmap.estimate_relative_pose(p1, p2, K1, K2, cams.width, cams.height, opt.ransac_max_error_px, seed)
+    est = colmap.estimate_relative_pose(
+        p1, p2, K1, K2, cams.width, cams.height, opt.ransac_max_error_px, seed
+    )
     if est is not None:
         T, inl = est
         row["rotation_error_deg"] = float(rotation_angle_deg(T[:3, :3], true[:3, :3]))
-        row["translation_error_deg"] = float(translation_direction_error_deg(T[:3, 3], true[:3, 3], sign_ambiguous=True))
+        row["translation_error_deg"] = float(
+            translation_direction_error_deg(T[:3, 3], true[:3, 3], sign_ambiguous=True)
+        )
         row["inliers"] = int(inl.sum())
     return row
 
@@ -209,7 +228,11 @@ def format_table(result: dict, paper: bool = True) -> str:
             continue
         named = [(f"this run ({g.get('pairs_scored', 0)} pairs)", g)] + (list(ref.items()) if paper else [])
         for label, m in named:
-            vals = [*m.get("rot_auc", [None] * 3), *m.get("trans_auc", [None] * 3), m.get("precision"), m.get("matching_score")]
+            vals = [
+                *m.get("rot_auc", [None] * 3),
+                *m.get("trans_auc", [None] * 3),
+                m.get("precision"),
+                m.get("matching_score"),
+            ]
             lines.append(f"| {title} | {label} | " + " | ".join(fmt(v) for v in vals) + " |")
     return "\n".join(lines)
-

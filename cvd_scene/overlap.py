@@ -25,7 +25,9 @@ DEFAULT_DEPTHS_M: tuple[float, ...] = (1.0, 2.5, 6.0)
 """Distances at which pixels are lifted when no depth is known."""
 
 
-def sample_points(cameras: Cameras, depth: np.ndarray | None = None, grid: int = 12, depths_m=DEFAULT_DEPTHS_M) -> np.ndarray:
+def sample_points(
+    cameras: Cameras, depth: np.ndarray | None = None, grid: int = 12, depths_m=DEFAULT_DEPTHS_M
+) -> np.ndarray:
     """World points seen by every frame: [V, F, G, 3] (NaN where a depth map says nothing was hit).
 
     ``depth`` [V, F, h, w] z-depth in metres (any resolution; 0 = nothing) or None (each of ``grid`` x ``grid`` pixels
@@ -34,7 +36,9 @@ def sample_points(cameras: Cameras, depth: np.ndarray | None = None, grid: int =
     V, F = cameras.num_videos, cameras.num_frames
     u = (np.arange(grid) + 0.5) / grid  # [g] fractions of the image
     uu, vv = np.meshgrid(u, u)  # [g, g]
-    pix = np.stack([uu.ravel() * cameras.width, vv.ravel() * cameras.height, np.ones(grid * grid)], -1)  # [g*g, 3]
+    pix = np.stack(
+        [uu.ravel() * cameras.width, vv.ravel() * cameras.height, np.ones(grid * grid)], -1
+    )  # [g*g, 3]
     rays = np.einsum("vfij,pj->vfpi", np.linalg.inv(cameras.K), pix)  # [V, F, g*g, 3] camera rays with z = 1
     if depth is not None:
         depth = np.asarray(depth, np.float64)
@@ -55,7 +59,11 @@ def sample_points(cameras: Cameras, depth: np.ndarray | None = None, grid: int =
 
 
 def frame_overlap(
-    cameras: Cameras, depth: np.ndarray | None = None, grid: int = 12, depths_m=DEFAULT_DEPTHS_M, chunk: int = 64
+    cameras: Cameras,
+    depth: np.ndarray | None = None,
+    grid: int = 12,
+    depths_m=DEFAULT_DEPTHS_M,
+    chunk: int = 64,
 ) -> np.ndarray:
     """[N, N] overlap of every pair of frames (N = V * F, index ``v * F + f``): the share of frame a's sampled points
     that frame b sees (inside its image, in front of it). Not symmetric; 1 on the diagonal (where a sees anything)."""
@@ -74,7 +82,14 @@ def frame_overlap(
         with np.errstate(divide="ignore", invalid="ignore"):
             uv = np.einsum("bij,abgj->abgi", K[b], p)  # [N, B, G, 3]
             x, y = uv[..., 0] / uv[..., 2], uv[..., 1] / uv[..., 2]
-        seen = (z > 1e-6) & (x >= 0) & (x <= cameras.width) & (y >= 0) & (y <= cameras.height) & valid[:, None, :]
+        seen = (
+            (z > 1e-6)
+            & (x >= 0)
+            & (x <= cameras.width)
+            & (y >= 0)
+            & (y <= cameras.height)
+            & valid[:, None, :]
+        )
         out[:, b] = seen.sum(-1) / np.maximum(valid.sum(-1), 1)[:, None]
     return out
 
@@ -89,7 +104,9 @@ def planned_depth(run_dir: str | os.PathLike, plan: Cameras, size_px: int = 48) 
             step = max(1, plan.width // size_px)
             return np.stack(
                 [
-                    np.stack([np.load(gt / vid / f"{f:04d}.npy")[::step, ::step] for f in range(plan.num_frames)])
+                    np.stack(
+                        [np.load(gt / vid / f"{f:04d}.npy")[::step, ::step] for f in range(plan.num_frames)]
+                    )
                     for vid in plan.video_ids
                 ]
             )

@@ -59,7 +59,11 @@ class Sim3:
         return T
 
     def to_dict(self) -> dict:
-        return {"scale": float(self.scale), "rotation": self.rotation.tolist(), "translation": self.translation.tolist()}
+        return {
+            "scale": float(self.scale),
+            "rotation": self.rotation.tolist(),
+            "translation": self.translation.tolist(),
+        }
 
 
 def project_to_rotation(M: np.ndarray) -> np.ndarray:
@@ -124,7 +128,9 @@ def align_poses(
     src = np.asarray(src_world_from_cam, np.float64)
     dst = np.asarray(dst_world_from_cam, np.float64)
     if src.shape != dst.shape or src.ndim != 3 or src.shape[1:] != (4, 4) or len(src) < 2:
-        raise ValueError(f"align_poses needs src and dst [N>=2, 4, 4] of one shape, got {src.shape=} {dst.shape=}")
+        raise ValueError(
+            f"align_poses needs src and dst [N>=2, 4, 4] of one shape, got {src.shape=} {dst.shape=}"
+        )
     if position_threshold is None:
         spread = np.linalg.norm(dst[:, :3, 3] - dst[:, :3, 3].mean(0), axis=1).max()
         position_threshold = max(0.05 * spread, 1e-9)
@@ -154,7 +160,9 @@ def relative_pose(world_from_cam_1: np.ndarray, world_from_cam_2: np.ndarray) ->
     return invert_rigid(world_from_cam_2) @ np.asarray(world_from_cam_1, np.float64)
 
 
-def translation_direction_error_deg(t_est: np.ndarray, t_true: np.ndarray, sign_ambiguous: bool = False) -> np.ndarray:
+def translation_direction_error_deg(
+    t_est: np.ndarray, t_true: np.ndarray, sign_ambiguous: bool = False
+) -> np.ndarray:
     """Angle [...] in degrees between translation directions [..., 3].
 
     ``sign_ambiguous`` folds the angle into [0, 90] (an essential matrix fixes t only up to sign unless the
@@ -208,7 +216,10 @@ def error_stats(errors: np.ndarray, auc_thresholds_deg: tuple[float, ...] | None
         out.update(median=None, p90=None, mean=None, max=None)
     if auc_thresholds_deg is not None:
         aucs = pose_auc(e, auc_thresholds_deg) if e.size else [None] * len(auc_thresholds_deg)
-        out["auc"] = {f"{t:g}": (None if a is None or np.isnan(a) else 100.0 * a) for t, a in zip(auc_thresholds_deg, aucs)}
+        out["auc"] = {
+            f"{t:g}": (None if a is None or np.isnan(a) else 100.0 * a)
+            for t, a in zip(auc_thresholds_deg, aucs)
+        }
     return out
 
 

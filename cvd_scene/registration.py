@@ -13,9 +13,11 @@ Cameras follow the project convention (``world_from_cam``, OpenCV axes). pycolma
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -103,7 +105,10 @@ def select_pairs(
     for i in range(V):
         for j in range(i + 1, V):
             for k in range(F):
-                if covisibility is not None and max(covisibility[i, j, k], covisibility[j, i, k]) < covisibility_min:
+                if (
+                    covisibility is not None
+                    and max(covisibility[i, j, k], covisibility[j, i, k]) < covisibility_min
+                ):
                     continue
                 for d in range(-int(cross_neighbours), int(cross_neighbours) + 1):
                     if 0 <= k + d < F:
@@ -141,7 +146,11 @@ def read_covisibility(path: Path, cams: Cameras) -> np.ndarray | None:
     if sorted(ids) != sorted(cams.video_ids) or cov.shape != (V, V, F):
         log.warning(
             "%s does not match the plan (videos %s, shape %s; plan has %s x %d frames); ignoring it",
-            path, ids, cov.shape, list(cams.video_ids), F,
+            path,
+            ids,
+            cov.shape,
+            list(cams.video_ids),
+            F,
         )
         return None
     order = [ids.index(v) for v in cams.video_ids]
@@ -225,196 +234,274 @@ def register_frames(
         raise ValueError(f"mode must be 'known-poses' or 'free', got {opt.mode!r}")
     if opt.pairing not in ("structured", "exhaustive"):
         raise ValueError(f"pairing must be 'structured' or 'exhaustive', got {opt.pairing!r}")
-    K = plan.K[0, 0]
-    if not np.allclose(plan.K, K, rtol=1e-6, atol=1e-6):
-        raise ValueError("registration uses one shared camera: every frame of the plan needs the same intrinsics")
+    if not np.allclose(plan.K, plan.K[0, 0], rtol=1e-6, atol=1e-6):
+        raise ValueError(
+            "registration uses one shared camera: every frame of the plan needs the same intrinsics"
+        )
     V, F = plan.num_videos, plan.num_frames
     image_dir = Path(image_dir)
     names = [[_name(plan, v, f) for f in range(F)] for v in range(V)]
     for v in range(V):
         for f in range(F):
             if not (image_dir / names[v][f]).is_file():
-                raise FileNotFoundError(f"frame {image_dir / names[v][f]} is missing (video {plan.video_ids[v]}, frame {f})")
+                raise FileNotFoundError(
+                    f"frame {image_dir / names[v][f]} is missing (video {plan.video_ids[v]}, frame {f})"
+                )
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    database = work_dir / "database.db"
-    if database.exists():
-        database.unlink()
-    timings: dict[str, float] = {}
+    run = _Run(plan, names, image_dir, work_dir, work_dir / "database.db", opt, seed, num_threads)
+    run.database.unlink(missing_ok=True)
     t_start = time.perf_counter()
-
-    # 1. Features.
-    t0 = time.perf_counter()
-    flat_names = [n for row in names for n in row]
-    colmap.extract_features_to_database(database, image_dir, flat_names, K, opt.max_num_features, num_threads)
-    timings["features"] = time.perf_counter() - t0
-    log.info("register: SIFT features of %d frames in %.1f s", len(flat_names), timings["features"])
-
-    # 2. Matching.
-    t0 = time.perf_counter()
-    if opt.pairing == "structured":
-        if overlap is None and opt.overlap_top_k > 0:
-            overlap = frame_overlap(plan)
-        pairs = select_pairs(
-            V,
-            F,
-            covisibility,
-            overlap,
-            opt.sequential_overlap,
-            opt.loop_gaps,
-            opt.cross_neighbours,
-            opt.covisibility_min,
-            opt.overlap_top_k,
+    try:
+        # 1. Features and matches.
+        with run.timed("features"):
+            flat = [n for row in names for n in row]
+            colmap.extract_features_to_database(
+                run.database, image_dir, flat, plan.K[0, 0], opt.max_num_features, num_threads
+            )
+        log.info("register: SIFT features of %d frames in %.1f s", V * F, run.timings["features"])
+        with run.timed("matching"):
+            requested = _match(run, covisibility, overlap)
+        stats = colmap.read_database_stats(run.database)
+        log.info(
+            "register: %d pairs matched (%s), %d verified, in %.1f s",
+            requested,
+            opt.pairing,
+            len(stats.verified_inliers),
+            run.timings["matching"],
         )
-        colmap.match_pairs_in_database(
-            database,
-            [(names[a[0]][a[1]], names[b[0]][b[1]]) for a, b in pairs],
-            work_dir / "pairs.txt",
-            num_threads=num_threads,
-            min_num_inliers=opt.min_num_inliers,
-            seed=seed,
-        )
-        requested = len(pairs)
-    else:
-        colmap.match_all_in_database(database, num_threads=num_threads, min_num_inliers=opt.min_num_inliers, seed=seed)
-        requested = V * F * (V * F - 1) // 2
-    timings["matching"] = time.perf_counter() - t0
-    stats = colmap.read_database_stats(database)
-    log.info(
-        "register: %d pairs matched (%s), %d verified, in %.1f s",
-        requested, opt.pairing, len(stats.verified_inliers), timings["matching"],
-    )
+        # 2. Poses: the plan's, refined, or the mapper's.
+        model = _solve_known_poses(run) if opt.mode == "known-poses" else _solve_free(run)
+        # 3. Into the plan's world frame.
+        with run.timed("alignment"):
+            model, world_from_cam, registered, sim, alignment = _align_to_plan(run, model)
+    finally:
+        if not opt.keep_database:
+            run.database.unlink(missing_ok=True)
+        for sub in ("triangulated", "mapped", "mapped_global"):
+            shutil.rmtree(work_dir / sub, ignore_errors=True)
+    run.timings["total"] = time.perf_counter() - t_start
+    # 4. Errors against the plan and the report.
+    return _report(run, model, world_from_cam, registered, sim, alignment, stats, requested)
 
-    # 3. Poses.
-    plan_poses = {names[v][f]: plan.world_from_cam[v, f] for v in range(V) for f in range(F)}
-    model: colmap.Model | None = None
-    problems: list[str] = []
-    other_models: list[int] = []
-    free_info: dict = {}
-    if opt.mode == "known-poses":
+
+@dataclass
+class _Run:
+    """What the steps of :func:`register_frames` share."""
+
+    plan: Cameras
+    names: list[list[str]]
+    image_dir: Path
+    work_dir: Path
+    database: Path
+    opt: RegisterConfig
+    seed: int
+    num_threads: int
+    timings: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, step: str) -> Iterator[None]:
         t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[step] = self.timings.get(step, 0.0) + time.perf_counter() - t0
+
+
+def _match(run: _Run, covisibility: np.ndarray | None, overlap: np.ndarray | None) -> int:
+    """Match and verify the chosen frame pairs; returns how many pairs were matched."""
+    opt, plan, names = run.opt, run.plan, run.names
+    V, F = plan.num_videos, plan.num_frames
+    if opt.pairing == "exhaustive":
+        colmap.match_all_in_database(
+            run.database, num_threads=run.num_threads, min_num_inliers=opt.min_num_inliers, seed=run.seed
+        )
+        return V * F * (V * F - 1) // 2
+    if overlap is None and opt.overlap_top_k > 0:
+        overlap = frame_overlap(plan)
+    pairs = select_pairs(
+        V,
+        F,
+        covisibility,
+        overlap,
+        opt.sequential_overlap,
+        opt.loop_gaps,
+        opt.cross_neighbours,
+        opt.covisibility_min,
+        opt.overlap_top_k,
+    )
+    colmap.match_pairs_in_database(
+        run.database,
+        [(names[a[0]][a[1]], names[b[0]][b[1]]) for a, b in pairs],
+        run.work_dir / "pairs.txt",
+        num_threads=run.num_threads,
+        min_num_inliers=opt.min_num_inliers,
+        seed=run.seed,
+    )
+    return len(pairs)
+
+
+def _plan_poses(run: _Run) -> dict[str, np.ndarray]:
+    return {
+        run.names[v][f]: run.plan.world_from_cam[v, f]
+        for v in range(run.plan.num_videos)
+        for f in range(run.plan.num_frames)
+    }
+
+
+def _solve_known_poses(run: _Run) -> colmap.Model:
+    """Triangulate with the planned cameras, drop frames with too few points, bundle-adjust (poses may move)."""
+    opt, plan = run.opt, run.plan
+    poses = _plan_poses(run)
+    with run.timed("triangulation"):
         model = colmap.triangulate_known_poses(
-            database,
-            image_dir,
-            work_dir / "triangulated",
-            plan_poses,
-            K,
+            run.database,
+            run.image_dir,
+            run.work_dir / "triangulated",
+            poses,
+            plan.K[0, 0],
             plan.width,
             plan.height,
             min_tri_angle_deg=opt.min_tri_angle_deg,
-            num_threads=num_threads,
+            num_threads=run.num_threads,
         )
-        timings["triangulation"] = time.perf_counter() - t0
-        _drop_weak_frames(model, opt.min_observations)
-        t0 = time.perf_counter()
+    _drop_weak_frames(model, opt.min_observations)
+    with run.timed("bundle_adjustment"):
         if model.num_points > 0:
             colmap.bundle_adjust(
                 model,
                 refine_poses=opt.refine_poses,
-                position_priors_m={n: T[:3, 3] for n, T in plan_poses.items()},
+                position_priors_m={n: T[:3, 3] for n, T in poses.items()},
                 position_prior_sigma_m=opt.position_prior_fraction * plan_extent_m(plan),
-                num_threads=num_threads,
+                num_threads=run.num_threads,
             )
-        timings["bundle_adjustment"] = time.perf_counter() - t0
-        _drop_weak_frames(model, opt.min_observations)
-    else:
-        t0 = time.perf_counter()
-        settings = colmap.MapperSettings(
-            min_num_matches=opt.min_num_inliers,
-            init_min_num_inliers=opt.init_min_num_inliers,
-            init_min_tri_angle_deg=opt.init_min_tri_angle_deg,
-            min_tri_angle_deg=opt.min_tri_angle_deg,
-            seed=seed,
-            num_threads=num_threads,
-        )
-        models: list[colmap.Model] = []
-        mapper_counts: dict[str, int] = {}
-        mapper_used: str | None = None
+    _drop_weak_frames(model, opt.min_observations)
+    return model
+
+
+def _solve_free(run: _Run) -> colmap.Model | None:
+    """Map from the images alone: incremental, then (``auto``) global when frames are left out; largest model."""
+    opt = run.opt
+    total = run.plan.num_videos * run.plan.num_frames
+    settings = colmap.MapperSettings(
+        min_num_matches=opt.min_num_inliers,
+        init_min_num_inliers=opt.init_min_num_inliers,
+        init_min_tri_angle_deg=opt.init_min_tri_angle_deg,
+        min_tri_angle_deg=opt.min_tri_angle_deg,
+        seed=run.seed,
+        num_threads=run.num_threads,
+    )
+    models: list[colmap.Model] = []
+    counts: dict[str, int] = {}
+    used: str | None = None
+    with run.timed("mapping"):
         if opt.free_mapper in ("auto", "incremental"):
-            models = colmap.incremental_mapping(database, image_dir, work_dir / "mapped", settings)
-            mapper_counts["incremental"] = len(models[0].world_from_cam()) if models else 0
-            mapper_used = "incremental"
-        if opt.free_mapper == "global" or (opt.free_mapper == "auto" and mapper_counts["incremental"] < V * F):
+            models = colmap.incremental_mapping(
+                run.database, run.image_dir, run.work_dir / "mapped", settings
+            )
+            counts["incremental"] = len(models[0].world_from_cam()) if models else 0
+            used = "incremental" if models else None
+        if opt.free_mapper == "global" or (opt.free_mapper == "auto" and counts["incremental"] < total):
             if opt.free_mapper == "auto":
                 log.info(
                     "register: incremental mapping registered %d/%d frames; trying global mapping",
-                    mapper_counts["incremental"], V * F,
+                    counts["incremental"],
+                    total,
                 )
-            global_models = colmap.global_mapping(database, image_dir, work_dir / "mapped_global", settings)
-            mapper_counts["global"] = len(global_models[0].world_from_cam()) if global_models else 0
-            if mapper_counts["global"] > mapper_counts.get("incremental", -1):
-                models, mapper_used = global_models, "global"
-        timings["mapping"] = time.perf_counter() - t0
-        free_info = {"mapper": mapper_used, "frames_registered_by_mapper": mapper_counts}
-        if models:
-            model = models[0]
-            other_models = [len(m.world_from_cam()) for m in models[1:]]
-            if other_models:
-                problems.append(
-                    f"the mapper split the frames into {len(models)} models; kept the largest "
-                    f"({len(model.world_from_cam())} frames), left out models of {other_models} frames"
-                )
-        else:
-            problems.append(
-                "no initial pair: the mapper found no pair of frames with enough verified matches and "
-                "triangulation angle to start a model"
+            found = colmap.global_mapping(
+                run.database, run.image_dir, run.work_dir / "mapped_global", settings
             )
+            counts["global"] = len(found[0].world_from_cam()) if found else 0
+            if counts["global"] > counts.get("incremental", -1):
+                models, used = found, "global"
+    run.extra["free_mapping"] = {"mapper": used, "frames_registered_by_mapper": counts}
+    if not models:
+        run.problems.append(
+            "no initial pair: the mapper found no pair of frames with enough verified matches and "
+            "triangulation angle to start a model"
+        )
+        return None
+    others = [len(m.world_from_cam()) for m in models[1:]]
+    if others:
+        run.problems.append(
+            f"the mapper split the frames into {len(models)} models; kept the largest "
+            f"({len(models[0].world_from_cam())} frames), left out models of {others} frames"
+        )
+    return models[0]
 
-    # 4. Similarity alignment to the plan's world.
-    t0 = time.perf_counter()
+
+def _align_to_plan(
+    run: _Run, model: colmap.Model | None
+) -> tuple[colmap.Model | None, np.ndarray, np.ndarray, Sim3, dict]:
+    """Robust similarity from the model's frame to the plan's world, applied to the model; returns it (None when
+    fewer than two frames registered), the poses [V, F, 4, 4] (NaN where not registered), the mask [V, F], the
+    similarity and what to report about it."""
+    plan, names = run.plan, run.names
+    V, F = plan.num_videos, plan.num_frames
     registered = np.zeros((V, F), bool)
     world_from_cam = np.full((V, F, 4, 4), np.nan)
-    sim = Sim3.identity()
-    inliers_info: dict = {}
-    if model is not None:
-        poses = model.world_from_cam()
-        idx = [(v, f) for v in range(V) for f in range(F) if names[v][f] in poses]
-        if len(idx) >= 2:
-            src = np.stack([poses[names[v][f]] for v, f in idx])
-            dst = np.stack([plan.world_from_cam[v, f] for v, f in idx])
-            sim, inl = align_poses(src, dst)
-            model.transform(sim.scale, sim.rotation, sim.translation)
-            aligned = sim.apply_poses(src)
-            for (v, f), T in zip(idx, aligned):
-                world_from_cam[v, f] = T
-                registered[v, f] = True
-            inliers_info = {
-                "inliers": int(inl.sum()),
-                "outliers": [names[v][f] for (v, f), ok in zip(idx, inl) if not ok],
-            }
-        elif len(idx) == 1:
-            problems.append("only one frame registered: nothing to align to the plan")
-            model = None
-        else:
-            model = None
-    timings["alignment"] = time.perf_counter() - t0
+    if model is None:
+        return None, world_from_cam, registered, Sim3.identity(), {}
+    poses = model.world_from_cam()
+    idx = [(v, f) for v in range(V) for f in range(F) if names[v][f] in poses]
+    if len(idx) < 2:
+        if idx:
+            run.problems.append("only one frame registered: nothing to align to the plan")
+        return None, world_from_cam, registered, Sim3.identity(), {}
+    src = np.stack([poses[names[v][f]] for v, f in idx])  # [N, 4, 4] model frame
+    dst = np.stack([plan.world_from_cam[v, f] for v, f in idx])  # [N, 4, 4] plan
+    sim, inliers = align_poses(src, dst)
+    model.transform(sim.scale, sim.rotation, sim.translation)
+    for (v, f), T in zip(idx, sim.apply_poses(src)):
+        world_from_cam[v, f] = T
+        registered[v, f] = True
+    info = {
+        "method": "similarity: rotation from camera orientations, scale and translation from camera centres, "
+        "robust (iterated inlier refit)",
+        **sim.to_dict(),
+        "inliers": int(inliers.sum()),
+        "outliers": [names[v][f] for (v, f), ok in zip(idx, inliers) if not ok],
+    }
+    return model, world_from_cam, registered, sim, info
 
-    if not opt.keep_database:
-        database.unlink(missing_ok=True)
-    for sub in ("triangulated", "mapped", "mapped_global"):
-        shutil.rmtree(work_dir / sub, ignore_errors=True)
 
-    # 5. Report.
+def _report(
+    run: _Run,
+    model: colmap.Model | None,
+    world_from_cam: np.ndarray,
+    registered: np.ndarray,
+    sim: Sim3,
+    alignment: dict,
+    stats: colmap.DatabaseStats,
+    requested: int,
+) -> Registration:
+    """Errors against the plan, status, message and the ``report.json`` document."""
+    opt, plan, names = run.opt, run.plan, run.names
+    V, F = plan.num_videos, plan.num_frames
     if model is not None:
         xyz, rgb, err, track = model.points()
         observations = model.observations()
     else:
-        xyz, rgb, err, track = np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros(0), np.zeros(0, np.int64)
+        xyz, rgb, err, track = (
+            np.zeros((0, 3)),
+            np.zeros((0, 3), np.uint8),
+            np.zeros(0),
+            np.zeros(0, np.int64),
+        )
         observations = {}
-    cams_out = Cameras(
-        world_from_cam=np.where(registered[..., None, None], world_from_cam, np.nan),
-        K=plan.K,
-        width=plan.width,
-        height=plan.height,
-        video_ids=plan.video_ids,
-        time_s=plan.time_s,
-        fps=plan.fps,
-    )
     errors = pose_errors(
-        np.where(registered[..., None, None], world_from_cam, plan.world_from_cam), registered, plan, opt.min_baseline_fraction
+        np.where(registered[..., None, None], world_from_cam, plan.world_from_cam),
+        registered,
+        plan,
+        opt.min_baseline_fraction,
     )
     videos, video_problems = _diagnose_videos(plan, names, registered, stats, observations, opt)
-    problems = video_problems + problems
+    for v, vid in enumerate(plan.video_ids):
+        videos[vid]["rotation_error_deg"] = error_stats(errors["rotation_deg"][v][registered[v]])
+        videos[vid]["position_error_m"] = error_stats(errors["position_m"][v][registered[v]])
+    problems = video_problems + run.problems
     n_reg, n_all = int(registered.sum()), V * F
     if n_reg == 0 or n_reg < opt.min_registered_fraction * n_all:
         status = "failed"
@@ -427,8 +514,8 @@ def register_frames(
         message += "; " + "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
     if status == "failed":
         message = "registration failed: " + message + " (details in register/report.json)"
-    timings["total"] = time.perf_counter() - t_start
     extent = errors["extent_m"]
+    rot, pos = errors["rotation_deg"][registered], errors["position_m"][registered]
     report = {
         "format": "cvd-scene/registration",
         "version": 1,
@@ -437,37 +524,34 @@ def register_frames(
         "message": message,
         "registered": n_reg,
         "total": n_all,
-        "num_points": int(len(xyz)),
+        "num_points": len(xyz),
         "reprojection_error_px": float(np.mean(err)) if len(err) else None,
         "mean_track_length": float(np.mean(track)) if len(track) else None,
         "plan_extent_m": extent,
-        "rotation_error_deg_median": error_stats(errors["rotation_deg"][registered])["median"],
-        "position_error_m_median": error_stats(errors["position_m"][registered])["median"],
+        "rotation_error_deg_median": error_stats(rot)["median"],
+        "position_error_m_median": error_stats(pos)["median"],
         "translation_direction_error_deg_median": error_stats(errors["translation_direction_deg"])["median"],
-        "seconds": round(timings["total"], 3),
-        "rotation_error_deg": error_stats(errors["rotation_deg"][registered], AUC_THRESHOLDS_DEG),
-        "position_error_m": error_stats(errors["position_m"][registered]),
-        "position_error_fraction_of_extent": error_stats(errors["position_m"][registered] / max(extent, 1e-12)),
+        "seconds": round(run.timings["total"], 3),
+        "rotation_error_deg": error_stats(rot, AUC_THRESHOLDS_DEG),
+        "position_error_m": error_stats(pos),
+        "position_error_fraction_of_extent": error_stats(pos / max(extent, 1e-12)),
         "translation_direction_error_deg": {
             **error_stats(errors["translation_direction_deg"], AUC_THRESHOLDS_DEG),
             "pairs_zero_baseline_skipped": errors["pairs_zero_baseline"],
         },
         "relative_rotation_error_deg": error_stats(errors["relative_rotation_deg"], AUC_THRESHOLDS_DEG),
-        "alignment": {
-            "method": "similarity: rotation from camera orientations, scale and translation from camera centres, "
-            "robust (iterated inlier refit)",
-            **sim.to_dict(),
-            **inliers_info,
-        },
+        "alignment": alignment,
         "pairs": {
             "strategy": opt.pairing,
             "matched": requested,
             "verified": len(stats.verified_inliers),
             "exhaustive": n_all * (n_all - 1) // 2,
         },
-        "features_per_frame_mean": float(np.mean(list(stats.num_keypoints.values()))) if stats.num_keypoints else 0.0,
+        "features_per_frame_mean": float(np.mean(list(stats.num_keypoints.values())))
+        if stats.num_keypoints
+        else 0.0,
         "problems": problems,
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "timings_s": {k: round(v, 3) for k, v in run.timings.items()},
         "videos": videos,
         "per_frame": [
             {
@@ -476,29 +560,42 @@ def register_frames(
                 "registered": bool(registered[v, f]),
                 "keypoints": stats.num_keypoints.get(names[v][f], 0),
                 "observations": observations.get(names[v][f], 0),
-                "rotation_error_deg": None if not registered[v, f] else float(errors["rotation_deg"][v, f]),
-                "position_error_m": None if not registered[v, f] else float(errors["position_m"][v, f]),
+                "rotation_error_deg": float(errors["rotation_deg"][v, f]) if registered[v, f] else None,
+                "position_error_m": float(errors["position_m"][v, f]) if registered[v, f] else None,
             }
             for v in range(V)
             for f in range(F)
         ],
+        **run.extra,
     }
-    if opt.mode == "free":
-        report["free_mapping"] = free_info
     if opt.mode == "known-poses":
         report["pose_change"] = {
             "note": "how far bundle adjustment moved the planned poses (after the similarity alignment)",
-            "rotation_deg": error_stats(errors["rotation_deg"][registered]),
-            "position_m": error_stats(errors["position_m"][registered]),
+            "rotation_deg": error_stats(rot),
+            "position_m": error_stats(pos),
         }
+    cams = Cameras(
+        world_from_cam=world_from_cam,
+        K=plan.K,
+        width=plan.width,
+        height=plan.height,
+        video_ids=plan.video_ids,
+        time_s=plan.time_s,
+        fps=plan.fps,
+    )
     log.info("register: %s", message)
-    return Registration(status, message, cams_out, registered, model, xyz, rgb, report)
+    return Registration(status, message, cams, registered, model, xyz, rgb, report)
 
 
 def _drop_weak_frames(model: colmap.Model, min_observations: int) -> None:
     weak = [n for n, k in model.observations().items() if k < min_observations]
     if weak:
-        log.debug("register: %d frames have fewer than %d triangulated points: %s", len(weak), min_observations, weak)
+        log.debug(
+            "register: %d frames have fewer than %d triangulated points: %s",
+            len(weak),
+            min_observations,
+            weak,
+        )
         model.deregister(weak)
 
 
@@ -515,7 +612,7 @@ def _diagnose_videos(
     video_of = {names[v][f]: v for v in range(V) for f in range(F)}
     within = np.zeros(V, int)
     across = np.zeros(V, int)
-    for (a, b), _n in stats.verified_inliers.items():
+    for a, b in stats.verified_inliers:
         va, vb = video_of.get(a), video_of.get(b)
         if va is None or vb is None:
             continue
@@ -540,7 +637,9 @@ def _diagnose_videos(
             entry["status"] = "ok"
         else:
             if kp.mean() < opt.min_features_per_frame:
-                reason = f"too few features ({kp.mean():.0f} per frame on average): blank or featureless frames"
+                reason = (
+                    f"too few features ({kp.mean():.0f} per frame on average): blank or featureless frames"
+                )
             elif within[v] + across[v] == 0:
                 reason = "too few matches: no pair of its frames passed geometric verification"
             elif across[v] == 0 and V > 1:
@@ -570,7 +669,10 @@ def write_points_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
 
     xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
     rgb = np.asarray(rgb, np.uint8).reshape(-1, 3)
-    vertex = np.empty(len(xyz), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    vertex = np.empty(
+        len(xyz),
+        dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")],
+    )
     for i, k in enumerate("xyz"):
         vertex[k] = xyz[:, i]
     for i, k in enumerate(("red", "green", "blue")):

@@ -33,7 +33,7 @@ def make_run(run_dir: Path, overrides: dict | None = None) -> RunConfig:
     return config
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def small_run() -> tuple[Path, RunConfig]:
     """The fast tests' run folder, built once per test session (read-only: copy it before changing it)."""
     root = Path(tempfile.mkdtemp(prefix="cvd-scene-reg-"))

@@ -110,14 +110,25 @@ def test_frames_shuffled_between_two_videos_score_clearly_worse(rendered):
 
 def test_pairs_without_shared_view_are_skipped_and_counted(rendered):
     frames, plan, cov, depth = rendered
-    strict = evaluate_consistency(frames, plan, cov, EvaluateConfig(covisibility_min=0.99), depth=depth, num_threads=1)
-    loose = evaluate_consistency(frames, plan, cov, EvaluateConfig(covisibility_min=0.0), depth=depth, num_threads=1)
+    strict = evaluate_consistency(
+        frames, plan, cov, EvaluateConfig(covisibility_min=0.99), depth=depth, num_threads=1
+    )
+    loose = evaluate_consistency(
+        frames, plan, cov, EvaluateConfig(covisibility_min=0.0), depth=depth, num_threads=1
+    )
     V, F = plan.num_videos, plan.num_frames
     for res in (strict, loose):
         w, c = res["within_video"], res["cross_video"]
         assert w["pairs_scored"] + w["skipped_zero_baseline"] + w["skipped_no_covisibility"] == V * (F - 1)
-        assert c["pairs_scored"] + c["skipped_zero_baseline"] + c["skipped_no_covisibility"] == V * (V - 1) // 2 * F
+        assert (
+            c["pairs_scored"] + c["skipped_zero_baseline"] + c["skipped_no_covisibility"]
+            == V * (V - 1) // 2 * F
+        )
         assert c["skipped_zero_baseline"] == V * (V - 1) // 2  # the common first camera
     assert loose["within_video"]["pairs_scored"] == V * (F - 1)
     assert strict["within_video"]["pairs_scored"] < loose["within_video"]["pairs_scored"]
-    assert strict["cross_video"]["pairs_scored"] == 0 and strict["cross_video"]["rot_auc"] == [None, None, None]
+    assert strict["cross_video"]["pairs_scored"] == 0 and strict["cross_video"]["rot_auc"] == [
+        None,
+        None,
+        None,
+    ]

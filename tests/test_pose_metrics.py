@@ -74,7 +74,9 @@ def test_align_poses_agrees_with_umeyama_on_well_spread_cameras():
     rng = np.random.default_rng(7)
     dst = random_poses(rng, 12)
     truth = random_sim3(rng)
-    src = Sim3(1 / truth.scale, truth.rotation.T, -truth.rotation.T @ truth.translation / truth.scale).apply_poses(dst)
+    src = Sim3(
+        1 / truth.scale, truth.rotation.T, -truth.rotation.T @ truth.translation / truth.scale
+    ).apply_poses(dst)
     a, _ = align_poses(src, dst)
     b = umeyama(src[:, :3, 3], dst[:, :3, 3])
     np.testing.assert_allclose(a.matrix, b.matrix, atol=1e-8)
@@ -157,7 +159,9 @@ def test_epipolar_error_matches_the_point_to_line_reference_and_is_zero_on_true_
     np.testing.assert_allclose(epipolar_error_sq(x1, noisy, T), epipolar_reference(x1, noisy, T), rtol=1e-9)
     T_scaled = T.copy()
     T_scaled[:3, 3] *= 7.0  # the error does not depend on the baseline's length
-    np.testing.assert_allclose(epipolar_error_sq(x1, noisy, T_scaled), epipolar_error_sq(x1, noisy, T), rtol=1e-9)
+    np.testing.assert_allclose(
+        epipolar_error_sq(x1, noisy, T_scaled), epipolar_error_sq(x1, noisy, T), rtol=1e-9
+    )
 
 
 def test_translation_direction_error_folds_the_sign_only_when_asked():

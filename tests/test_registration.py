@@ -74,7 +74,9 @@ def test_known_poses_registers_every_frame_and_writes_the_run_folder_files(small
     check_outputs(run_dir, rep)
     tf = read_transforms_json(run_dir / "register" / "transforms.json").cameras
     plan = read_cameras_json(run_dir / "plan" / "cameras.json")
-    assert np.median(rotation_angle_deg(tf.world_from_cam[..., :3, :3], plan.world_from_cam[..., :3, :3])) < 0.5
+    assert (
+        np.median(rotation_angle_deg(tf.world_from_cam[..., :3, :3], plan.world_from_cam[..., :3, :3])) < 0.5
+    )
     assert RunFolder.read(run_dir).stage_record("register")["summary"]["registered"] == 18
 
 

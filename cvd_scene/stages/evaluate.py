@@ -51,8 +51,10 @@ def run_evaluate(config, run_dir: Path, out_dir: Path):
     frames = read_frames(run_dir / "generate" / "frames", plan.video_ids, plan.num_frames)  # [V, F, H, W, 3]
     depth = planned_depth(run_dir, plan)
     result = evaluate_consistency(frames, plan, covisibility, config.evaluate, depth=depth, seed=config.seed)
-    result["overlap_depth"] = "none (fixed distances)" if depth is None else (
-        "ground truth" if (run_dir / "generate" / "gt" / "depth").is_dir() else "proxy scene"
+    result["overlap_depth"] = (
+        "none (fixed distances)"
+        if depth is None
+        else ("ground truth" if (run_dir / "generate" / "gt" / "depth").is_dir() else "proxy scene")
     )
     write_json(out_dir / "consistency.json", result)
     table = format_table(result)

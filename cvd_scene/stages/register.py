@@ -89,7 +89,13 @@ def run_register(config, run_dir: Path, out_dir: Path):
         log.info("register: no usable plan/covisibility.json; matching every same-index pair across videos")
     overlap = frame_overlap(plan, planned_depth(run_dir, plan)) if cfg.overlap_top_k > 0 else None
     reg = register_frames(
-        run_dir / "generate" / "frames", plan, out_dir / "colmap", cfg, covisibility, overlap, seed=config.seed
+        run_dir / "generate" / "frames",
+        plan,
+        out_dir / "colmap",
+        cfg,
+        covisibility,
+        overlap,
+        seed=config.seed,
     )
     if reg.model is not None:
         reg.model.write(out_dir / "sparse")
