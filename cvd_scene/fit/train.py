@@ -111,6 +111,28 @@ def _quiet_nerfstudio():
         CONSOLE.quiet = was
 
 
+@contextlib.contextmanager
+def _own_event_writers():
+    """nerfstudio keeps its event writers in module globals; close and drop the ones a fit adds, so a later fit
+    in the same process does not write into this fit's (renamed) folder."""
+    import nerfstudio.configs.base_config  # noqa: F401  (must come before nerfstudio.utils.writer)
+    from nerfstudio.utils import writer
+
+    n_writers, n_storage = len(writer.EVENT_WRITERS), len(writer.EVENT_STORAGE)
+    buffer = dict(writer.GLOBAL_BUFFER)
+    try:
+        yield
+    finally:
+        for w in writer.EVENT_WRITERS[n_writers:]:
+            tb = getattr(w, "tb_writer", None)
+            if tb is not None:
+                tb.close()
+        del writer.EVENT_WRITERS[n_writers:]
+        del writer.EVENT_STORAGE[n_storage:]
+        writer.GLOBAL_BUFFER.clear()
+        writer.GLOBAL_BUFFER.update(buffer)
+
+
 class _Progress:
     """A rich progress bar on a terminal (cvd_scene.logs settings), else a log line every 10 %."""
 
@@ -210,6 +232,7 @@ def evaluate_heldout(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFra
     dataset = dm.eval_dataset
     frames = dataset.metadata["cvd_frames"]
     psnrs, ssims, lpipss, depth_abs, depth_rel = [], [], [], [], []
+    has_gt_depth = False
     for i in range(len(dataset)):
         camera = dataset.cameras[i : i + 1].to(model.device)
         gt = dataset.get_image_float32(i)[..., :3].to(model.device)  # [H, W, 3]
@@ -227,6 +250,7 @@ def evaluate_heldout(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFra
         _png(out_dir / "heldout" / fi.video_id / f"{fi.frame:04d}.png", torch.cat([gt, pred], 1).cpu().numpy())
         gt_depth_path = Path(run_dir) / "generate" / "gt" / "depth" / fi.video_id / f"{fi.frame:04d}.npy"
         if gt_depth_path.is_file():
+            has_gt_depth = True
             gt_depth = np.load(gt_depth_path).astype(np.float64)
             pred_depth = out["depth"].cpu().numpy().astype(np.float64) / frame.scale  # metres
             ok = (gt_depth > 0) & (out["accumulation"].cpu().numpy() > 0.5)
@@ -241,9 +265,10 @@ def evaluate_heldout(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFra
         "lpips": float(np.mean(lpipss)) if lpipss else None,
         "psnr_per_frame": {f"{f.video_id}/{f.frame:04d}": round(p, 3) for f, p in zip(frames, psnrs)},
     }
-    if depth_abs:
-        metrics["depth_abs_error_m"] = float(np.mean(depth_abs))
-        metrics["depth_abs_rel_error"] = float(np.mean(depth_rel))
+    if has_gt_depth:
+        # Over pixels with ground-truth depth that the fit covers (alpha > 0.5); None when there are none.
+        metrics["depth_abs_error_m"] = float(np.mean(depth_abs)) if depth_abs else None
+        metrics["depth_abs_rel_error"] = float(np.mean(depth_rel)) if depth_rel else None
     return metrics
 
 
@@ -297,6 +322,11 @@ def fit_run_folder(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: 
     ``final_out_dir`` is where ``out_dir`` will be renamed to (``RUN_DIR/fit``), for the saved nerfstudio config.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    with _own_event_writers():
+        return _fit(run_dir, out_dir, s, final_out_dir)
+
+
+def _fit(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: Path | None) -> dict:
     trainer, seconds, steps = train(run_dir, out_dir, s)
     frame: NerfstudioFrame = trainer.pipeline.datamanager.train_dataparser_outputs.metadata["cvd_frame"]
     base = trainer.config.get_base_dir()

@@ -24,7 +24,7 @@ REQUIRES: dict[str, tuple[str, ...]] = {
 }
 """The stages whose outputs each stage reads."""
 
-BUILT: tuple[str, ...] = ("plan", "generate", "register", "evaluate")
+BUILT: tuple[str, ...] = ("plan", "generate", "register", "fit", "evaluate")
 """The stages that exist in this version (a stage is listed once it is real)."""
 
 
