@@ -278,6 +278,35 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def host_syncs_in_unet_calls(pipe, videos: int, *, size: int, frames: int) -> str:
+    """Run one step with CUDA's sync debug mode set to ``error`` inside every UNet call of the pipeline:
+    ``none`` when no call reads device values on the host, else the first error."""
+    import torch
+
+    orig = pipe.unet.forward
+    caught: list[str] = []
+
+    def forward(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return orig(*args, **kwargs)
+        except RuntimeError as e:
+            caught.append(str(e).splitlines()[0])
+            raise
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    pipe.unet.forward = forward
+    try:
+        run_scene(pipe, videos, OURS, steps=1, size=size, frames=frames)
+    except RuntimeError:
+        pass
+    finally:
+        del pipe.unet.forward
+        torch.cuda.synchronize()
+    return "none" if not caught else f"host sync: {caught[0]}"
+
+
 def measure_gpu(
     model: str,
     device: str,
@@ -298,6 +327,11 @@ def measure_gpu(
     run_scene(pipe, videos, OURS, steps=2, size=size, frames=frames)  # warm-up (kernels, allocator)
     results = [run_scene(pipe, videos, s, steps=steps, size=size, frames=frames) for s in schedules]
     rel = extrapolated_release(pipe, videos, steps=steps, size=size, frames=frames)
+    syncs = (
+        host_syncs_in_unet_calls(pipe, videos, size=size, frames=frames)
+        if device.startswith("cuda")
+        else "n/a"
+    )
     lines = [
         (
             f"card: {card}   torch {torch.__version__}   model {model} (random weights, built in {build_s:.0f} s)   "
@@ -321,7 +355,8 @@ def measure_gpu(
         (
             f"The release's schedule was timed over {rel['timed_calls']} calls (its first 2 steps: {rel['timed_s']:.2f} s) and "
             f"extrapolated to its exact {rel['calls']} calls per scene ({rel['loop_s'] / rel['calls'] * 1e3:.0f} ms per "
-            f"{rel['max_rows']}-row call). Target: our {videos}-view loop <= 20 s."
+            f"{rel['max_rows']}-row call). Target: our {videos}-view loop <= 20 s. Host syncs inside the "
+            f"pipeline's UNet calls: {syncs}."
         ),
     ]
     return "\n".join(lines)
