@@ -19,6 +19,9 @@ translations times ``model_units_per_metre`` (CameraCtrl); the epipolar bias use
 so a plan whose videos do not share their first camera still gets its true fundamental matrices at frame 0
 (with a warning: the model was trained on pairs that share it).
 
+One video (or a model built without synchronization modules) is plain camera-controlled video: every video is
+run alone, its CVSMs skipped (exactly CameraCtrl on AnimateDiff), one evaluation per step.
+
 ``fixed_frames``/``fixed_latents``: videos replaced at every evaluation by their ground truth noised to the
 current timestep (with that video's initial noise, as a deterministic DDIM trajectory through the ground truth
 would be); they act as partners only. This is the toy consistency measure's "fixed ground-truth partner".
@@ -48,6 +51,7 @@ from cvd.context import CrossViewContext, level_grids
 from cvd.geometry import epipolar_bias_pyramid, plucker_embedding
 from cvd.model_config import CVDModelConfig
 from cvd.pairing import (
+    DEFAULT_PRESET,
     Evaluation,
     PairingSchedule,
     PairSet,
@@ -547,7 +551,7 @@ class CVDPipeline(DiffusionPipeline):
         num_inference_steps: int = 25,
         guidance_scale: float | None = None,
         eta: float = 0.0,
-        pairing: str | PairingSchedule = "covisibility",
+        pairing: str | PairingSchedule = DEFAULT_PRESET,
         recurrences: int | None = None,
         accumulations: int | None = None,
         covisibility: np.ndarray | None = None,
