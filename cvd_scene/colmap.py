@@ -31,8 +31,8 @@ def _pycolmap():
         import pycolmap
     except ImportError as e:  # pragma: no cover - pycolmap is a dependency
         raise ImportError("registration needs pycolmap (pip install 'pycolmap>=3.11')") from e
-    # COLMAP logs every image at INFO through glog; keep warnings and errors only.
-    pycolmap.logging.minloglevel = 1
+    # COLMAP logs every image at INFO and solver hiccups at WARNING through glog; the report carries the outcome.
+    pycolmap.logging.minloglevel = 2
     return pycolmap
 
 

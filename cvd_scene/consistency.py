@@ -71,9 +71,12 @@ def evaluate_consistency(
     pixels of these frames). Pairs that share (almost) no view are skipped: cross-video pairs by ``covisibility``
     [V, V, F] (the plan's, optional), the others -- and cross-video pairs when it is None -- by the overlap of the
     planned views (:func:`cvd_scene.overlap.frame_overlap`), measured at ``depth`` [V, F, h, w] (ground truth or a
-    proxy scene's z-depth, optional; fixed distances when None). Returns a JSON-able dict with one entry per group (``within_video``,
-    ``cross_video``): ``rot_auc`` and ``trans_auc`` (x100 at 5/10/20 deg), ``precision`` and ``matching_score``
-    (x100), median errors, pair counts, and every pair's numbers under ``per_pair``.
+    proxy scene's z-depth, optional; fixed distances when None).
+
+    Returns a JSON-able dict with one entry per group (``within_video``, ``cross_video``): ``rot_auc`` and
+    ``trans_auc`` (x100 at 5/10/20 deg), ``precision`` and ``matching_score`` (x100), median errors, pair counts
+    (``pairs_scored``, ``pairs_pose_failed``, ``skipped_zero_baseline``, ``skipped_no_covisibility``) and every pair's
+    numbers under ``per_pair``; plus ``settings`` and ``seconds``.
     """
     opt = options or EvaluateConfig()
     frames = np.asarray(frames)
