@@ -24,7 +24,7 @@ REQUIRES: dict[str, tuple[str, ...]] = {
 }
 """The stages whose outputs each stage reads."""
 
-BUILT: tuple[str, ...] = ("plan", "generate", "register", "fit", "evaluate")
+BUILT: tuple[str, ...] = ("plan", "generate", "register", "fit", "export", "evaluate")
 """The stages that exist in this version (a stage is listed once it is real)."""
 
 
