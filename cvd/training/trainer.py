@@ -58,7 +58,20 @@ from cvd.training.tokenizer import build_word_tokenizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "Trainer", "build_model_config", "masked_mse", "plot_losses", "trainable_parameters"]
+__all__ = [
+    "Denoiser",
+    "TrainResult",
+    "Trainer",
+    "build_model_config",
+    "encode_videos",
+    "loss_of_batch",
+    "masked_mse",
+    "official_with_fresh_cvsm",
+    "plot_losses",
+    "prepare_inputs",
+    "read_loss_csv",
+    "trainable_parameters",
+]
 
 _STATE_FILE = "trainer_state.pt"
 _MEMO_BUDGET_BYTES = 1 << 30
@@ -207,13 +220,13 @@ def loss_of_batch(model: CVDModel, batch: dict, *, seed: int = 0) -> float:
     latents = encode_videos(model, batch["frames"].reshape(b * two, *batch["frames"].shape[2:]))
     inp = prepare_inputs(model, batch, latents, generator=torch.Generator().manual_seed(seed), bias_seed=seed,
                          caption_dropout=0.0)
-    den = _Denoiser(model)
+    den = Denoiser(model)
     with torch.no_grad():
         pred = den(inp["noisy"], inp["timesteps"], inp["ids"], inp["rays"], inp["bias"], inp["partner"])
     return float(masked_mse(pred, inp["noise"], inp["mask"]))
 
 
-class _Denoiser(nn.Module):
+class Denoiser(nn.Module):
     """What one training forward runs (so DDP and autocast wrap exactly it): text encoder, pose encoder, UNet."""
 
     def __init__(self, model: CVDModel) -> None:
@@ -465,7 +478,7 @@ class Trainer:
             return 1.0
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-        denoiser = _Denoiser(model)
+        denoiser = Denoiser(model)
         denoiser, opt = acc.prepare(denoiser, opt)
         ema = [p.detach().float().clone() for p in params] if o.ema_decay > 0 else None
         self._gen = torch.Generator().manual_seed(cfg.seed * 1000 + acc.process_index)
