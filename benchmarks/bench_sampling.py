@@ -14,9 +14,12 @@ a stand-in embedding, since transformers may be absent and text is encoded once 
 Our schedules run all 25 steps. The release's 290 calls are timed over its first steps (2 steps = 14 calls after
 a warm-up) and extrapolated by its exact call count; the output says so.
 
-``--consistency``: once the committed small trained model ``models/tiny-trained`` exists, the toy consistency
-measure of every schedule (one video replaced by its ground-truth render at every step; PSNR of the generated
-videos against their own renders over held-out reference-renderer plans), with the UNet rows each spent.
+``--consistency`` (once the committed small trained model ``models/tiny-trained`` exists): the trainer's toy
+consistency measure widened to N videos, for every schedule at its default and at compute matched to the
+release's: on the held-out reference-renderer clips (``data/reference/heldout-96.npz``), video 0 is replaced by
+its ground-truth render noised to the current timestep at every step and the other videos are generated
+together; PSNR/SSIM against their own renders, with the UNet rows and calls each schedule spent:
+    .venv/bin/python benchmarks/bench_sampling.py --consistency [--quick]
 
 Contract of ``cvd-scene bench``: ``rows(quick)`` returns the table rows; torch is imported inside functions.
 """
@@ -366,55 +369,86 @@ def measure_gpu(
 
 
 def consistency(
-    model_dir: Path | None = None, plans: int = 3, videos: int = 4, steps: int = 25
+    model_dir: Path | None = None,
+    held_out: Path | None = None,
+    *,
+    clips: int = 16,
+    steps: int = 25,
+    guidance_scale: float = 1.0,
+    seed: int = 1234,
 ) -> list[dict]:
-    """The toy consistency measure of every schedule on the committed small trained model: for each held-out
-    reference-renderer plan, video 0 is fixed to its ground-truth render (noised to the current timestep at every
-    step) and the other videos are generated; PSNR of each generated video against its own render, averaged.
-    Uses the trainer's measure (``cvd.training.toy_measure.fixed_partner_psnr``) when it exists."""
+    """The toy consistency measure (the trainer's, ``cvd.training.sampling.toy_consistency``, widened from a pair
+    to all videos of a clip) of every schedule at its default and at compute matched to the release's: on each
+    held-out clip (``data/reference/heldout-96.npz``: unseen reference-renderer scenes, 4 videos sharing their
+    first camera), video 0 is the fixed ground-truth partner (noised to the current timestep at every step) and
+    the other videos are generated together; PSNR/SSIM of each generated video against its own render. Also the
+    same sampling with cross-view attention off (``alone``) and the autoencoder's reconstruction (the ceiling)."""
     import numpy as np
     import torch
 
     from cvd.pipeline import CVDPipeline
+    from cvd.training.cache import ClipCache
+    from cvd.training.datasets import fit_clip_size
+    from cvd.training.metrics import psnr, ssim
 
     model_dir = model_dir or ROOT / "models" / "tiny-trained"
     if not (model_dir / "cvd_model.json").is_file():
         raise FileNotFoundError(f"no trained model at {model_dir} (the trainer commits models/tiny-trained)")
+    cache = ClipCache(held_out or ROOT / "data" / "reference" / "heldout-96.npz")
     pipe = CVDPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
     cfg = pipe.model_config
-    try:
-        from cvd.training.toy_measure import fixed_partner_psnr  # the trainer's measure, when present
-    except ImportError:
-        fixed_partner_psnr = None
-    scenes = _held_out_scenes(plans, videos, cfg)
-    out = []
-    for label, pairing in equal_compute_schedules(videos, steps):
-        psnrs, rows_spent = [], 0
-        for i, (prompt, c2w, K, cov, gt) in enumerate(scenes):  # gt [V, F, H, W, 3]
-            if fixed_partner_psnr is not None:
-                value, used = fixed_partner_psnr(
-                    pipe, prompt, c2w, K, gt, pairing=pairing, covisibility=cov, seed=i, steps=steps
-                )
-            else:
-                res = pipe(
-                    prompt,
-                    c2w,
-                    K,
-                    height=gt.shape[2],
-                    width=gt.shape[3],
-                    num_inference_steps=steps,
-                    pairing=pairing,
-                    covisibility=cov,
-                    seed=i,
-                    fixed_frames={0: torch.from_numpy(gt[0])},
-                )
-                mse = ((res.frames[1:] - gt[1:]) ** 2).mean(axis=(1, 2, 3, 4))
-                value, used = float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-10)))), res.stats.unet_rows
-            psnrs.append(value)
-            rows_spent += used
-        out.append({"pairing": label, "psnr_db": float(np.mean(psnrs)), "rows": rows_spent / len(scenes)})
-    return out
+    F, H, W = min(cfg.num_frames, cache.num_frames), cfg.height_px, cfg.width_px
+    V = cache.num_videos
+
+    def score(pred, gt) -> dict:  # [V', F, H, W, 3] float in [0, 1] each
+        p = torch.as_tensor(pred).flatten(0, 1).permute(0, 3, 1, 2).float()  # [(V' F), 3, H, W]
+        g = torch.as_tensor(gt).flatten(0, 1).permute(0, 3, 1, 2).float()
+        ps, ss = psnr(p, g).view(-1, F), ssim(p, g).view(-1, F)  # [V', F]
+        later = slice(1, None) if F > 1 else slice(None)
+        return {
+            "psnr_db": float(ps.mean()),
+            "psnr_db_later": float(ps[:, later].mean()),
+            "ssim": float(ss.mean()),
+        }
+
+    schedules = [(label, sched, True) for label, sched in equal_compute_schedules(V, steps)]
+    schedules.append(("alone (no cross-view attention)", "partition", False))
+    totals: dict[str, list] = {label: [] for label, _, _ in schedules}
+    totals["autoencoder (ceiling)"] = []
+    for clip in range(min(clips, cache.num_clips)):
+        frames = np.stack([cache.video(clip, v)[:F] for v in range(V)])  # [V, F, h, w, 3] uint8
+        frames, K = fit_clip_size(frames, cache.K[clip][:, :F], H, W)
+        gt = frames.astype(np.float32) / 255.0  # [V, F, H, W, 3]
+        c2w = cache.world_from_cam[clip][:, :F]
+        cov = view_covisibility(torch.from_numpy(np.ascontiguousarray(c2w)))
+        for label, sched, cross in schedules:
+            out = pipe(
+                cache.captions[clip],
+                c2w,
+                K,
+                height=H,
+                width=W,
+                num_inference_steps=steps,
+                pairing=sched,
+                covisibility=cov,
+                guidance_scale=guidance_scale,
+                negative_prompt="",
+                seed=seed + clip,
+                fixed_frames={0: torch.from_numpy(gt[0])},
+                cross_view=cross,
+            )
+            totals[label].append(
+                {**score(out.frames[1:], gt[1:]), "rows": out.stats.unet_rows, "calls": out.stats.unet_calls}
+            )
+        recon = pipe.decode_latents(
+            torch.stack([pipe.encode_frames(torch.from_numpy(x), pipe.device) for x in gt[1:]])
+        )
+        totals["autoencoder (ceiling)"].append({**score(recon.numpy(), gt[1:]), "rows": 0, "calls": 0})
+    return [
+        {"pairing": label, **{k: float(np.mean([r[k] for r in rs])) for k in rs[0]}, "clips": len(rs)}
+        for label, rs in totals.items()
+    ]
 
 
 def equal_compute_schedules(videos: int, steps: int) -> list[tuple[str, object]]:
@@ -445,45 +479,6 @@ def equal_compute_schedules(videos: int, steps: int) -> list[tuple[str, object]]
     return out
 
 
-def _held_out_scenes(plans: int, videos: int, cfg):
-    """Reference-renderer plans (seeds far from the training ones) at the model's size and frame count, with
-    their co-visibility on the proxy scene: ``(prompt, world_from_cam, K, covisibility, frames)`` each."""
-    import numpy as np
-
-    from cvd_scene import planning
-    from cvd_scene.config import load_config
-    from cvd_scene.covisibility import covisibility
-    from cvd_scene.reference import build_scene, render
-    from cvd_scene.runconfig import RunConfig
-    from cvd_scene.stages.plan import build_plan, scene_kind
-
-    scenes = []
-    prompts = ["a cosy room with a red sofa", "a table with blue cups", "a sunny courtyard"]
-    for i in range(plans):
-        seed, prompt = 10_000 + i, prompts[i % len(prompts)]
-        rc = load_config(
-            RunConfig,
-            "run",
-            None,
-            {
-                "prompt": prompt,
-                "seed": seed,
-                "plan": {
-                    "num_videos": videos,
-                    "num_frames": cfg.num_frames,
-                    "width": cfg.width_px,
-                    "height": cfg.height_px,
-                },
-            },
-        )
-        kind = scene_kind(rc)
-        cams = build_plan(rc.plan, kind, seed)
-        cov = covisibility(cams, planning.scene_layout(kind)).matrix  # [V, V, F]
-        gt = render(build_scene(prompt, seed, kind=kind, moving_objects=0), cams, samples_per_pixel=2).rgb
-        scenes.append((prompt, cams.world_from_cam, cams.K, cov, np.asarray(gt, dtype=np.float32)))
-    return scenes
-
-
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -507,10 +502,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     a = p.parse_args(argv)
     if a.consistency:
-        res = consistency()
-        print("| schedule | toy consistency PSNR (dB) | UNet rows per scene |\n| --- | ---: | ---: |")
+        res = consistency(clips=4 if a.quick else 16, steps=a.steps)
+        print(
+            f"toy consistency: {res[0]['clips']} held-out clips, video 0 fixed to its render, the others generated; "
+            f"{a.steps} steps, no guidance\n"
+        )
+        print("| schedule | PSNR (dB) | PSNR frames 1.. (dB) | SSIM | UNet rows | UNet calls |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for r in res:
-            print(f"| {r['pairing']} | {r['psnr_db']:.2f} | {r['rows']:.0f} |")
+            print(
+                f"| {r['pairing']} | {r['psnr_db']:.2f} | {r['psnr_db_later']:.2f} | {r['ssim']:.3f} | "
+                f"{r['rows']:.0f} | {r['calls']:.0f} |"
+            )
         return
     if a.model == "tiny" and a.device == "cpu":
         res = measure_cpu(a.quick)

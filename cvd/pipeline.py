@@ -567,6 +567,7 @@ class CVDPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[[CVDPipeline, int, int, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         decode_chunk_frames: int = 16,
+        cross_view: bool = True,
     ) -> CVDPipelineOutput | tuple:
         """Generate one video per camera path.
 
@@ -598,6 +599,7 @@ class CVDPipeline(DiffusionPipeline):
                 returned ``latents`` replaces the latents.
             callback_on_step_end_tensor_inputs: Tensors passed to the callback (``latents``).
             decode_chunk_frames: Frames per VAE decode call.
+            cross_view: False runs every video alone (CVSMs skipped): the ablation without synchronization.
         """
         t_start = time.perf_counter()
         cfg = self.model_config
@@ -670,7 +672,7 @@ class CVDPipeline(DiffusionPipeline):
                 V,
             )
         shared_first = V == 1 or shares_first_camera(c2w)
-        cross_view = V > 1 and cfg.cvsm.enabled
+        cross_view = cross_view and V > 1 and cfg.cvsm.enabled
 
         # 2. Randomness: one generator for the pairing draws, pseudo-line orientations and noise.
         if generator is None:
