@@ -59,6 +59,7 @@ __all__ = [
     "PartitionPairing",
     "ScheduleCost",
     "call_groups",
+    "check_weights",
     "covisibility_affinity",
     "released_schedule",
     "schedule_cost",
@@ -574,7 +575,8 @@ def released_call_count(num_steps: int, recurrences: int, accumulations: int) ->
     return (num_steps - 1) * recurrences * accumulations + accumulations
 
 
-def _check_weights(evaluation: Evaluation) -> None:  # used by tests and the pipeline's debug checks
+def check_weights(evaluation: Evaluation) -> None:
+    """Internal invariant: every video's predictions weigh one in total in an evaluation."""
     w = evaluation.video_weights()
     if not np.allclose(w, 1.0, atol=_WEIGHT_ATOL):
-        raise AssertionError(f"video weights do not sum to one: {w.tolist()}")
+        raise AssertionError(f"the predictions of a video must weigh one in total, got {w.tolist()}")

@@ -52,10 +52,10 @@ from cvd.geometry import epipolar_bias_pyramid, plucker_embedding
 from cvd.model_config import CVDModelConfig
 from cvd.pairing import (
     DEFAULT_PRESET,
-    Evaluation,
     PairingSchedule,
     PairSet,
     call_groups,
+    check_weights,
     schedule_preset,
 )
 
@@ -733,7 +733,7 @@ class CVDPipeline(DiffusionPipeline):
             for i, t in enumerate(steps_host):
                 t_dev = timesteps[i]
                 for r, evaluation in enumerate(plan[i]):
-                    _check_weights(evaluation)
+                    check_weights(evaluation)
                     self._place_fixed(latents, fixed, noise, scheduler, t)
                     eps = torch.zeros(
                         V, math.prod(shape[1:]), device=device, dtype=torch.float32
@@ -973,12 +973,6 @@ class CVDPipeline(DiffusionPipeline):
         )
         plans.put(key, call, call.nbytes)
         return call
-
-
-def _check_weights(evaluation: Evaluation) -> None:
-    w = evaluation.video_weights()
-    if not np.allclose(w, 1.0, atol=1e-9):
-        raise AssertionError(f"the predictions of a video must weigh one in total, got {w.tolist()}")
 
 
 def _device_name(device: torch.device) -> str:
