@@ -291,7 +291,7 @@ def test_fit_command_both_methods_reduced(tiny_run, tmp_path, monkeypatch):
         assert metrics["method"] == method and metrics["iterations"] == 2 and metrics["device"] == "cpu"
         assert metrics["heldout_frames"] == 4 and math.isfinite(metrics["psnr"]) and 0 < metrics["ssim"] <= 1
         assert "depth_abs_error_m" in metrics  # the reference generator's ground-truth depth exists
-        assert len(list((fit / "heldout").rglob("*.png"))) == 4
+        assert len(list((fit / "eval").glob("v0?_000[25]_gt.png"))) == len(list((fit / "eval").glob("*_pred.png"))) == 4
         assert len(list((fit / "views" / "rgb").rglob("*.png"))) == 12
         depth = np.load(fit / "views" / "depth" / "v00" / "0000.npy")
         assert depth.shape == (32, 32) and depth.dtype == np.float32 and np.all(depth >= 0)

@@ -6,6 +6,8 @@ images. Must not import nerfstudio or gsplat.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -58,3 +60,62 @@ def composite_reference(
         rows.append(torch.stack(row))
         alphas.append(torch.stack(row_alpha))
     return torch.stack(rows), torch.stack(alphas)  # [H, W, D], [H, W, 1]
+
+
+def composite_autograd(
+    means2d: Tensor,  # [C, N, 2]
+    conics: Tensor,  # [C, N, 3]
+    colors: Tensor,  # [C, N, D]
+    opacities: Tensor,  # [C, N]
+    radii: Tensor,  # [C, N]
+    depths: Tensor,  # [C, N]
+    width: int,
+    height: int,
+    tile_size: int = 8,
+    background: Tensor | None = None,  # [C, D]
+) -> tuple[Tensor, Tensor]:
+    """The tile compositor written with plain autograd ops (no hand-written backward, no early termination):
+    the baseline that shows what :func:`cvd_scene.fit.raster.composite`'s closed-form backward saves.
+
+    Same binning and maths; every tile's whole depth-sorted list is composited at once. Returns ``render``
+    [C, H, W, D] and ``alpha`` [C, H, W, 1].
+    """
+    from cvd_scene.fit.raster import _tile_basis, bin_gaussians
+
+    bins = bin_gaussians(means2d.detach(), conics.detach(), opacities.detach(), radii, depths.detach(), width,
+                         height, tile_size)  # fmt: skip
+    C, N, D = colors.shape
+    ts, tx, ty = tile_size, bins.tiles_x, bins.tiles_y
+    P, n_tiles = ts * ts, tx * ty
+    src, vis = bins.pair_src, bins.vis_ids
+    ids = vis[src]  # [M] flat camera * N + gaussian
+    tile_in_img = bins.pair_tiles % n_tiles
+    centre = torch.stack([tile_in_img % tx, tile_in_img // tx], -1).to(colors.dtype) * ts + 0.5 * ts  # [M, 2]
+    rel = means2d.reshape(-1, 2)[ids] - centre
+    mx, my = rel.unbind(-1)
+    A, B, Cc = conics.reshape(-1, 3)[ids].unbind(-1)
+    log_o = torch.log(opacities.reshape(-1)[ids].clamp_min(1e-30))
+    coef = torch.stack(
+        [log_o - (0.5 * A * mx * mx + B * mx * my + 0.5 * Cc * my * my), A * mx + B * my, B * mx + Cc * my,
+         -0.5 * A, -B, -0.5 * Cc], dim=-1,
+    )  # [M, 6]  # fmt: skip
+    coef = torch.cat([coef, coef.new_tensor([[-1e4, 0, 0, 0, 0, 0]])])
+    col = torch.cat([colors.reshape(-1, D)[ids], colors.new_zeros(1, D)])  # [M + 1, D]
+    K = int(bins.tile_count.max()) if src.numel() else 1
+    k = torch.arange(K, device=colors.device)
+    idx = torch.where(k[None] < bins.tile_count[:, None], bins.tile_start[:, None] + k[None], src.numel())  # [T, K]
+    basis = _tile_basis(ts, colors)  # [P, 6]
+    log_alpha = torch.einsum("pj,tkj->tpk", basis, coef[idx])  # [T, P, K]
+    alpha = torch.exp(log_alpha.clamp(min=-20.0)).clamp(max=ALPHA_MAX)
+    alpha = torch.where(log_alpha < math.log(ALPHA_MIN), torch.zeros_like(alpha), alpha)
+    T_incl = torch.cumprod(1.0 - alpha, dim=2)  # [T, P, K]
+    valid = (T_incl > TRANSMITTANCE_MIN).detach()
+    T_excl = torch.cat([torch.ones_like(T_incl[..., :1]), T_incl[..., :-1]], dim=2)
+    w = alpha * T_excl * valid  # [T, P, K]
+    acc = torch.einsum("tpk,tkd->tpd", w, col[idx])  # [T, P, D]
+    T_f = 1.0 - w.sum(-1)  # [T, P]
+    if background is not None:
+        acc = acc + T_f[..., None] * background.repeat_interleave(n_tiles, 0)[:, None, :]
+    img = acc.reshape(C, ty, tx, ts, ts, D).permute(0, 1, 3, 2, 4, 5).reshape(C, ty * ts, tx * ts, D)
+    a = (1.0 - T_f).reshape(C, ty, tx, ts, ts, 1).permute(0, 1, 3, 2, 4, 5).reshape(C, ty * ts, tx * ts, 1)
+    return img[:, :height, :width], a[:, :height, :width]

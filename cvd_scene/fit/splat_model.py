@@ -18,6 +18,7 @@ Imports nerfstudio and gsplat (the fit subpackage is the only place that may).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Literal, Type
@@ -61,8 +62,9 @@ class CvdSplatModelConfig(SplatfactoModelConfig):
     """Gaussians smaller than this (nerfstudio-frame units) are duplicated, larger ones split."""
     stop_split_at: int = 2500
     """No densification after this step."""
-    stop_screen_size_at: int = 2500
-    """No screen-size based splitting/culling after this step."""
+    stop_screen_size_at: int = 0
+    """Split Gaussians larger than split_screen_size on screen (and cull above cull_screen_size) until this step
+    (0: never; splitting every large Gaussian multiplies the count without a gradient asking for it)."""
     sh_degree: int = 1
     """Highest SH degree (generated views carry little view dependence)."""
     sh_degree_interval: int = 1000
@@ -81,6 +83,8 @@ class CvdSplatModelConfig(SplatfactoModelConfig):
     """Initial size: the mean distance to this many nearest points."""
     raster_tile_size: int = 8
     """Tile size of the pure-torch rasteriser (CPU); gsplat uses 16."""
+    max_gaussians: int = 0
+    """Densification pauses while there are more Gaussians than this (0: no limit); pruning goes on."""
     max_train_seconds: float = 0.0
     """Stop training after this many seconds of wall-clock time (0: no limit)."""
     lpips: Literal["auto", "off"] = "auto"
@@ -245,6 +249,14 @@ class CvdSplatModel(SplatfactoModel):
 
             cbs.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], check_budget))
         return cbs
+
+    def step_post_backward(self, step):
+        cap = self.config.max_gaussians
+        if cap > 0:
+            full = self.num_points >= cap
+            self.strategy.grow_grad2d = math.inf if full else self.config.densify_grad_thresh
+            self.strategy.grow_scale2d = math.inf if full else self.config.split_screen_size
+        super().step_post_backward(step)
 
     # ------------------------------------------------------------------------------------------ rendering
 

@@ -4,7 +4,7 @@ Writes into the stage's folder:
 
 * ``nerfstudio/<method>/run/`` - what ``ns-train`` writes (``config.yml`` rewritten to point at the final folder,
   ``dataparser_transforms.json``, ``nerfstudio_models/step-*.ckpt``): ``ns-viewer --load-config`` works on it;
-* ``heldout/<vid>/<NNNN>.png`` - every held-out frame, ground truth left, render right;
+* ``eval/<vid>_<NNNN>_gt.png`` and ``eval/<vid>_<NNNN>_pred.png`` - every held-out frame and its render;
 * ``metrics.json`` - PSNR, SSIM, LPIPS (when its weights are on disk), depth error against
   ``generate/gt/depth`` (when it exists), Gaussians, iterations, seconds, device;
 * ``gaussians.ply`` (``cvd-scene``) - the Gaussians in the run's world frame (Inria 3DGS PLY);
@@ -52,6 +52,8 @@ class FitSettings:
     """Highest SH degree (``cvd-scene``)."""
     num_random_points: int = 0
     """Random points added to the sparse points (``cvd-scene``)."""
+    max_gaussians: int = 0
+    """Densification pauses above this many Gaussians (0: no limit; ``cvd-scene``)."""
     appearance: str = "per-frame"
     """Colour correction: ``none``, ``per-frame`` or ``per-video`` (``cvd-scene``)."""
     views: bool = True
@@ -69,13 +71,13 @@ def trainer_config(run_dir: Path, out_dir: Path, s: FitSettings):
         model = config.pipeline.model
         model.sh_degree = s.sh_degree
         model.num_random_points = s.num_random_points
+        model.max_gaussians = s.max_gaussians
         model.appearance = s.appearance
         model.max_train_seconds = s.time_budget_s
         scale = max(s.iterations, 1) / 3000.0  # schedules below are written for 3000 steps
         if not s.reduced:
             model.warmup_length = int(300 * scale)
             model.stop_split_at = int(2500 * scale)
-            model.stop_screen_size_at = int(2500 * scale)
             model.resolution_schedule = max(1, int(600 * scale))
             model.sh_degree_interval = max(1, int(1000 * scale))
     elif s.method == "cvd-scene-nerf":
@@ -168,7 +170,7 @@ class _Progress:
 
 
 def train(run_dir: Path, out_dir: Path, s: FitSettings):
-    """Run nerfstudio's trainer; returns ``(trainer, seconds, steps)``."""
+    """Run nerfstudio's trainer; returns ``(trainer, wall seconds, process CPU seconds, steps)``."""
     from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
     config = trainer_config(run_dir, out_dir, s)
@@ -185,13 +187,13 @@ def train(run_dir: Path, out_dir: Path, s: FitSettings):
             progress.update(step)
 
         trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], on_step))
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         try:
             trainer.train()
         finally:
             progress.close()
-        seconds = time.perf_counter() - t0
-    return trainer, seconds, steps[0]
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
+    return trainer, seconds, cpu_seconds, steps[0]
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -222,7 +224,7 @@ def _png(path: Path, rgb: np.ndarray) -> None:
 
 
 def evaluate_heldout(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFrame) -> dict:
-    """Metrics over the held-out frames and their side-by-side PNGs (``heldout/<vid>/<NNNN>.png``)."""
+    """Metrics over the held-out frames; writes each frame and its render (``eval/<vid>_<NNNN>_gt|pred.png``)."""
     from pytorch_msssim import ssim as ssim_fn
 
     pipeline = trainer.pipeline
@@ -247,7 +249,9 @@ def evaluate_heldout(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFra
             with torch.no_grad():
                 lpipss.append(float(lp(a.clamp(0, 1), b.clamp(0, 1))))
         fi = frames[i]
-        _png(out_dir / "heldout" / fi.video_id / f"{fi.frame:04d}.png", torch.cat([gt, pred], 1).cpu().numpy())
+        stem = out_dir / "eval" / f"{fi.video_id}_{fi.frame:04d}"
+        _png(stem.with_name(stem.name + "_gt.png"), gt.cpu().numpy())
+        _png(stem.with_name(stem.name + "_pred.png"), pred.cpu().numpy())
         gt_depth_path = Path(run_dir) / "generate" / "gt" / "depth" / fi.video_id / f"{fi.frame:04d}.npy"
         if gt_depth_path.is_file():
             has_gt_depth = True
@@ -327,7 +331,7 @@ def fit_run_folder(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: 
 
 
 def _fit(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: Path | None) -> dict:
-    trainer, seconds, steps = train(run_dir, out_dir, s)
+    trainer, seconds, cpu_seconds, steps = train(run_dir, out_dir, s)
     frame: NerfstudioFrame = trainer.pipeline.datamanager.train_dataparser_outputs.metadata["cvd_frame"]
     base = trainer.config.get_base_dir()
     write_json(out_dir / "frame.json", frame.to_json())
@@ -338,6 +342,7 @@ def _fit(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: Path | Non
         iterations=steps,
         iterations_planned=s.iterations,
         seconds=round(seconds, 2),
+        cpu_seconds=round(cpu_seconds, 2),
         seconds_per_iteration=round(seconds / max(steps, 1), 4),
         device=s.device,
         torch_threads=torch.get_num_threads(),

@@ -26,14 +26,17 @@ class FitConfig:
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     sh_degree: int = 1
     """Highest SH degree of the Gaussians (0-3; generated views carry little view dependence)."""
+    max_gaussians: int = 0
+    """Densification pauses while there are more Gaussians than this (0: no limit; bounds a CPU fit's time)."""
     num_random_points: int = 0
     """Random points added to the registration's sparse points at the start (``cvd-scene``)."""
     appearance: Literal["none", "per-frame", "per-video"] = "per-frame"
     """Colour correction learnt per training frame (or video) to absorb flicker; renders use the neutral one."""
     views: bool = True
     """Render colour and depth at every registered camera into ``fit/views/`` (the export stage's mesh input)."""
-    threads: int | None = None
-    """CPU threads for torch (None: torch's default)."""
+    threads: int | None = 1
+    """CPU threads for torch while fitting on the CPU (1: no OpenMP thread waiting on a busy machine, where two
+    threads measured up to 20x slower; None: torch's default)."""
 
 
 def resolve_device(device: str) -> str:
@@ -90,8 +93,8 @@ def run_fit(config, run_dir: Path, out_dir: Path):
         raise ValueError(f"fit.eval_every_k must be >= 2, got {cfg.eval_every_k}")
     if not 0 <= cfg.sh_degree <= 3:
         raise ValueError(f"fit.sh_degree must be 0..3, got {cfg.sh_degree}")
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ValueError(f"fit.threads must be >= 1 or null, got {cfg.threads}")
     settings = FitSettings(
         method=cfg.method,
         iterations=cfg.iterations,
@@ -101,10 +104,17 @@ def run_fit(config, run_dir: Path, out_dir: Path):
         seed=config.seed,
         sh_degree=cfg.sh_degree,
         num_random_points=cfg.num_random_points,
+        max_gaussians=cfg.max_gaussians,
         appearance=cfg.appearance,
         views=cfg.views,
     )
-    metrics = fit_run_folder(run_dir, out_dir, settings, final_out_dir=run_dir / "fit")
+    threads = torch.get_num_threads()
+    if cfg.threads is not None and settings.device == "cpu":
+        torch.set_num_threads(cfg.threads)
+    try:
+        metrics = fit_run_folder(run_dir, out_dir, settings, final_out_dir=run_dir / "fit")
+    finally:
+        torch.set_num_threads(threads)
     summary = {
         k: metrics.get(k)
         for k in ("method", "psnr", "ssim", "lpips", "depth_abs_error_m", "gaussians", "iterations", "seconds", "device")
