@@ -88,7 +88,7 @@ def _read_json(path: Path) -> dict | None:
 
 def _fmt(v: object, digits: int = 2) -> str:
     if isinstance(v, float):
-        return f"{v:.{digits}f}"
+        return f"{v:.3g}" if 0 < abs(v) < 0.1 else f"{v:.{digits}f}"
     if v is None:
         return "–"
     return str(v)
@@ -199,6 +199,10 @@ def _section_generate(run_dir: Path) -> str:
     )
 
 
+def _med(d: object) -> object:
+    return d.get("median") if isinstance(d, dict) else None
+
+
 def _section_register(run_dir: Path) -> str:
     d = run_dir / "register"
     rep = _read_json(d / "report.json")
@@ -212,17 +216,38 @@ def _section_register(run_dir: Path) -> str:
             [
                 vid,
                 f"{v.get('registered', '?')}/{v.get('total', '?')}",
-                v.get("rotation_error_deg", {}).get("median") if isinstance(v.get("rotation_error_deg"), dict) else None,
-                v.get("position_error_m", {}).get("median") if isinstance(v.get("position_error_m"), dict) else None,
-                v.get("status", v.get("reason", "")),
+                _med(v.get("rotation_error_deg")),
+                _med(v.get("position_error_m")),
+                v.get("status", ""),
+                v.get("reason", ""),
             ]
         )
-    table = _table(["video", "registered", "rotation err. median (°)", "position err. median (m)", "note"], rows) if rows else ""
-    overall = {k: v for k, v in rep.items() if not isinstance(v, (dict, list))}
+    table = _table(
+        ["video", "registered", "rotation err. median (°)", "position err. median (m)", "status", "reason"], rows
+    )
+    overall = [
+        [
+            rep.get("mode"),
+            f"{rep.get('registered', '?')}/{rep.get('total', '?')}",
+            _med(rep.get("rotation_error_deg")),
+            _med(rep.get("position_error_m")),
+            None if _med(rep.get("position_error_fraction_of_extent")) is None
+            else f"{100 * _med(rep.get('position_error_fraction_of_extent')):.2f} %",
+            _med(rep.get("translation_direction_error_deg")),
+            rep.get("reprojection_error_px"),
+            rep.get("num_points"),
+        ]
+    ]
+    head = _table(
+        ["mode", "registered", "rotation err. (°)", "position err. (m)", "… of plan extent", "translation dir. err. (°)",
+         "reprojection (px)", "points"],
+        overall,
+    )
+    problems = "".join(f"<li>{_esc(p)}</li>" for p in rep.get("problems") or [])
     return (
-        "<section><h2>Registration</h2>"
-        f"<p class='muted'>{_esc(', '.join(f'{k}: {_fmt(v)}' for k, v in overall.items()))}</p>{table}"
-        f"{_pose_error_plot(rep)}</section>"
+        f"<section><h2>Registration</h2><p>{_esc(rep.get('message', ''))}</p>"
+        f"<p class='muted'>medians against the plan, after a similarity alignment</p>{head}{table}"
+        f"{'<ul>' + problems + '</ul>' if problems else ''}{_pose_error_plot(rep)}</section>"
     )
 
 
