@@ -451,6 +451,26 @@ def test_resume_continues_the_same_loss_curve(tmp_path, cache_path, tiny_folder)
     assert (tmp_path / "parts" / "loss.png").is_file() and (tmp_path / "parts" / "loss.json").is_file()
 
 
+def test_the_loss_target_follows_the_models_prediction_type(cache_path, tiny_folder):
+    from diffusers import DDPMScheduler
+
+    from cvd.training.trainer import encode_videos, prepare_inputs
+
+    batch = collate_pairs([CachedPairs(ClipCache(cache_path), FRAMES, SIZE, SIZE).pair(0, 0, 1)])
+    model = CVDModel.from_pretrained(tiny_folder)
+    lat = encode_videos(model, batch["frames"].reshape(2, *batch["frames"].shape[2:]))
+    for kind in ("epsilon", "v_prediction", "sample"):
+        model.config = dataclasses.replace(model.config, scheduler=dataclasses.replace(model.config.scheduler,
+                                                                                      prediction_type=kind))
+        inp = prepare_inputs(model, batch, lat, generator=torch.Generator().manual_seed(0), bias_seed=0,
+                             caption_dropout=0.0)
+        sched = DDPMScheduler.from_config(model.scheduler.config)
+        want = {"epsilon": inp["noise"], "sample": lat,
+                "v_prediction": sched.get_velocity(lat, inp["noise"], inp["timesteps"])}[kind]
+        assert torch.allclose(inp["target"], want)
+        assert torch.equal(inp["timesteps"][0] != inp["timesteps"][1], torch.tensor(True))  # one t per video
+
+
 def _all_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

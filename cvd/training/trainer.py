@@ -1,4 +1,5 @@
-"""The CVD trainer: hybrid posed/homography pairs, epsilon-prediction MSE, resumable, on one CPU, one GPU or many.
+"""The CVD trainer: hybrid posed/homography pairs, epsilon-prediction MSE (the paper; v-prediction for models whose
+scheduler says so), resumable, on one CPU, one GPU or many.
 
 One optimiser step (of ``grad_accumulation`` micro-batches of ``batch_pairs`` pairs each):
 
@@ -10,7 +11,8 @@ One optimiser step (of ``grad_accumulation`` micro-batches of ``batch_pairs`` pa
 3. Posed pairs: Plücker rays of each video relative to its own first frame -> pose encoder -> camera features;
    the epipolar bias of each video against its partner. Homography pairs: no camera features; pseudo-epipolar
    lines through ``H p`` (:func:`cvd.geometry.homography_bias_pyramid`).
-4. The UNet predicts the noise; the loss is the MSE to the true noise, masked (homography pairs) to latent cells
+4. The UNet predicts the noise (or the velocity ``sqrt(abar) eps - sqrt(1 - abar) z`` when the model's scheduler has
+   ``prediction_type: v_prediction``); the loss is the MSE to the true one, masked (homography pairs) to latent cells
    whose pixels all exist in the warped copy (:func:`masked_mse`).
 5. AdamW with gradient clipping, warmup/constant or cosine schedule, optional EMA; autocast through
    ``accelerate`` (fp16 with a gradient scaler, or bf16) on CUDA; several GPUs through ``accelerate launch``.
@@ -178,6 +180,13 @@ def prepare_inputs(
         timesteps = torch.randint(0, mcfg.scheduler.num_train_timesteps, (n,), generator=generator).to(device)
         noise = torch.randn(latents.shape, generator=generator).to(device)
         noisy = sched.add_noise(latents, noise, timesteps)
+        kind = mcfg.scheduler.prediction_type
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = sched.get_velocity(latents, noise, timesteps)
+        else:  # "sample"
+            target = latents
         partner = [i ^ 1 for i in range(n)]
         bias = None
         rays = None
@@ -197,7 +206,7 @@ def prepare_inputs(
                 H = batch["homography"].reshape(n, f, 3, 3).to(device)
                 bias = homography_bias_pyramid(H, (h, w), grids=grids, config=mcfg.epipolar_bias, generator=bgen)
     return {"noisy": noisy, "timesteps": timesteps, "ids": ids.to(device), "rays": rays, "bias": bias,
-            "partner": partner if mcfg.cvsm.enabled else None, "noise": noise,
+            "partner": partner if mcfg.cvsm.enabled else None, "noise": noise, "target": target,
             "mask": None if posed else mask, "kind": batch["kind"]}
 
 
@@ -223,7 +232,7 @@ def loss_of_batch(model: CVDModel, batch: dict, *, seed: int = 0) -> float:
     den = Denoiser(model)
     with torch.no_grad():
         pred = den(inp["noisy"], inp["timesteps"], inp["ids"], inp["rays"], inp["bias"], inp["partner"])
-    return float(masked_mse(pred, inp["noise"], inp["mask"]))
+    return float(masked_mse(pred, inp["target"], inp["mask"]))
 
 
 class Denoiser(nn.Module):
@@ -533,7 +542,7 @@ class Trainer:
                     with acc.autocast():
                         pred = denoiser(inp["noisy"], inp["timesteps"], inp["ids"], inp["rays"], inp["bias"],
                                         inp["partner"])
-                    loss = masked_mse(pred, inp["noise"], inp["mask"])
+                    loss = masked_mse(pred, inp["target"], inp["mask"])
                     acc.backward(loss / accum)
                 losses.append(loss.detach().float().item())
                 kinds.append(inp["kind"])
