@@ -270,6 +270,8 @@ def test_ns_train_cvd_scene_on_cpu(tiny_run, tmp_path):
     base = tmp_path / "run" / "cvd-scene" / "t"
     assert (base / "config.yml").is_file()
     assert list((base / "nerfstudio_models").glob("step-*.ckpt"))
+    ckpt = next((base / "nerfstudio_models").glob("step-*.ckpt"))
+    assert torch.load(ckpt, map_location="cpu")["step"] == 2  # torch's weights_only default, as ns-viewer loads it
     doc = json.loads((base / "dataparser_transforms.json").read_text())
     assert np.asarray(doc["transform"]).shape == (3, 4) and doc["scale"] > 0
 
@@ -300,6 +302,11 @@ def test_fit_command_both_methods_reduced(tiny_run, tmp_path, monkeypatch):
         assert Path(saved.output_dir) == fit.resolve(), "config.yml must point at the final fit folder"
         assert Path(saved.get_base_dir()) == config_yml.parent.resolve()
         assert list(fit.rglob("step-*.ckpt")) and list(fit.rglob("dataparser_transforms.json"))
+        # What ns-viewer / ns-render / ns-eval do with it (checkpoints load under torch's weights_only default).
+        from nerfstudio.utils.eval_utils import eval_setup
+
+        _, pipeline, _, step = eval_setup(config_yml, test_mode="inference")
+        assert step == 1 and type(pipeline.model).__name__ == ("CvdSplatModel" if method == "cvd-scene" else "CvdNerfModel")
         record = json.loads((run_dir / "run.json").read_text())["stages"]["fit"]
         assert record["status"] == "finished" and record["summary"]["method"] == method
         if method == "cvd-scene":

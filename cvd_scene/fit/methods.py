@@ -9,18 +9,45 @@ Imports nerfstudio (the fit subpackage is the only place that may).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Type
+
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
-from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.schedulers import ExponentialDecayScheduler, ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
 from cvd_scene.fit.dataparser import CvdSceneDataParserConfig
 from cvd_scene.fit.nerf_model import CvdNerfModelConfig
 from cvd_scene.fit.splat_model import CvdSplatModelConfig
+
+class FloatExponentialDecayScheduler(ExponentialDecayScheduler):
+    """nerfstudio's exponential decay with learning rates kept as Python floats.
+
+    nerfstudio's schedule returns numpy floats, which end up in the checkpoints; torch >= 2.6 loads checkpoints
+    with ``weights_only=True`` and refuses numpy scalars, so ``ns-viewer``/``ns-render`` could not load them.
+    """
+
+    def get_scheduler(self, optimizer, lr_init):
+        scheduler = super().get_scheduler(optimizer, lr_init)
+        numpy_lambdas = list(scheduler.lr_lambdas)
+        scheduler.lr_lambdas = [lambda step, f=f: float(f(step)) for f in numpy_lambdas]
+        for group in optimizer.param_groups:  # LambdaLR applied the first value at construction
+            group["lr"] = float(group["lr"])
+        scheduler._last_lr = [float(lr) for lr in scheduler._last_lr]
+        return scheduler
+
+
+@dataclass
+class FloatExponentialDecaySchedulerConfig(ExponentialDecaySchedulerConfig):
+    """:class:`ExponentialDecaySchedulerConfig` whose learning rates are Python floats (loadable checkpoints)."""
+
+    _target: Type = field(default_factory=lambda: FloatExponentialDecayScheduler)
+
 
 SPLAT_DESCRIPTION = "cvd-scene: Gaussian splatting for generated multi-view videos (runs on CPU and CUDA)"
 NERF_DESCRIPTION = "cvd-scene-nerf: nerfacto for cvd-scene run folders (runs on CPU and CUDA, no downloads)"
@@ -31,7 +58,7 @@ def splat_optimizers(max_steps: int) -> dict:
     return {
         "means": {
             "optimizer": AdamOptimizerConfig(lr=1.6e-4, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=max_steps),
+            "scheduler": FloatExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=max_steps),
         },
         "features_dc": {"optimizer": AdamOptimizerConfig(lr=0.0025, eps=1e-15), "scheduler": None},
         "features_rest": {"optimizer": AdamOptimizerConfig(lr=0.0025 / 20, eps=1e-15), "scheduler": None},
@@ -41,7 +68,7 @@ def splat_optimizers(max_steps: int) -> dict:
         "appearance": {"optimizer": AdamOptimizerConfig(lr=1e-3, eps=1e-15), "scheduler": None},
         "camera_opt": {
             "optimizer": AdamOptimizerConfig(lr=1e-4, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(
+            "scheduler": FloatExponentialDecaySchedulerConfig(
                 lr_final=5e-7, max_steps=max_steps, warmup_steps=min(1000, max_steps // 3), lr_pre_warmup=0
             ),
         },
@@ -80,15 +107,15 @@ def nerf_optimizers(max_steps: int) -> dict:
     return {
         "proposal_networks": {
             "optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=max(max_steps, 1)),
+            "scheduler": FloatExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=max(max_steps, 1)),
         },
         "fields": {
             "optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=max(max_steps, 1)),
+            "scheduler": FloatExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=max(max_steps, 1)),
         },
         "camera_opt": {
             "optimizer": AdamOptimizerConfig(lr=1e-3, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=5000),
+            "scheduler": FloatExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=5000),
         },
     }
 
