@@ -319,21 +319,24 @@ def test_fit_command_both_methods_reduced(tiny_run, tmp_path, monkeypatch):
             assert not (fit / "gaussians.ply").exists()
 
 
-def test_fit_refuses_a_failed_registration(tiny_run, tmp_path):
+def test_fit_refuses_a_failed_registration(tmp_path, capsys):
+    # The real register stage on 32 px frames: too few SIFT features, so the registration fails.
+    from cvd_scene import cli
     from cvd_scene.config import from_dict
+    from cvd_scene.orchestrate import run_stages
     from cvd_scene.runconfig import RunConfig
     from cvd_scene.runfolder import StageRefused
     from cvd_scene.stages.fit import run_fit
 
     run_dir = tmp_path / "run"
-    shutil.copytree(tiny_run, run_dir)
-    state = json.loads((run_dir / "run.json").read_text())
-    state["stages"]["register"].update(status="failed", message="only 3 of 12 frames registered")
-    (run_dir / "run.json").write_text(json.dumps(state))
-    with pytest.raises(StageRefused, match="only 3 of 12 frames registered"):
-        run_fit(from_dict(RunConfig, {}), run_dir, tmp_path / "out")
-    state["stages"]["register"].update(status="partial")
-    (run_dir / "run.json").write_text(json.dumps(state))
-    (run_dir / "register" / "transforms.json").unlink()
-    with pytest.raises(StageRefused, match="transforms.json"):
-        run_fit(from_dict(RunConfig, {}), run_dir, tmp_path / "out")
+    config = from_dict(RunConfig, {"plan": {"num_videos": 2, "num_frames": 3, "width": 32, "height": 32},
+                                   "generate": {"samples_per_pixel": 1}})  # fmt: skip
+    results = run_stages(run_dir, config, ["plan", "generate", "register"])
+    assert results["register"].status == "failed"
+    reason = results["register"].message
+    with pytest.raises(StageRefused, match="registration.*failed") as refused:
+        run_fit(config, run_dir, tmp_path / "out")
+    assert reason in str(refused.value)
+    assert cli.main(["fit", str(run_dir), "--quiet"]) == 2
+    assert "register" in capsys.readouterr().err
+    assert not (run_dir / "fit").exists()
