@@ -61,3 +61,10 @@ def test_preset_extends_another(tmp_path):
     p.write_text("extends: demo\nfit:\n  iterations: 5\n")
     cfg = load_config(RunConfig, "run", str(p))
     assert cfg.fit.iterations == 5 and cfg.generate.generator == "reference"
+
+
+@pytest.mark.parametrize("name", ["demo", "default", "quality"])
+def test_every_shipped_preset_loads(name):
+    cfg = load_config(RunConfig, "run", name)
+    assert cfg.plan.num_videos >= 1 and cfg.fit.iterations > 0
+    assert name in preset_names("run")
