@@ -26,4 +26,4 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.
       + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
 PYCHECK
 exec "$PY" benchmarks/train_ablation.py --preset small-gpu --device cuda --out "$OUT" --work "${WORK:-/tmp/cvd-train-work}" \
-  --concurrent --timeout-min 5 --set optim.max_minutes=3.8 "$@"
+  --concurrent --timeout-min 5 --set optim.max_minutes=3.8 --set autoencoder.max_minutes=1.0 "$@"

@@ -254,7 +254,7 @@ def collect(args, work: Path, out: Path, arms: list[str], codes: dict[str, int],
             shutil.copytree(run / "model", dest / "model", dirs_exist_ok=True)
         results["arms"][arm] = row
     if any(curves.values()):
-        plot_losses(curves, out / "loss_arms.png", title=f"{args.preset}: epsilon MSE per arm (same steps)")
+        plot_losses(curves, out / "loss_arms.png", title=f"{args.preset}: training loss per arm (same steps)")
     big = [str(p) for p in out.rglob("*") if p.is_file() and p.stat().st_size > MAX_FILE_BYTES]
     results["files_over_16MiB"] = big
     (out / "results.json").write_text(json.dumps(results, indent=1))

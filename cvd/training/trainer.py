@@ -742,7 +742,7 @@ def plot_losses(runs: dict[str, list[dict]], path: str | os.PathLike, title: str
         ax.plot(steps, _smooth(loss, max(5, len(loss) // 20)), color=colour, linewidth=1.8, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("epsilon MSE")
+    ax.set_ylabel("MSE to the prediction target")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
