@@ -24,7 +24,7 @@ from cvd_scene.fit.raster_reference import composite_reference
 from cvd_scene.gaussians import Gaussians
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fit_helpers import make_run  # noqa: E402
+from fit_helpers import make_run
 
 NS_TRAIN = Path(sys.executable).parent / "ns-train"
 
@@ -49,10 +49,10 @@ def random_scene(n: int, width: int, height: int, seed: int, opacity=(0.05, 0.95
 @pytest.mark.parametrize(
     "case",
     [
-        dict(n=25, seed=0, tile_size=4, chunks=(3, 5)),
-        dict(n=25, seed=1, tile_size=8, chunks=(16,)),
+        {"n": 25, "seed": 0, "tile_size": 4, "chunks": (3, 5)},
+        {"n": 25, "seed": 1, "tile_size": 8, "chunks": (16,)},
         # Many opaque Gaussians: pixels stop on the transmittance threshold and alphas hit the 0.999 clamp.
-        dict(n=40, seed=2, tile_size=16, chunks=(4,), opacity=(0.97, 1.0)),
+        {"n": 40, "seed": 2, "tile_size": 16, "chunks": (4,), "opacity": (0.97, 1.0)},
     ],
 )
 def test_composite_matches_per_pixel_reference(case):
@@ -102,7 +102,11 @@ def test_composite_gradient_matches_finite_differences():
 
 
 def test_projection_and_sh_match_gsplat_torch_implementation():
-    from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
+    from gsplat.cuda._torch_impl import (
+        _fully_fused_projection,
+        _quat_scale_to_covar_preci,
+        _spherical_harmonics,
+    )
 
     g = torch.Generator().manual_seed(0)
     N, W, H = 400, 64, 48
@@ -229,7 +233,7 @@ def test_exported_gaussians_land_back_in_the_world():
         return img[0], alpha[0]
 
     img_world, a_world = render(back, invert_rigid(c2w))
-    img_ns, a_ns = render(fitted, frame.viewmats(c2w))
+    img_ns, _ = render(fitted, frame.viewmats(c2w))
     assert float(a_world.max()) > 0.5
     assert torch.allclose(img_world[..., :3], img_ns[..., :3], atol=1e-6)
     # Expected depth: metres in the world, metres x scale in the nerfstudio frame.
@@ -254,7 +258,7 @@ def _ns_env() -> dict:
 
 
 def test_ns_train_lists_both_methods():
-    out = subprocess.run([str(NS_TRAIN), "--help"], capture_output=True, text=True, timeout=300, env=_ns_env())
+    out = subprocess.run([str(NS_TRAIN), "--help"], check=False, capture_output=True, text=True, timeout=300, env=_ns_env())
     assert out.returncode == 0, out.stderr[-2000:]
     assert "cvd-scene-nerf" in out.stdout and "{cvd-scene," in out.stdout.replace(" ", "")
 
@@ -265,7 +269,7 @@ def test_ns_train_cvd_scene_on_cpu(tiny_run, tmp_path):
         "--max-num-iterations", "3", "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True",
         "--output-dir", str(tmp_path), "--timestamp", "t",
     ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_ns_env(), cwd=tmp_path)
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=_ns_env(), cwd=tmp_path)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     base = tmp_path / "run" / "cvd-scene" / "t"
     assert (base / "config.yml").is_file()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Type
+from typing import Literal
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ class RunFolderDataError(ValueError):
 class CvdSceneDataParserConfig(DataParserConfig):
     """A cvd-scene run folder (``--data RUN_DIR``) as nerfstudio training data."""
 
-    _target: Type = field(default_factory=lambda: CvdSceneDataParser)
+    _target: type = field(default_factory=lambda: CvdSceneDataParser)
     data: Path = Path()
     """The run folder (reads ``register/transforms.json`` and ``register/sparse_pc.ply``), or a transforms.json."""
     eval_every_k: int = 6

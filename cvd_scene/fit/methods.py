@@ -10,7 +10,6 @@ Imports nerfstudio (the fit subpackage is the only place that may).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Type
 
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.configs.base_config import ViewerConfig
@@ -24,6 +23,7 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from cvd_scene.fit.dataparser import CvdSceneDataParserConfig
 from cvd_scene.fit.nerf_model import CvdNerfModelConfig
 from cvd_scene.fit.splat_model import CvdSplatModelConfig
+
 
 class FloatExponentialDecayScheduler(ExponentialDecayScheduler):
     """nerfstudio's exponential decay with learning rates kept as Python floats.
@@ -46,7 +46,7 @@ class FloatExponentialDecayScheduler(ExponentialDecayScheduler):
 class FloatExponentialDecaySchedulerConfig(ExponentialDecaySchedulerConfig):
     """:class:`ExponentialDecaySchedulerConfig` whose learning rates are Python floats (loadable checkpoints)."""
 
-    _target: Type = field(default_factory=lambda: FloatExponentialDecayScheduler)
+    _target: type = field(default_factory=lambda: FloatExponentialDecayScheduler)
 
 
 SPLAT_DESCRIPTION = "cvd-scene: Gaussian splatting for generated multi-view videos (runs on CPU and CUDA)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Literal, Type
+from typing import Literal
 
 import torch
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
@@ -21,7 +21,7 @@ from cvd_scene.fit.splat_model import make_lpips
 class CvdNerfModelConfig(NerfactoModelConfig):
     """nerfacto's settings plus the fields below."""
 
-    _target: Type = field(default_factory=lambda: CvdNerfModel)
+    _target: type = field(default_factory=lambda: CvdNerfModel)
     lpips: Literal["auto", "off"] = "auto"
     """LPIPS in evaluation: ``auto`` when its AlexNet weights are on disk (never downloads), ``off``."""
 

@@ -82,7 +82,7 @@ def rasterize(
     forces the pure-torch path on any device (for comparisons); ``gsplat`` requires CUDA tensors.
     ``tile_size`` defaults to 16 for gsplat and 8 for the pure-torch path.
     """
-    C, N = _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds)
+    _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds)
     if render_mode not in ("RGB", "D", "ED", "RGB+D", "RGB+ED"):
         raise ValueError(f"render_mode must be RGB, D, ED, RGB+D or RGB+ED, got {render_mode!r}")
     if backend == "auto":
@@ -610,7 +610,7 @@ class _Composite(torch.autograd.Function):
     def backward(ctx, g_render, g_alpha):
         means2d, col, out_tiles, T_out, mx, my, A, B, Cc, opa_v = ctx.saved_tensors
         bins = ctx.bins
-        C, N, D, width, height = ctx.shape
+        C, N, D, _, _ = ctx.shape
         ts = bins.tile_size
         P = ts * ts
         n_tiles = bins.tiles_x * bins.tiles_y

@@ -84,9 +84,9 @@ def composite_autograd(
 
     bins = bin_gaussians(means2d.detach(), conics.detach(), opacities.detach(), radii, depths.detach(), width,
                          height, tile_size)  # fmt: skip
-    C, N, D = colors.shape
+    C, _, D = colors.shape
     ts, tx, ty = tile_size, bins.tiles_x, bins.tiles_y
-    P, n_tiles = ts * ts, tx * ty
+    n_tiles = tx * ty
     src, vis = bins.pair_src, bins.vis_ids
     ids = vis[src]  # [M] flat camera * N + gaussian
     tile_in_img = bins.pair_tiles % n_tiles

@@ -21,14 +21,20 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Type
+from typing import Literal
 
 import numpy as np
 import torch
 from gsplat.strategy import DefaultStrategy
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig, num_sh_bases, random_quat_tensor
+from nerfstudio.models.splatfacto import (
+    RGB2SH,
+    SplatfactoModel,
+    SplatfactoModelConfig,
+    num_sh_bases,
+    random_quat_tensor,
+)
 from nerfstudio.utils.colors import get_color
 from pytorch_msssim import SSIM
 from torch.nn import Parameter
@@ -43,7 +49,7 @@ log = logging.getLogger(__name__)
 class CvdSplatModelConfig(SplatfactoModelConfig):
     """splatfacto's settings (defaults resized for short fits of generated views) plus the fields below."""
 
-    _target: Type = field(default_factory=lambda: CvdSplatModel)
+    _target: type = field(default_factory=lambda: CvdSplatModel)
     warmup_length: int = 300
     """Steps before the first densification."""
     refine_every: int = 100
