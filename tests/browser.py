@@ -39,6 +39,6 @@ def load_page(page: Path, screenshot: Path, size: tuple[int, int] = (1280, 2400)
         proc = subprocess.run(
             [exe, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={screenshot}",
              f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=3000", page.resolve().as_uri()],
-            capture_output=True, text=True, timeout=timeout_s,
+            capture_output=True, text=True, timeout=timeout_s, check=False,
         )
     return [ln for ln in proc.stderr.splitlines() if re.search(r":CONSOLE[:(]", ln)]

@@ -97,10 +97,12 @@ def test_incompatible_version_is_refused(tmp_path):
 
 
 def test_second_lock_is_refused_in_process(tmp_path):
-    with run_lock(tmp_path / "r", "first"):
-        with pytest.raises(RunFolderError, match=r"in use by another cvd-scene run.*rm .*\.lock"):
-            with run_lock(tmp_path / "r", "second"):
-                pass
+    with (
+        run_lock(tmp_path / "r", "first"),
+        pytest.raises(RunFolderError, match=r"in use by another cvd-scene run.*rm .*\.lock"),
+        run_lock(tmp_path / "r", "second"),
+    ):
+        pass
     with run_lock(tmp_path / "r", "third"):  # released after the first
         pass
 
@@ -114,14 +116,12 @@ def test_concurrent_process_is_refused_and_stale_lock_explained(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
-        with pytest.raises(RunFolderError, match="in use by another cvd-scene run"):
-            with run_lock(d, "second"):
-                pass
+        with pytest.raises(RunFolderError, match="in use by another cvd-scene run"), run_lock(d, "second"):
+            pass
     finally:
         proc.kill()
         proc.wait()
     # the killed holder left its lock behind: it is reported as stale, with the command that clears it
     time.sleep(0.1)
-    with pytest.raises(RunFolderError, match="no longer exists, so the lock is stale"):
-        with run_lock(d, "third"):
-            pass
+    with pytest.raises(RunFolderError, match="no longer exists, so the lock is stale"), run_lock(d, "third"):
+        pass
