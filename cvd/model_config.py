@@ -3,20 +3,20 @@ CameraCtrl pose encoder + Cross-View Synchronization Modules, with VAE, text enc
 
 Named configs live in ``configs/model/<name>.yaml`` (``tiny``: random weights, seconds on a CPU; ``sd15``: the
 shapes of the published checkpoints). Field defaults are the published SD1.5 shapes. :func:`config_from_dict`
-reads a mapping strictly (unknown keys and wrong types are errors naming the key); ``cvd_scene`` reads the same
-YAML through its own strict loader. Imports only the standard library, PyYAML and ``cvd.geometry``; must never
-import ``cvd_scene``.
+(:func:`cvd.dataconfig.from_dict`) reads a mapping strictly (unknown keys and wrong types are errors naming the
+key). Imports only the standard library, PyYAML, ``cvd.dataconfig`` and ``cvd.geometry``; must never import
+``cvd_scene``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
+from cvd.dataconfig import from_dict as config_from_dict
+from cvd.dataconfig import to_dict as config_to_dict
 from cvd.geometry import EpipolarBiasConfig
 
 __all__ = [
@@ -323,87 +323,6 @@ class CVDModelConfig:
 
 # ----------------------------------------------------------------------------------------------------------
 # strict dict <-> dataclass (cvd must not import cvd_scene's loader)
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-
-    def fail() -> ValueError:
-        return ValueError(f"model config {key}: expected {tp}, got {value!r} ({type(value).__name__})")
-
-    if tp is Any:
-        return value
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise fail()
-    if origin in (Union, types.UnionType):
-        for a in typing.get_args(tp):
-            try:
-                return _convert(value, a, key)
-            except (ValueError, TypeError):
-                continue
-        raise fail()
-    if tp is type(None):
-        if value is None:
-            return None
-        raise fail()
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise fail()
-        return config_from_dict(tp, value, prefix=key)
-    if origin is tuple or tp is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise fail()
-        args = typing.get_args(tp)
-        item_tp = args[0] if args else Any
-        return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise fail()
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise fail()
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise fail()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise fail()
-    raise fail()
-
-
-T = typing.TypeVar("T")
-
-
-def config_from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
-    """Build the dataclass ``cls`` from a mapping; unknown keys and wrong types raise ``ValueError`` naming the key."""
-    if not isinstance(data, dict):
-        raise TypeError(f"model config {prefix or cls.__name__}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
-    for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if k not in names:
-            raise ValueError(f"unknown model config key {key!r}; valid keys here: {', '.join(sorted(names))}")
-        kwargs[k] = _convert(v, hints[k], key)
-    return cls(**kwargs)
-
-
-def config_to_dict(cfg: Any) -> Any:
-    """A config dataclass tree as plain JSON/YAML data (tuples become lists)."""
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-    if isinstance(cfg, (list, tuple)):
-        return [config_to_dict(v) for v in cfg]
-    return cfg
 
 
 def load_model_config(path: str | Path) -> CVDModelConfig:
