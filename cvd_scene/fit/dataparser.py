@@ -91,6 +91,23 @@ def locate_registration(data: Path) -> tuple[Path, Path]:
     return data, transforms
 
 
+def nerfstudio_cameras(frame: NerfstudioFrame, world_from_cam: np.ndarray, K: np.ndarray, width: int,
+                       height: int) -> NsCameras:
+    """Pinhole cameras ``world_from_cam [I, 4, 4]`` (run world, OpenCV axes) and ``K [I, 3, 3]`` as nerfstudio
+    ``Cameras`` in ``frame`` (OpenGL axes, nerfstudio's normalised world)."""
+    c2w = frame.poses_to_ns(world_from_cam)  # [I, 3, 4]
+    return NsCameras(
+        camera_to_worlds=torch.from_numpy(c2w).float(),
+        fx=torch.from_numpy(K[:, 0, 0:1]).float(),
+        fy=torch.from_numpy(K[:, 1, 1:2]).float(),
+        cx=torch.from_numpy(K[:, 0, 2:3]).float(),
+        cy=torch.from_numpy(K[:, 1, 2:3]).float(),
+        width=width,
+        height=height,
+        camera_type=CameraType.PERSPECTIVE,
+    )
+
+
 @dataclass
 class FrameIndex:
     """Which registered frame an image of a split is."""
@@ -155,18 +172,8 @@ class CvdSceneDataParser(DataParser):
             )
         sel_v = np.array([i.video for i in index])
         sel_f = np.array([i.frame for i in index])
-        c2w = frame.poses_to_ns(cams.world_from_cam[sel_v, sel_f])  # [I, 3, 4]
-        K = cams.K[sel_v, sel_f]  # [I, 3, 3]
-        ns_cams = NsCameras(
-            camera_to_worlds=torch.from_numpy(c2w).float(),
-            fx=torch.from_numpy(K[:, 0, 0:1]).float(),
-            fy=torch.from_numpy(K[:, 1, 1:2]).float(),
-            cx=torch.from_numpy(K[:, 0, 2:3]).float(),
-            cy=torch.from_numpy(K[:, 1, 2:3]).float(),
-            width=cams.width,
-            height=cams.height,
-            camera_type=CameraType.PERSPECTIVE,
-        )
+        ns_cams = nerfstudio_cameras(frame, cams.world_from_cam[sel_v, sel_f], cams.K[sel_v, sel_f], cams.width,
+                                     cams.height)
         metadata = {
             "cvd_frames": index,
             "cvd_num_videos": cams.num_videos,

@@ -287,27 +287,15 @@ def evaluate_heldout(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFra
 
 def render_views(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFrame) -> int:
     """Colour and z-depth (metres, 0 where empty) at every registered camera into ``views/``; returns the count."""
-    from nerfstudio.cameras.cameras import Cameras as NsCameras
-    from nerfstudio.cameras.cameras import CameraType
-
+    from cvd_scene.fit.dataparser import nerfstudio_cameras
     from cvd_scene.logs import track
 
     model = trainer.pipeline.model
     model.eval()
     cams = read_transforms_json(Path(run_dir) / "register" / "transforms.json").cameras
     todo = [(v, f) for v in range(cams.num_videos) for f in range(cams.num_frames) if np.all(np.isfinite(cams.world_from_cam[v, f]))]
-    c2w = frame.poses_to_ns(np.stack([cams.world_from_cam[v, f] for v, f in todo]))  # [R, 3, 4]
-    K = np.stack([cams.K[v, f] for v, f in todo])  # [R, 3, 3]
-    ns = NsCameras(
-        camera_to_worlds=torch.from_numpy(c2w).float(),
-        fx=torch.from_numpy(K[:, 0, 0:1]).float(),
-        fy=torch.from_numpy(K[:, 1, 1:2]).float(),
-        cx=torch.from_numpy(K[:, 0, 2:3]).float(),
-        cy=torch.from_numpy(K[:, 1, 2:3]).float(),
-        width=cams.width,
-        height=cams.height,
-        camera_type=CameraType.PERSPECTIVE,
-    )
+    world_from_cam = np.stack([cams.world_from_cam[v, f] for v, f in todo])
+    ns = nerfstudio_cameras(frame, world_from_cam, np.stack([cams.K[v, f] for v, f in todo]), cams.width, cams.height)
     for i, (v, f) in enumerate(track(todo, total=len(todo), description="render views")):
         out = _render(model, ns[i : i + 1].to(model.device))
         vid = cams.video_ids[v]
