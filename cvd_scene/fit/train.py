@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +118,10 @@ def _quiet_nerfstudio():
     was = CONSOLE.quiet
     CONSOLE.quiet = not log.isEnabledFor(logging.DEBUG)
     try:
-        yield
+        with warnings.catch_warnings():
+            # nerfstudio logs its loss tensors with float(); newer torch warns once per fit that they need grad
+            warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
+            yield
     finally:
         CONSOLE.quiet = was
 
