@@ -6,9 +6,12 @@ live in ``cvd_scene/commands/<name>.py``; a command is listed only once what it 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +20,7 @@ from tyro.extras import SubcommandApp
 
 from cvd_scene.config import ConfigError, load_config, parse_overrides
 from cvd_scene.runconfig import RunConfig
-from cvd_scene.runfolder import RunFolder, RunFolderError, StageRefused
+from cvd_scene.runfolder import RunFolder, RunFolderError, StageRefused, describe_os_error
 from cvd_scene.stages import BUILT, STAGE_ORDER, downstream
 
 log = logging.getLogger("cvd_scene.cli")
@@ -35,6 +38,38 @@ RunDir = Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
 
 class CliError(Exception):
     """An error the command line reports in one line, without a traceback."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: handled like Ctrl-C (the stage's temporary folder and the lock are removed on
+    the way out, finished stages are kept)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+"""Signals handled like SIGINT (``kill``, ``timeout``, a closed terminal, a scheduler ending a job)."""
+
+
+@contextlib.contextmanager
+def stop_signals_raise():
+    """While inside, SIGTERM and SIGHUP raise :class:`Stopped` in the main thread (as SIGINT raises
+    ``KeyboardInterrupt``), so every ``finally`` and cleanup runs; the previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def resolve_config(
@@ -168,16 +203,21 @@ def main(argv: list[str] | None = None) -> int:
     for mod in COMMAND_MODULES:
         importlib.import_module(f"cvd_scene.commands.{mod}")
     try:
-        app.cli(prog="cvd-scene", args=argv)
-    except (ConfigError, RunFolderError, StageRefused, CliError, FileNotFoundError, ValueError) as e:
-        # Bad input (a config, a file, an argument) is one line; --verbose shows where it came from.
+        with stop_signals_raise():
+            app.cli(prog="cvd-scene", args=argv)
+    except (ConfigError, RunFolderError, StageRefused, CliError, FileNotFoundError, ValueError, OSError) as e:
+        # Bad input (a config, a file, an argument) or a place that cannot be written (full disk, read-only) is
+        # one line; --verbose shows where it came from.
         if logging.getLogger("cvd_scene").isEnabledFor(logging.DEBUG):
             logging.getLogger("cvd_scene").exception("details")
-        print(f"cvd-scene: error: {e}", file=sys.stderr)
+        message = describe_os_error(e) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else e
+        print(f"cvd-scene: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("cvd-scene: interrupted; finished stages are kept, run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"cvd-scene: {how}; finished stages are kept, run the same command to resume", file=sys.stderr)
+        return 128 + signum
     return 0
 
 

@@ -77,13 +77,19 @@ def test_user_folder_is_not_taken_without_overwrite(tmp_path):
     (tmp_path / "r" / "photo.png").write_bytes(b"x")
     with pytest.raises(RunFolderError, match="not a cvd-scene run folder"):
         RunFolder.open(tmp_path / "r", {}, "demo")
-    # a stage folder that run.json does not record is someone's own: refused, not replaced
+    # a stage folder without a run.json recording it is someone's own: refused, not replaced, even with overwrite
     (tmp_path / "s" / "plan").mkdir(parents=True)
     (tmp_path / "s" / "plan" / "mine.json").write_text("{}")
-    run = RunFolder.open(tmp_path / "s", {}, "demo", overwrite=True)
+    with pytest.raises(RunFolderError, match="no run.json but holds plan"):
+        RunFolder.open(tmp_path / "s", {}, "demo", overwrite=True)
+    # ... and so is one that run.json does not record
+    run = RunFolder.open(tmp_path / "t", {}, "demo")
+    run.run_stage("generate", lambda out: _write(out, "g.txt", "v1"), {})
+    (tmp_path / "t" / "plan").mkdir()
+    (tmp_path / "t" / "plan" / "mine.json").write_text("{}")
     with pytest.raises(RunFolderError, match="may hold your own files"):
-        run.run_stage("plan", lambda out: _write(out, "x.txt", "v1"), {})
-    assert (tmp_path / "s" / "plan" / "mine.json").exists()
+        run.run_stage("plan", lambda out: _write(out, "x.txt", "v1"), {}, redo=True)
+    assert (tmp_path / "s" / "plan" / "mine.json").exists() and (tmp_path / "t" / "plan" / "mine.json").exists()
 
 
 def test_incompatible_version_is_refused(tmp_path):
