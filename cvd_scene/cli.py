@@ -20,7 +20,15 @@ from tyro.extras import SubcommandApp
 
 from cvd_scene.config import ConfigError, load_config, parse_overrides
 from cvd_scene.runconfig import RunConfig
-from cvd_scene.runfolder import RunFolder, RunFolderError, StageRefused, describe_os_error
+from cvd_scene.runfolder import (
+    RunFolder,
+    RunFolderError,
+    StageRefused,
+    Stopped,
+    clear_stop,
+    describe_os_error,
+    request_stop,
+)
 from cvd_scene.stages import BUILT, STAGE_ORDER, downstream
 
 log = logging.getLogger("cvd_scene.cli")
@@ -40,36 +48,29 @@ class CliError(Exception):
     """An error the command line reports in one line, without a traceback."""
 
 
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP arrived: handled like Ctrl-C (the stage's temporary folder and the lock are removed on
-    the way out, finished stages are kept)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 """Signals handled like SIGINT (``kill``, ``timeout``, a closed terminal, a scheduler ending a job)."""
 
 
 @contextlib.contextmanager
 def stop_signals_raise():
-    """While inside, SIGTERM and SIGHUP raise :class:`Stopped` in the main thread (as SIGINT raises
-    ``KeyboardInterrupt``), so every ``finally`` and cleanup runs; the previous handlers come back after."""
+    """While inside, SIGTERM and SIGHUP raise :class:`~cvd_scene.runfolder.Stopped` in the main thread (as SIGINT
+    raises ``KeyboardInterrupt``), so every ``finally`` and cleanup runs; the previous handlers come back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum, frame):
-        raise Stopped(signum)
+        request_stop(signum)
 
+    clear_stop()
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        clear_stop()
 
 
 def resolve_config(

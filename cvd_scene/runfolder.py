@@ -54,6 +54,37 @@ class StageRefused(RuntimeError):
     """A stage refuses to run (for example on a failed registration); the message gives the reason."""
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: handled like Ctrl-C (the stage's temporary folder and the lock are removed on
+    the way out, finished stages are kept)."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_stop: dict[str, int | None] = {"signum": None}
+
+
+def request_stop(signum: int) -> None:
+    """What the command line's SIGTERM/SIGHUP handler does: raise :class:`Stopped` now, and remember it. A C
+    extension can swallow an exception raised while it calls back into Python (a signal during a module import);
+    :meth:`RunFolder.run_stage` then raises it again when the stage returns, before anything is recorded."""
+    _stop["signum"] = signum
+    raise Stopped(signum)
+
+
+def clear_stop() -> None:
+    _stop["signum"] = None
+
+
+def raise_if_stopped() -> None:
+    if _stop["signum"] is not None:
+        raise Stopped(_stop["signum"])
+
+
 @dataclass
 class StageResult:
     """What a stage returns: its status, a small JSON summary for ``run.json`` and a message for people."""
@@ -751,6 +782,8 @@ class RunFolder:
             return RunFolderError(
                 f"stage {name!r}: {describe_os_error(e, tmp)}; earlier outputs in {self.path} are intact"
             )
+        if e.errno is None and e.filename is None:  # names no file: say which stage and run folder
+            return RunFolderError(f"stage {name!r}: {e}; earlier outputs in {self.path} are intact")
         return None
 
     def run_stage(
@@ -768,6 +801,7 @@ class RunFolder:
         are replaced only when everything in their folder is what the stage's record says cvd-scene wrote; the
         new record (with the manifest of the new outputs) is saved before the folder is renamed into place.
         """
+        raise_if_stopped()
         stages = self.state.setdefault("stages", {})
         rec = stages.get(name)
         h = config_hash(stage_config)
@@ -810,6 +844,7 @@ class RunFolder:
             raise
         seconds = time.perf_counter() - t0
         try:
+            raise_if_stopped()
             if not isinstance(result, StageResult):
                 raise TypeError(f"stage {name!r} returned {type(result).__name__}, expected StageResult")
             outputs = scan_outputs(tmp)
