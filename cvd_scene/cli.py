@@ -28,6 +28,7 @@ from cvd_scene.runfolder import (
     clear_stop,
     describe_os_error,
     request_stop,
+    stop_requested,
 )
 from cvd_scene.stages import BUILT, STAGE_ORDER, downstream
 
@@ -55,7 +56,8 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if 
 @contextlib.contextmanager
 def stop_signals_raise():
     """While inside, SIGTERM and SIGHUP raise :class:`~cvd_scene.runfolder.Stopped` in the main thread (as SIGINT
-    raises ``KeyboardInterrupt``), so every ``finally`` and cleanup runs; the previous handlers come back after."""
+    raises ``KeyboardInterrupt``), so every ``finally`` and cleanup runs; the previous handlers come back after
+    (the request itself stays readable through :func:`~cvd_scene.runfolder.stop_requested` until cleared)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -70,7 +72,6 @@ def stop_signals_raise():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        clear_stop()
 
 
 def resolve_config(
@@ -206,7 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with stop_signals_raise():
             app.cli(prog="cvd-scene", args=argv)
-    except (ConfigError, RunFolderError, StageRefused, CliError, FileNotFoundError, ValueError, OSError) as e:
+    except BaseException as e:
+        # A stop signal whose exception a library turned into another one (or swallowed) still ends as a stop.
+        signum = e.signum if isinstance(e, Stopped) else stop_requested()
+        if signum is not None or isinstance(e, KeyboardInterrupt):
+            signum = signal.SIGINT if signum is None else signum
+            how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+            print(f"cvd-scene: {how}; finished stages are kept, run the same command to resume", file=sys.stderr)
+            return 128 + signum
+        if not isinstance(e, (ConfigError, RunFolderError, StageRefused, CliError, ValueError, OSError)):
+            raise
         # Bad input (a config, a file, an argument) or a place that cannot be written (full disk, read-only) is
         # one line; --verbose shows where it came from.
         if logging.getLogger("cvd_scene").isEnabledFor(logging.DEBUG):
@@ -214,13 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         message = describe_os_error(e) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else e
         print(f"cvd-scene: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:
-        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
-        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-        print(f"cvd-scene: {how}; finished stages are kept, run the same command to resume", file=sys.stderr)
-        return 128 + signum
+    finally:
+        clear_stop()
     return 0
-
 
 if __name__ == "__main__":
     # Run through the imported module so that command modules register on the same ``app``.

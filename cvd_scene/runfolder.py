@@ -80,6 +80,11 @@ def clear_stop() -> None:
     _stop["signum"] = None
 
 
+def stop_requested() -> int | None:
+    """The signal number of a stop requested through :func:`request_stop` (None: none)."""
+    return _stop["signum"]
+
+
 def raise_if_stopped() -> None:
     if _stop["signum"] is not None:
         raise Stopped(_stop["signum"])

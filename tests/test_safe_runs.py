@@ -402,6 +402,18 @@ def test_sighup_is_handled_like_ctrl_c(run_dir, capsys, monkeypatch):
     assert tree(run_dir) == before  # previous outputs intact, no lock, no temporary folder
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # the handler is the command's alone
 
+    def swallowed(*args, **kw):  # a library that catches everything (as a C extension's import can) and goes on
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except BaseException:
+            pass
+        return real(*args, **kw)
+
+    monkeypatch.setattr(media, "write_mp4", swallowed)
+    assert main(["generate", str(run_dir), "--quiet", "--redo"]) == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+    assert tree(run_dir) == before  # the stop is raised again when the stage returns: nothing recorded
+
 
 # ---------------------------------------------------------------------------------------------------- locks
 
