@@ -114,7 +114,7 @@ def run(
         prompt: Text prompt (also settable as prompt=...).
         until: Stop after this stage.
         redo: Run this stage and every stage after it again, even if finished.
-        overwrite: Replace a finished run in RUN_DIR (cvd-scene's own outputs only).
+        overwrite: Replace the run in RUN_DIR, removing only the files run.json records as cvd-scene's.
         quiet: Only warnings and errors, no progress bars.
         verbose: Debug logging.
     """
