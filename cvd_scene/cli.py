@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         clear_stop()
     return 0
 
+
 if __name__ == "__main__":
     # Run through the imported module so that command modules register on the same ``app``.
     from cvd_scene.cli import main as _main
