@@ -8,6 +8,7 @@ Faults the test user (root) cannot provoke -- a read-only folder, a full disk --
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -222,7 +223,7 @@ def test_a_refused_or_failed_command_never_rewrites_the_run_config(run_dir, caps
         ["export", str(run_dir), "--quiet", "export.formats=[ply]"],  # refused: no fit yet
         ["export", str(run_dir), "--quiet", "export.formats=[plyy]"],  # a typo
         ["plan", str(run_dir), "--quiet", "plan.num_vidoes=3"],  # an unknown key
-        ["generate", str(run_dir), "--quiet", "--redo", "generate.generator=cvd", "generate.model=../../../x"],
+        ["generate", str(run_dir), "--quiet", "--redo", "generate.samples_per_pixel=0"],  # fails in the stage
     ):
         assert main(argv) == 2, argv
         error_line(capsys)
@@ -231,6 +232,16 @@ def test_a_refused_or_failed_command_never_rewrites_the_run_config(run_dir, caps
     assert main(["plan", str(run_dir), "--quiet", "--redo", "plan.num_videos=3"]) == 0
     state = json.loads(rj.read_text())
     assert state["config"]["plan"]["num_videos"] == 3 and state["stages"]["generate"]["status"] == "outdated"
+
+
+@pytest.mark.slow  # loads the diffusion pipeline's libraries (about 25 s on 2 busy cores)
+def test_a_missing_model_never_rewrites_the_run_config(run_dir, capsys):
+    rj = run_dir / "run.json"
+    before = rj.read_bytes()
+    argv = ["generate", str(run_dir), "--quiet", "--redo", "generate.generator=cvd", "generate.model=../../../x"]
+    assert main(argv) == 2
+    assert "'../../../x' has no weights" in error_line(capsys)
+    assert rj.read_bytes() == before
 
 
 def test_a_refused_command_leaves_no_run_folder_behind(tmp_path, capsys):
@@ -403,10 +414,8 @@ def test_sighup_is_handled_like_ctrl_c(run_dir, capsys, monkeypatch):
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # the handler is the command's alone
 
     def swallowed(*args, **kw):  # a library that catches everything (as a C extension's import can) and goes on
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
-        except BaseException:
-            pass
         return real(*args, **kw)
 
     monkeypatch.setattr(media, "write_mp4", swallowed)
