@@ -869,7 +869,8 @@ class RunFolder:
                 "message": result.message,
                 "outputs": outputs,
             }
-            self._record_config(name)
+            if result.status in _DONE or not isinstance(self.state.get("config"), dict):
+                self._record_config(name)  # a failed stage leaves the run's config as it was (unless it is new)
             self.save()
             os.replace(tmp, final)
         except BaseException:

@@ -131,3 +131,17 @@ def test_concurrent_process_is_refused_and_stale_lock_explained(tmp_path):
     time.sleep(0.1)
     with pytest.raises(RunFolderError, match="no longer exists, so the lock is stale"), run_lock(d, "third"):
         pass
+
+
+def test_only_a_finished_stage_changes_the_runs_config(tmp_path):
+    run = RunFolder.open(tmp_path / "r", {"seed": 0, "plan": {"n": 1}, "register": {"mode": "a"}}, "demo")
+    run.run_stage("plan", lambda out: _write(out, "x.txt", "v1"), {"n": 1})
+    run.run_stage("register", lambda out: _write(out, "r.txt", "v1"), {"mode": "a"})
+    # a stage that ends "failed" is recorded as failed, but the run's config keeps the section it had
+    run = RunFolder.open(tmp_path / "r", {"seed": 0, "plan": {"n": 1}, "register": {"mode": "b"}}, "demo")
+    run.run_stage("register", lambda out: StageResult(status="failed", message="no"), {"mode": "b"}, redo=True)
+    state = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert state["stages"]["register"]["status"] == "failed" and state["config"]["register"] == {"mode": "a"}
+    run = RunFolder.open(tmp_path / "r", {"seed": 0, "plan": {"n": 1}, "register": {"mode": "c"}}, "demo")
+    run.run_stage("register", lambda out: _write(out, "r.txt", "v3"), {"mode": "c"}, redo=True)
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["register"] == {"mode": "c"}
