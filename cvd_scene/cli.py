@@ -6,9 +6,12 @@ live in ``cvd_scene/commands/<name>.py``; a command is listed only once what it 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +20,16 @@ from tyro.extras import SubcommandApp
 
 from cvd_scene.config import ConfigError, load_config, parse_overrides
 from cvd_scene.runconfig import RunConfig
-from cvd_scene.runfolder import RunFolder, RunFolderError, StageRefused
+from cvd_scene.runfolder import (
+    RunFolder,
+    RunFolderError,
+    StageRefused,
+    Stopped,
+    clear_stop,
+    describe_os_error,
+    request_stop,
+    stop_requested,
+)
 from cvd_scene.stages import BUILT, STAGE_ORDER, downstream
 
 log = logging.getLogger("cvd_scene.cli")
@@ -35,6 +47,31 @@ RunDir = Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
 
 class CliError(Exception):
     """An error the command line reports in one line, without a traceback."""
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+"""Signals handled like SIGINT (``kill``, ``timeout``, a closed terminal, a scheduler ending a job)."""
+
+
+@contextlib.contextmanager
+def stop_signals_raise():
+    """While inside, SIGTERM and SIGHUP raise :class:`~cvd_scene.runfolder.Stopped` in the main thread (as SIGINT
+    raises ``KeyboardInterrupt``), so every ``finally`` and cleanup runs; the previous handlers come back after
+    (the request itself stays readable through :func:`~cvd_scene.runfolder.stop_requested` until cleared)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        request_stop(signum)
+
+    clear_stop()
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def resolve_config(
@@ -77,7 +114,7 @@ def run(
         prompt: Text prompt (also settable as prompt=...).
         until: Stop after this stage.
         redo: Run this stage and every stage after it again, even if finished.
-        overwrite: Replace a finished run in RUN_DIR (cvd-scene's own outputs only).
+        overwrite: Replace the run in RUN_DIR, removing only the files run.json records as cvd-scene's.
         quiet: Only warnings and errors, no progress bars.
         verbose: Debug logging.
     """
@@ -168,16 +205,27 @@ def main(argv: list[str] | None = None) -> int:
     for mod in COMMAND_MODULES:
         importlib.import_module(f"cvd_scene.commands.{mod}")
     try:
-        app.cli(prog="cvd-scene", args=argv)
-    except (ConfigError, RunFolderError, StageRefused, CliError, FileNotFoundError, ValueError) as e:
-        # Bad input (a config, a file, an argument) is one line; --verbose shows where it came from.
+        with stop_signals_raise():
+            app.cli(prog="cvd-scene", args=argv)
+    except BaseException as e:
+        # A stop signal whose exception a library turned into another one (or swallowed) still ends as a stop.
+        signum = e.signum if isinstance(e, Stopped) else stop_requested()
+        if signum is not None or isinstance(e, KeyboardInterrupt):
+            signum = signal.SIGINT if signum is None else signum
+            how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+            print(f"cvd-scene: {how}; finished stages are kept, run the same command to resume", file=sys.stderr)
+            return 128 + signum
+        if not isinstance(e, (ConfigError, RunFolderError, StageRefused, CliError, ValueError, OSError)):
+            raise
+        # Bad input (a config, a file, an argument) or a place that cannot be written (full disk, read-only) is
+        # one line; --verbose shows where it came from.
         if logging.getLogger("cvd_scene").isEnabledFor(logging.DEBUG):
             logging.getLogger("cvd_scene").exception("details")
-        print(f"cvd-scene: error: {e}", file=sys.stderr)
+        message = describe_os_error(e) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else e
+        print(f"cvd-scene: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("cvd-scene: interrupted; finished stages are kept, run the same command to resume", file=sys.stderr)
-        return 130
+    finally:
+        clear_stop()
     return 0
 
 

@@ -72,8 +72,12 @@ def run_stages(
 
 
 def _write_report(run: RunFolder) -> None:
-    """Write ``report.html``; a report that cannot be written is a warning, never a failed run."""
+    """Write ``report.html`` (once a stage has been recorded); a report that cannot be written is a warning,
+    never a failed run."""
     from cvd_scene.report import write_report
+
+    if not run.run_json.is_file():
+        return
 
     try:
         write_report(run.path)

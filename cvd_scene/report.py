@@ -337,11 +337,25 @@ def _section_export(run_dir: Path) -> str:
     rep = _read_json(d / "report.json") or {}
     counts = rep.get("splats") if isinstance(rep.get("splats"), dict) else {}
     note = ", ".join(f"{k}: {v}" for k, v in counts.items())
+    skipped = rep.get("skipped") if isinstance(rep.get("skipped"), dict) else {}
+    skipped_note = "Not written: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()) if skipped else ""
     return (
-        "<section><h2>Exports</h2>"
+        f"<section><h2>Exports</h2><p>{_esc(_export_source(rep.get('source')))}</p>"
         f"<table><thead><tr><th>file</th><th>size</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        f"<p class='muted'>{_esc(note)}</p></section>"
+        f"<p class='muted'>{_esc(note)}</p><p class='muted'>{_esc(skipped_note)}</p></section>"
     )
+
+
+def _export_source(source: object) -> str:
+    """What the export was made from, as the export's report.json says (a splat fit is never called a NeRF)."""
+    if not isinstance(source, dict):
+        return ""
+    method = f" (method {source['fit_method']})" if source.get("fit_method") else ""
+    if source.get("kind") == "gaussians":
+        return f"From the Gaussian splat fit{method}: {source.get('path', '?')}, {source.get('splats', '?')} splats."
+    if source.get("kind") == "views":
+        return f"From the NeRF fit{method}: {source.get('views', '?')} depth and colour views in {source.get('path', '?')}."
+    return ""
 
 
 def build_report(run_dir: str | os.PathLike) -> str:
@@ -373,7 +387,11 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     text = build_report(run_dir)
     out = run_dir / "report.html"
     tmp = out.with_name(f".report.html.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     log.info("report: %s", out)
     return out

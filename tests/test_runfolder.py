@@ -77,13 +77,19 @@ def test_user_folder_is_not_taken_without_overwrite(tmp_path):
     (tmp_path / "r" / "photo.png").write_bytes(b"x")
     with pytest.raises(RunFolderError, match="not a cvd-scene run folder"):
         RunFolder.open(tmp_path / "r", {}, "demo")
-    # a stage folder that run.json does not record is someone's own: refused, not replaced
+    # a stage folder without a run.json recording it is someone's own: refused, not replaced, even with overwrite
     (tmp_path / "s" / "plan").mkdir(parents=True)
     (tmp_path / "s" / "plan" / "mine.json").write_text("{}")
-    run = RunFolder.open(tmp_path / "s", {}, "demo", overwrite=True)
+    with pytest.raises(RunFolderError, match="no run.json but holds plan"):
+        RunFolder.open(tmp_path / "s", {}, "demo", overwrite=True)
+    # ... and so is one that run.json does not record
+    run = RunFolder.open(tmp_path / "t", {}, "demo")
+    run.run_stage("generate", lambda out: _write(out, "g.txt", "v1"), {})
+    (tmp_path / "t" / "plan").mkdir()
+    (tmp_path / "t" / "plan" / "mine.json").write_text("{}")
     with pytest.raises(RunFolderError, match="may hold your own files"):
-        run.run_stage("plan", lambda out: _write(out, "x.txt", "v1"), {})
-    assert (tmp_path / "s" / "plan" / "mine.json").exists()
+        run.run_stage("plan", lambda out: _write(out, "x.txt", "v1"), {}, redo=True)
+    assert (tmp_path / "s" / "plan" / "mine.json").exists() and (tmp_path / "t" / "plan" / "mine.json").exists()
 
 
 def test_incompatible_version_is_refused(tmp_path):
@@ -125,3 +131,17 @@ def test_concurrent_process_is_refused_and_stale_lock_explained(tmp_path):
     time.sleep(0.1)
     with pytest.raises(RunFolderError, match="no longer exists, so the lock is stale"), run_lock(d, "third"):
         pass
+
+
+def test_only_a_finished_stage_changes_the_runs_config(tmp_path):
+    run = RunFolder.open(tmp_path / "r", {"seed": 0, "plan": {"n": 1}, "register": {"mode": "a"}}, "demo")
+    run.run_stage("plan", lambda out: _write(out, "x.txt", "v1"), {"n": 1})
+    run.run_stage("register", lambda out: _write(out, "r.txt", "v1"), {"mode": "a"})
+    # a stage that ends "failed" is recorded as failed, but the run's config keeps the section it had
+    run = RunFolder.open(tmp_path / "r", {"seed": 0, "plan": {"n": 1}, "register": {"mode": "b"}}, "demo")
+    run.run_stage("register", lambda out: StageResult(status="failed", message="no"), {"mode": "b"}, redo=True)
+    state = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert state["stages"]["register"]["status"] == "failed" and state["config"]["register"] == {"mode": "a"}
+    run = RunFolder.open(tmp_path / "r", {"seed": 0, "plan": {"n": 1}, "register": {"mode": "c"}}, "demo")
+    run.run_stage("register", lambda out: _write(out, "r.txt", "v3"), {"mode": "c"}, redo=True)
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["register"] == {"mode": "c"}

@@ -20,7 +20,7 @@ One optimiser step (of ``grad_accumulation`` micro-batches of ``batch_pairs`` pa
 Which parameters train is a config choice: the CVSMs only (the paper) or everything but the autoencoder (a small
 model from scratch, whose autoencoder is pretrained first and whose word tokenizer is built from the data's
 captions). Checkpoints are our saved model format plus ``trainer_state.pt`` (optimiser, schedule, EMA, step,
-random states); the final model (EMA weights when enabled) is a saved-format folder ``<output_dir>/model``. A CSV
+random states; read back with ``weights_only=True``, so resuming never runs pickled code); the final model (EMA weights when enabled) is a saved-format folder ``<output_dir>/model``. A CSV
 and JSON loss log and a loss plot are written as training goes.
 
 torch, diffusers, transformers, accelerate, numpy (matplotlib for the plot); must never import ``cvd_scene``.
@@ -435,7 +435,7 @@ class Trainer:
         if latest is not None:
             log.info("resuming from %s", latest)
             model = CVDModel.from_pretrained(latest / "model", device=device, dtype=torch.float32)
-            state = torch.load(latest / _STATE_FILE, map_location="cpu", weights_only=False)
+            state = load_trainer_state(latest / _STATE_FILE)
         else:
             model = self._build_model(device)
             if cfg.model.init == "scratch":
@@ -648,6 +648,24 @@ class Trainer:
         for old in kept[: max(0, len(kept) - self.config.keep_checkpoints)]:
             shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
+
+
+def load_trainer_state(path: Path) -> dict:
+    """A checkpoint's ``trainer_state.pt``, read with ``torch.load(weights_only=True)``: tensors, numbers, strings
+    and containers only, so a crafted file cannot run code. Anything else is refused with the file named."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{path}: not a trainer state cvd-scene can resume from safely (read with weights_only=True: {first}); "
+            "delete that checkpoint folder to resume from an earlier one, or set resume=false to start over"
+        ) from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError(f"{path}: not a trainer state (expected a dict with a 'step'), got {type(state).__name__}")
+    return state
 
 
 def _jsonable(x):

@@ -1,7 +1,7 @@
 """Stage ``export``: VR and web assets (3DGS PLY, .splat, SPZ, KHR_gaussian_splatting GLB, mesh GLB, camera path).
 
-Reads ``fit/gaussians.ply`` (a Gaussian fit, in the run's world frame) or, for a NeRF fit, the depth and colour
-views the fit rendered (``fit/views/``); the registered cameras (``register/transforms.json``) weigh splats for
+Reads ``fit/gaussians.ply`` (a Gaussian fit, in the run's world frame; refused when a Gaussian fit lacks it) or,
+for a NeRF fit, the depth and colour views the fit rendered (``fit/views/``); the registered cameras (``register/transforms.json``) weigh splats for
 the budget and place the fit's views; the planned cameras (``plan/cameras.json``) become ``camera_path.json``.
 Writes ``export/`` (file names in docs/architecture.md) and ``export/report.json``.
 """
@@ -73,6 +73,21 @@ def find_dataparser_transforms(fit_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+GAUSSIAN_METHODS = ("cvd-scene",)
+"""Fit methods whose output is ``fit/gaussians.ply`` (the others leave depth and colour views)."""
+
+
+def fit_method(config, run_dir: Path) -> str:
+    """The nerfstudio method the run's fit used: ``fit/metrics.json``'s ``method``, else the config's."""
+    import json
+
+    try:
+        method = json.loads((Path(run_dir) / "fit" / "metrics.json").read_text()).get("method")
+    except (OSError, ValueError, AttributeError):
+        method = None
+    return method if isinstance(method, str) else config.fit.method
+
+
 def run_export(config, run_dir: Path, out_dir: Path):
     """Export the fitted scene of ``run_dir`` into ``out_dir`` (becomes ``run_dir/export``)."""
     import logging
@@ -96,18 +111,25 @@ def run_export(config, run_dir: Path, out_dir: Path):
         load_fit_views(fit_dir, registered) if registered is not None and (fit_dir / "views").is_dir() else []
     )
     splats_path = fit_dir / "gaussians.ply"
-    if splats_path.is_file():
+    method = fit_method(config, run_dir)
+    if method in GAUSSIAN_METHODS or splats_path.is_file():
+        if not splats_path.is_file():
+            raise StageRefused(
+                f"stage 'export': {splats_path} is missing; the fit used the Gaussian splatting method "
+                f"{method!r}, which writes it. Redo the fit (cvd-scene fit {run_dir} --redo) or restore the file"
+            )
         gaussians = read_ply(splats_path)
-        source = {"path": "fit/gaussians.ply", "splats": len(gaussians)}
+        source = {"path": "fit/gaussians.ply", "splats": len(gaussians), "fit_method": method}
         report = export_gaussians(
             gaussians, out_dir, options, cameras=registered or planned, views=views, source=source
         )
     elif views:
-        report = export_views(views, out_dir, options, source={"path": "fit/views", "views": len(views)})
+        source = {"path": "fit/views", "views": len(views), "fit_method": method}
+        report = export_views(views, out_dir, options, source=source)
     else:
         raise StageRefused(
-            f"stage 'export' found neither {splats_path} (a Gaussian fit) nor depth/colour views in "
-            f"{fit_dir / 'views'} (a NeRF fit); run the fit stage first"
+            f"stage 'export': the fit (method {method!r}, a NeRF) left no depth/colour views in "
+            f"{fit_dir / 'views'}; redo the fit (cvd-scene fit {run_dir} --redo)"
         )
     path_cameras = planned or registered
     if path_cameras is not None:
