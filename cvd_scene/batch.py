@@ -170,6 +170,8 @@ class BatchResources:
     """Share of a GPU a fit task takes (where the cluster has GPUs)."""
     cpu_actors: int = 1
     """Model actors where the cluster has no GPU."""
+    actors: int | None = None
+    """Model actors to start at most (None: one per GPU share, or ``cpu_actors``)."""
 
     def apply(self, items: list[str]) -> BatchResources:
         """Set ``STAGE.cpus=N``, ``generate.gpus=N``, ``fit.gpus=N`` or ``cpu_actors=N`` from ``--resource`` items."""
@@ -184,6 +186,8 @@ class BatchResources:
             stage, _, kind = key.partition(".")
             if key == "cpu_actors" and number >= 1:
                 self.cpu_actors = int(number)
+            elif key == "actors" and number >= 1:
+                self.actors = int(number)
             elif stage in STAGE_ORDER and kind == "cpus":
                 self.cpus[stage] = number
             elif key == "generate.gpus" and 0 < number <= 1:
@@ -193,7 +197,7 @@ class BatchResources:
             else:
                 raise BatchError(
                     f"--resource {item!r}: keys are STAGE.cpus ({', '.join(STAGE_ORDER)}), generate.gpus (0-1], "
-                    "fit.gpus [0-1] and cpu_actors (>= 1)"
+                    "fit.gpus [0-1], cpu_actors (>= 1) and actors (>= 1)"
                 )
         return self
 
@@ -313,6 +317,8 @@ class JobState:
     message: str = ""
     stages: dict = field(default_factory=dict)
     """stage -> {status, message, start, end, seconds, host, pid[, actor, model_loads]}."""
+    todo: tuple[str, ...] = STAGE_ORDER
+    """The stages this batch runs (all, or up to ``until``)."""
 
 
 def transient_exceptions() -> tuple[type[BaseException], ...]:
@@ -335,15 +341,20 @@ def run_batch(
     resources: BatchResources | None = None,
     num_cpus: int | None = None,
     num_gpus: int | None = None,
+    until: str | None = None,
     progress: bool = True,
 ) -> dict:
     """Run every job to the end (or its failure) on Ray; returns the ``batch.json`` document.
 
     ``address``: a Ray cluster (``ray://host:10001`` or ``auto``); None starts a local Ray (``num_cpus``,
     ``num_gpus`` declare its resources: by default the machine's). A Ray already initialised in this process is
-    used as it is.
+    used as it is. ``until``: stop every job after this stage.
     """
     import ray
+
+    if until is not None and until not in STAGE_ORDER:
+        raise BatchError(f"until={until!r} is not a stage; stages are {', '.join(STAGE_ORDER)}")
+    todo = STAGE_ORDER[: STAGE_ORDER.index(until) + 1] if until else STAGE_ORDER
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -356,7 +367,7 @@ def run_batch(
             kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus)
         ray.init(address=address, **kwargs)
         started_here = True
-    states = [JobState(job, out_dir / job.slug) for job in jobs]
+    states = [JobState(job, out_dir / job.slug, todo=todo) for job in jobs]
     doc_path = out_dir / "batch.json"
     t_start = time.time()
     pending: dict = {}  # ref -> (job state, stage)
@@ -374,10 +385,13 @@ def run_batch(
                 configs[st.job.slug] = job_config(st.job, common)
             except ConfigError as e:
                 st.status, st.stage, st.message = "failed", "config", f"refused config: {e}"
-        for i, st in enumerate(states):
+        model_jobs = 0  # model jobs go to the actors in turn
+        for st in states:
             if st.status == "failed":
                 continue
-            _submit_job(ray, st, configs[st.job.slug], actors, i, res, gpus, max_retries, pending, out_dir)
+            config = configs[st.job.slug]
+            _submit_job(ray, st, config, actors, model_jobs, res, gpus, max_retries, pending, out_dir)
+            model_jobs += config.generate.generator == "cvd"
         write_json(doc_path, document())
         with _progress(progress, len(states)) as bar:
             while pending:
@@ -427,6 +441,8 @@ class _Actors:
         else:
             self.count = res.cpu_actors
             self._opts = {"num_cpus": res.cpus["generate"]}
+        if res.actors is not None:
+            self.count = min(self.count, res.actors)
         self._opts.update(max_restarts=max_retries, max_task_retries=max_retries)
         self._handles: dict[int, object] = {}
 
@@ -446,7 +462,7 @@ def _submit_job(ray, st: JobState, config: RunConfig, actors: _Actors, index: in
     log_path = str(out_dir / "logs" / f"{st.job.slug}.log")
     previous = None
     st.status = "running"
-    for stage in STAGE_ORDER:
+    for stage in st.todo:
         args = (previous, str(st.run_dir), data, st.job.preset, stage, f"batch:{st.job.slug}", log_path)
         if stage == "generate" and config.generate.generator == "cvd":
             ref = actors[index].run_stage.remote(*args)
@@ -468,7 +484,7 @@ def _record(st: JobState, stage: str, result: dict) -> None:
         st.status, st.stage, st.message = "failed", stage, result.get("message", "")
     elif status == "blocked":
         pass
-    elif stage == STAGE_ORDER[-1] and st.status != "failed":
+    elif stage == st.todo[-1] and st.status != "failed":
         st.status, st.stage, st.message = "finished", None, ""
 
 

@@ -22,6 +22,7 @@ def batch_command(
     resource: tuple[str, ...] = (),
     num_cpus: int | None = None,
     num_gpus: int | None = None,
+    until: str | None = None,
     quiet: bool = False,
     verbose: bool = False,
 ) -> None:
@@ -42,6 +43,7 @@ def batch_command(
             default 0.5), fit.gpus (default 0.5), cpu_actors (model actors without GPUs, default 1).
         num_cpus: Local Ray only: CPUs to offer (default: the machine's).
         num_gpus: Local Ray only: GPUs to offer (default: the machine's).
+        until: Stop every job after this stage (plan, generate, register, fit, export, evaluate).
         quiet: Only warnings and errors, no progress display.
         verbose: Debug logging.
     """
@@ -53,22 +55,20 @@ def batch_command(
     setup_logging(quiet, verbose)
     if max_retries < 0:
         raise CliError(f"--max-retries must be >= 0, got {max_retries}")
-    try:
-        common = parse_overrides(list(overrides))
-        job_list = read_jobs(jobs, preset)
-        resources = BatchResources().apply(list(resource))
-    except (BatchError, ConfigError) as e:
-        raise CliError(str(e)) from None
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"OUT_DIR {out_dir} exists and is not a folder")
     try:
         import ray  # noqa: F401
     except ImportError:
         raise CliError("cvd-scene batch needs Ray: pip install 'ray==2.60.*' (scripts/install.sh installs it)") from None
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CliError(f"OUT_DIR {out_dir} exists and is not a folder")
-    doc = run_batch(
-        job_list, out_dir, common, address=address, max_retries=max_retries, resources=resources,
-        num_cpus=num_cpus, num_gpus=num_gpus, progress=not quiet,
-    )  # fmt: skip
+    try:
+        doc = run_batch(
+            read_jobs(jobs, preset), out_dir, parse_overrides(list(overrides)), address=address,
+            max_retries=max_retries, resources=BatchResources().apply(list(resource)), num_cpus=num_cpus,
+            num_gpus=num_gpus, until=until, progress=not quiet,
+        )  # fmt: skip
+    except (BatchError, ConfigError) as e:
+        raise CliError(str(e)) from None
     logging.getLogger("cvd_scene.batch").info("batch: %s; gallery: %s", summary_line(doc), out_dir / "index.html")
     failed = [j for j in doc["jobs"] if j["status"] == "failed"]
     if failed:
