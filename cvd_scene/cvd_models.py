@@ -14,6 +14,7 @@ the functions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -27,6 +28,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RANDOM_WEIGHT_MODELS = ("tiny",)
+
+_KEPT: dict | None = None
+"""Models kept loaded by :func:`keep_models_loaded` (None: every load reads the weights anew)."""
+_LOADS = 0
+"""How many times this process has built or read a model (for batch workers' records)."""
+
+
+@contextlib.contextmanager
+def keep_models_loaded():
+    """Within this context, :func:`load_cvd_model` keeps every model it loads and returns the same one for the same
+    name, weights, device, dtype (and seed, for random weights): a process that serves many generate stages (a
+    batch's model actor) reads the weights once. Models are used read-only (``eval``, no gradients)."""
+    global _KEPT
+    outer = _KEPT
+    _KEPT = {} if outer is None else outer
+    try:
+        yield _KEPT
+    finally:
+        _KEPT = outer
+
+
+def model_loads() -> int:
+    """How many models this process has built or read so far."""
+    return _LOADS
 """Model names that run with random weights when no folder is given (test models)."""
 
 SAVED_FORMAT_FILES = (
@@ -65,7 +90,15 @@ def load_cvd_model(
     seed: int = 0,
     models_dir: Path | None = None,
 ) -> tuple[CVDModel, dict]:
-    """The model and a description for the report (``name``, ``weights``: folder path or ``random``, ``dtype``)."""
+    """The model and a description for the report (``name``, ``weights``: folder path or ``random``, ``dtype``).
+
+    Inside :func:`keep_models_loaded` a model loaded before with the same arguments is returned again."""
+    global _LOADS
+    key = (name, None if weights is None else str(Path(weights).resolve()), str(device), str(dtype),
+           seed if weights is None and name in RANDOM_WEIGHT_MODELS else None, str(models_dir))  # fmt: skip
+    if _KEPT is not None and key in _KEPT:
+        model, info = _KEPT[key]
+        return model, dict(info)
     import torch
 
     from cvd.model import CVDModel
@@ -106,4 +139,8 @@ def load_cvd_model(
         info = {"name": config.name, "weights": "random", "weights_seed": seed}
         log.info("the %s model runs with random weights (a test model: its videos are noise-like)", name)
     info["dtype"] = str(model.unet.dtype).removeprefix("torch.")
-    return model.eval(), info
+    _LOADS += 1
+    model = model.eval()
+    if _KEPT is not None:
+        _KEPT[key] = (model, dict(info))
+    return model, info

@@ -5,6 +5,8 @@ a video plus a few further frames, the same frame index across videos, co-visibl
 then either triangulation with the planned cameras and a bundle adjustment that may move them (``known-poses``)
 or incremental mapping (``free``); a robust similarity alignment to the plan, so registered poses are in the run's
 world frame and metres; pose errors against the plan; and a diagnosis of every frame that did not register.
+``planned`` (and the ``fallback: planned`` of a failed registration) keeps the plan's cameras for every frame and
+seeds points from the matches that triangulate with them, topped up with random points inside the planned views.
 Failures (blank frames, no matches, no initial pair) are outcomes with a status and a reason, never exceptions.
 
 Cameras follow the project convention (``world_from_cam``, OpenCV axes). pycolmap is reached only through
@@ -230,8 +232,10 @@ def register_frames(
     with the frames' content is reported in the result instead.
     """
     opt = options or RegisterConfig()
-    if opt.mode not in ("known-poses", "free"):
-        raise ValueError(f"mode must be 'known-poses' or 'free', got {opt.mode!r}")
+    if opt.mode not in ("known-poses", "free", "planned"):
+        raise ValueError(f"mode must be 'known-poses', 'free' or 'planned', got {opt.mode!r}")
+    if opt.fallback not in ("none", "planned"):
+        raise ValueError(f"fallback must be 'none' or 'planned', got {opt.fallback!r}")
     if opt.pairing not in ("structured", "exhaustive"):
         raise ValueError(f"pairing must be 'structured' or 'exhaustive', got {opt.pairing!r}")
     if not np.allclose(plan.K, plan.K[0, 0], rtol=1e-6, atol=1e-6):
@@ -270,11 +274,27 @@ def register_frames(
             len(stats.verified_inliers),
             run.timings["matching"],
         )
-        # 2. Poses: the plan's, refined, or the mapper's.
-        model = _solve_known_poses(run) if opt.mode == "known-poses" else _solve_free(run)
-        # 3. Into the plan's world frame.
-        with run.timed("alignment"):
-            model, world_from_cam, registered, sim, alignment = _align_to_plan(run, model)
+        # 2. Poses: the plan's, refined, or the mapper's; 3. into the plan's world frame.
+        if opt.mode == "planned":
+            model, world_from_cam, registered, sim, alignment = _use_plan(run)
+        else:
+            model = _solve_known_poses(run) if opt.mode == "known-poses" else _solve_free(run)
+            with run.timed("alignment"):
+                model, world_from_cam, registered, sim, alignment = _align_to_plan(run, model)
+            n_reg = int(registered.sum())
+            if opt.fallback == "planned" and (n_reg == 0 or n_reg < opt.min_registered_fraction * V * F):
+                log.warning(
+                    "register: %s registered %d/%d frames; falling back to the planned cameras",
+                    opt.mode,
+                    n_reg,
+                    V * F,
+                )
+                _, why = _diagnose_videos(
+                    plan, names, registered, stats, model.observations() if model is not None else {}, opt
+                )
+                run.fallback_from = {"mode": opt.mode, "registered": n_reg, "problems": why + run.problems}
+                run.problems.clear()
+                model, world_from_cam, registered, sim, alignment = _use_plan(run)
     finally:
         if not opt.keep_database:
             run.database.unlink(missing_ok=True)
@@ -300,6 +320,12 @@ class _Run:
     timings: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    planned: bool = False
+    """The poses are the plan's (``mode: planned`` or the fallback)."""
+    fallback_from: dict | None = None
+    """When the planned cameras replaced a failed registration: its mode, frames registered and problems."""
+    seed_points: tuple[np.ndarray, np.ndarray] | None = None
+    """Random points [P, 3] and colours [P, 3] uint8 added to the triangulated ones (planned cameras)."""
 
     @contextlib.contextmanager
     def timed(self, step: str) -> Iterator[None]:
@@ -379,6 +405,122 @@ def _solve_known_poses(run: _Run) -> colmap.Model:
             )
     _drop_weak_frames(model, opt.min_observations)
     return model
+
+
+def _use_plan(run: _Run) -> tuple[colmap.Model | None, np.ndarray, np.ndarray, Sim3, dict]:
+    """The plan's cameras for every frame: triangulate the verified matches with them (no bundle adjustment, no frame
+    dropped), then top the points up with random points inside the planned views. Returns what
+    :func:`_align_to_plan` returns."""
+    opt, plan = run.opt, run.plan
+    run.planned = True
+    poses = _plan_poses(run)
+    model = None
+    with run.timed("triangulation"):
+        if colmap.read_database_stats(run.database).verified_inliers:
+            model = colmap.triangulate_known_poses(
+                run.database,
+                run.image_dir,
+                run.work_dir / "triangulated",
+                poses,
+                plan.K[0, 0],
+                plan.width,
+                plan.height,
+                min_tri_angle_deg=opt.min_tri_angle_deg,
+                num_threads=run.num_threads,
+            )
+    found = model.num_points if model is not None else 0
+    missing = max(0, opt.planned_seed_points - found)
+    if missing:
+        with run.timed("seed_points"):
+            run.seed_points = random_points_in_views(plan, run.image_dir, run.names, missing, run.seed)
+    log.info(
+        "register: planned cameras; %d triangulated points, %d random points inside the views",
+        found,
+        len(run.seed_points[0]) if run.seed_points else 0,
+    )
+    registered = np.ones((plan.num_videos, plan.num_frames), bool)
+    info = {"method": "none: the planned cameras are used as they are"}
+    return model, plan.world_from_cam.copy(), registered, Sim3.identity(), info
+
+
+def random_points_in_views(
+    plan: Cameras,
+    image_dir: Path,
+    names: list[list[str]],
+    count: int,
+    seed: int = 0,
+    min_views: int = 2,
+    depth_range_m: tuple[float, float] = (0.3, 6.0),
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` random points (world frame, metres) [P, 3] inside the planned views, with the colour [P, 3] uint8 of
+    the frame pixel each was lifted from.
+
+    Each point lifts a random pixel of a random frame to a depth just in front of the planner's proxy scene of the
+    plan's scene kind (``plan.extras["scene"]``) at that pixel, or, without one, to a log-uniform depth in
+    ``depth_range_m``; points seen by fewer than ``min_views`` planned frames are drawn again (a bounded number of
+    times), so the cloud stays in the volume the videos share. Never reads ground truth.
+    """
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(seed)
+    V, F, H, W = plan.num_videos, plan.num_frames, plan.height, plan.width
+    proxy = _proxy_depth(plan)  # [V, F, h, w] or None
+    K_inv = np.linalg.inv(plan.K)  # [V, F, 3, 3]
+    cam_from_world = np.linalg.inv(plan.world_from_cam)  # [V, F, 4, 4]
+    frames: dict[tuple[int, int], np.ndarray] = {}
+    xyz_out, rgb_out = [], []
+    kept = 0
+    for _ in range(8):
+        n = 2 * (count - kept)
+        v, f = rng.integers(0, V, n), rng.integers(0, F, n)
+        u, w = rng.uniform(0, W, n), rng.uniform(0, H, n)
+        if proxy is not None:
+            ph, pw = proxy.shape[2:]
+            d = proxy[v, f, np.minimum((w * ph / H).astype(int), ph - 1), np.minimum((u * pw / W).astype(int), pw - 1)]
+            d = np.where(np.isfinite(d) & (d > 0), d * rng.uniform(0.8, 1.0, n), np.nan)
+        else:
+            d = np.full(n, np.nan)
+        lo, hi = np.log(depth_range_m[0]), np.log(depth_range_m[1])
+        d = np.where(np.isnan(d), np.exp(rng.uniform(lo, hi, n)), d)
+        pix = np.stack([u, w, np.ones(n)], -1)  # [n, 3]
+        x_cam = np.einsum("nij,nj->ni", K_inv[v, f], pix) * d[:, None]  # [n, 3] z = d
+        T = plan.world_from_cam[v, f]  # [n, 4, 4]
+        x_world = np.einsum("nij,nj->ni", T[:, :3, :3], x_cam) + T[:, :3, 3]  # [n, 3]
+        # How many planned frames see each point.
+        x_c = np.einsum("vfij,nj->vfni", cam_from_world[..., :3, :3], x_world) + cam_from_world[..., None, :3, 3]
+        z = x_c[..., 2]  # [V, F, n]
+        proj = np.einsum("vfij,vfnj->vfni", plan.K, x_c / np.where(z > 1e-6, z, 1.0)[..., None])
+        inside = (z > 1e-6) & (proj[..., 0] >= 0) & (proj[..., 0] < W) & (proj[..., 1] >= 0) & (proj[..., 1] < H)
+        ok = inside.sum(axis=(0, 1)) >= min_views
+        ok[np.cumsum(ok) > count - kept] = False
+        for i in np.flatnonzero(ok):
+            key = (int(v[i]), int(f[i]))
+            if key not in frames:
+                frames[key] = np.asarray(iio.imread(image_dir / names[key[0]][key[1]]))[..., :3]
+            img = frames[key]
+            rgb_out.append(img[min(int(w[i]), img.shape[0] - 1), min(int(u[i]), img.shape[1] - 1)])
+        xyz_out.append(x_world[ok])
+        kept += int(ok.sum())
+        if kept >= count:
+            break
+    xyz = np.concatenate(xyz_out) if xyz_out else np.zeros((0, 3))
+    rgb = np.asarray(rgb_out, np.uint8).reshape(-1, 3)
+    return xyz, rgb
+
+
+def _proxy_depth(plan: Cameras, size_px: int = 48) -> np.ndarray | None:
+    """z-depth [V, F, h, w] of the planner's proxy scene of the plan's scene kind, or None."""
+    kind = plan.extras.get("scene")
+    if not kind:
+        return None
+    from cvd_scene.covisibility import proxy_depth, proxy_scene, sample_cameras
+    from cvd_scene.planning import scene_layout
+
+    try:
+        return proxy_depth(sample_cameras(plan, size_px), proxy_scene(scene_layout(kind)))
+    except (ValueError, KeyError) as e:
+        log.warning("no proxy scene for kind %r (%s); random points at log-uniform depths", kind, e)
+        return None
 
 
 def _solve_free(run: _Run) -> colmap.Model | None:
@@ -491,6 +633,10 @@ def _report(
             np.zeros(0, np.int64),
         )
         observations = {}
+    n_triangulated = len(xyz)
+    if run.seed_points is not None:
+        xyz = np.concatenate([xyz, run.seed_points[0]])
+        rgb = np.concatenate([rgb, run.seed_points[1]])
     errors = pose_errors(
         np.where(registered[..., None, None], world_from_cam, plan.world_from_cam),
         registered,
@@ -509,8 +655,25 @@ def _report(
         status = "partial"
     else:
         status = "finished"
+    mode = "planned" if run.planned else opt.mode
     message = f"{opt.mode}: registered {n_reg}/{n_all} frames"
-    if status != "finished" and problems:
+    if run.planned:
+        message = (
+            f"planned cameras for all {n_all} frames ({n_triangulated} triangulated points, "
+            f"{len(xyz) - n_triangulated} random)"
+        )
+        if run.fallback_from is not None:
+            fb = run.fallback_from
+            message = (
+                f"FALLBACK to the planned cameras: {fb['mode']} registered only {fb['registered']}/{n_all} frames; "
+                + message
+            )
+            if fb["problems"]:
+                message += "; " + "; ".join(fb["problems"][:3]) + ("; ..." if len(fb["problems"]) > 3 else "")
+            failed = f"{fb['mode']} registration failed ({fb['registered']}/{n_all} frames)"
+            problems = [failed + "; the fit uses the planned cameras", *fb["problems"]]
+            status = "partial"
+    elif status != "finished" and problems:
         message += "; " + "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
     if status == "failed":
         message = "registration failed: " + message + " (details in register/report.json)"
@@ -519,7 +682,9 @@ def _report(
     report = {
         "format": "cvd-scene/registration",
         "version": 1,
-        "mode": opt.mode,
+        "mode": mode,
+        "poses": "planned" if run.planned else "estimated",
+        "fallback": run.fallback_from,
         "status": status,
         "message": message,
         "registered": n_reg,
@@ -568,7 +733,16 @@ def _report(
         ],
         **run.extra,
     }
-    if opt.mode == "known-poses":
+    if run.planned:
+        report["num_points_triangulated"] = n_triangulated
+        for key in ("rotation_error_deg_median", "position_error_m_median", "translation_direction_error_deg_median"):
+            report[key] = None
+        for key in ("rotation_error_deg", "position_error_m", "position_error_fraction_of_extent",
+                    "translation_direction_error_deg", "relative_rotation_error_deg"):
+            report[key] = {"note": "not measured: the poses are the plan's"}
+        for row in report["per_frame"]:
+            row["rotation_error_deg"] = row["position_error_m"] = None
+    elif opt.mode == "known-poses":
         report["pose_change"] = {
             "note": "how far bundle adjustment moved the planned poses (after the similarity alignment)",
             "rotation_deg": error_stats(rot),

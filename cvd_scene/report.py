@@ -52,6 +52,7 @@ figure{margin:0} figcaption{font-size:12px;color:#58636e;text-align:center}
 .status-finished{color:#137333} .status-partial{color:#b06000} .status-failed{color:#c5221f}
 .muted{color:#6b7680;font-size:13px} pre{background:#f1f3f5;padding:10px;overflow:auto;font-size:12px}
 video{border-radius:4px;background:#000}
+.banner{background:#fff3cd;border:1px solid #e0b000;padding:8px 12px}
 """
 
 
@@ -244,8 +245,16 @@ def _section_register(run_dir: Path) -> str:
         overall,
     )
     problems = "".join(f"<li>{_esc(p)}</li>" for p in rep.get("problems") or [])
+    banner = ""
+    if rep.get("poses") == "planned":
+        why = (
+            "registration failed, so the fit uses the planned cameras (the ones the generator was conditioned on)"
+            if rep.get("fallback")
+            else "register.mode is planned: the fit uses the planned cameras, not poses estimated from the frames"
+        )
+        banner = f"<p class='banner'><b>Planned cameras:</b> {_esc(why)}.</p>"
     return (
-        f"<section><h2>Registration</h2><p>{_esc(rep.get('message', ''))}</p>"
+        f"<section><h2>Registration</h2>{banner}<p>{_esc(rep.get('message', ''))}</p>"
         f"<p class='muted'>medians against the plan, after a similarity alignment</p>{head}{table}"
         f"{'<ul>' + problems + '</ul>' if problems else ''}{_pose_error_plot(rep)}</section>"
     )

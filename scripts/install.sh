@@ -35,6 +35,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import torch, torchvision, nerfstudio, gsplat, diffusers, pycolmap, trimesh" \
     || { echo "install.sh: the Python install failed"; exit 1; }
+  # rfc3987-syntax (an optional extra of jsonschema, pulled in by jupyter-events) compiles a grammar on import: 6 s
+  # in every process that imports jsonschema, Ray's agents included, enough to time out a local Ray's start on a
+  # busy 2-core machine. Nothing requires it; without it jsonschema skips only the "iri" format checks.
+  .venv/bin/pip uninstall -y -q rfc3987-syntax 2>/dev/null || true
   .venv/bin/pip check
   echo "$want" > "$stamp"
 fi

@@ -16,6 +16,7 @@ from cvd_scene.consistency import evaluate_consistency
 from cvd_scene.media import read_frames
 from cvd_scene.overlap import planned_depth
 from cvd_scene.registration import read_covisibility
+from cvd_scene.report import build_report
 from cvd_scene.runfolder import RunFolder, StageRefused
 from tests.registration_runs import (
     SIX_BY_SIXTEEN,
@@ -198,3 +199,57 @@ def test_demo_preset_registers_in_both_modes_within_targets(tmp_path):
 def test_six_videos_of_sixteen_frames_register_in_both_modes_within_targets(tmp_path):
     run_dir = tmp_path / "six"
     check_full_size(run_dir, make_run(run_dir, SIX_BY_SIXTEEN))
+
+
+def _views_seeing(plan, xyz: np.ndarray) -> np.ndarray:
+    """How many planned frames see each point [P, 3] (in front of the camera, inside the image)."""
+    cam_from_world = np.linalg.inv(plan.world_from_cam.reshape(-1, 4, 4))  # [V*F, 4, 4]
+    x_c = np.einsum("kij,pj->kpi", cam_from_world[:, :3, :3], xyz) + cam_from_world[:, None, :3, 3]  # [V*F, P, 3]
+    K = plan.K.reshape(-1, 3, 3)
+    z = x_c[..., 2]
+    uv = np.einsum("kij,kpj->kpi", K, x_c / np.where(z > 0, z, 1.0)[..., None])[..., :2]
+    inside = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] < plan.width) & (uv[..., 1] >= 0) & (uv[..., 1] < plan.height)
+    return inside.sum(0)
+
+
+def test_planned_mode_keeps_the_plans_cameras_and_seeds_points_inside_the_views(small, tmp_path):
+    run_dir = copy_run(small[0], tmp_path / "run")
+    result = run_stage(run_dir, small[1], "register", mode="planned", planned_seed_points=3000)
+    assert result.status == "finished", result.message
+    rep = read_json(run_dir / "register" / "report.json")
+    plan = read_cameras_json(run_dir / "plan" / "cameras.json")
+    assert rep["mode"] == "planned" and rep["poses"] == "planned" and rep["fallback"] is None
+    assert rep["registered"] == rep["total"] == plan.num_videos * plan.num_frames
+    assert rep["rotation_error_deg_median"] is None  # nothing estimated, nothing to compare
+    tf = read_transforms_json(run_dir / "register" / "transforms.json")
+    np.testing.assert_allclose(tf.cameras.world_from_cam, plan.world_from_cam, atol=1e-6)
+    # Textured reference frames: most seed points are triangulated matches, the rest random inside the views.
+    assert 100 < rep["num_points_triangulated"] <= rep["num_points"] == max(3000, rep["num_points_triangulated"])
+    ply = PlyData.read(str(run_dir / "register" / "sparse_pc.ply"))["vertex"]
+    xyz = np.stack([ply["x"], ply["y"], ply["z"]], -1).astype(np.float64)
+    assert len(xyz) == rep["num_points"]
+    random_part = xyz[rep["num_points_triangulated"] :]
+    assert len(random_part) and (_views_seeing(plan, random_part) >= 2).all()
+
+
+def test_a_failed_registration_falls_back_to_the_planned_cameras_only_when_asked(small, tmp_path, capsys):
+    run_dir = copy_run(small[0], tmp_path / "run")
+    for vid in ("v00", "v01", "v02"):
+        overwrite_video(run_dir, vid, blank_frame)
+    result = run_stage(run_dir, small[1], "register", fallback="planned", planned_seed_points=2000)
+    assert result.status == "partial"
+    assert result.message.startswith("FALLBACK to the planned cameras: known-poses registered only 0/18")
+    assert "too few features" in result.message
+    rep = read_json(run_dir / "register" / "report.json")
+    assert rep["poses"] == "planned" and rep["fallback"]["mode"] == "known-poses"
+    assert rep["fallback"]["registered"] == 0 and rep["num_points_triangulated"] == 0
+    plan = read_cameras_json(run_dir / "plan" / "cameras.json")
+    ply = PlyData.read(str(run_dir / "register" / "sparse_pc.ply"))["vertex"]
+    xyz = np.stack([ply["x"], ply["y"], ply["z"]], -1).astype(np.float64)
+    assert len(xyz) == 2000 and (_views_seeing(plan, xyz) >= 2).all()
+    rgb = np.stack([ply["red"], ply["green"], ply["blue"]], -1)
+    assert (rgb == 128).all()  # coloured by the (blank) frames they were lifted from
+    # The later stages accept it, and the report says prominently that the plan's cameras were used.
+    RunFolder.read(run_dir).require("fit", ("register",))
+    html = build_report(run_dir)
+    assert "class='banner'" in html and "registration failed, so the fit uses the planned cameras" in html

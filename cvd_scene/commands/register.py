@@ -12,7 +12,7 @@ from cvd_scene.config import parse_overrides
 def register_command(
     run_dir: RunDir,
     overrides: Overrides = (),
-    mode: Literal["known-poses", "free"] | None = None,
+    mode: Literal["known-poses", "free", "planned"] | None = None,
     preset: str | None = None,
     redo: bool = False,
     quiet: bool = False,
@@ -23,9 +23,10 @@ def register_command(
     Args:
         run_dir: The run folder (its plan and generate stages must have run).
         overrides: Config overrides as KEY=VALUE, e.g. register.max_num_features=2048 register.pairing=exhaustive.
-        mode: known-poses (triangulate with the planned cameras, then bundle adjustment that may move them) or free
-            (mapping from the images alone, then a similarity alignment to the plan). Default: the config's
-            (known-poses).
+        mode: known-poses (triangulate with the planned cameras, then bundle adjustment that may move them), free
+            (mapping from the images alone, then a similarity alignment to the plan) or planned (keep the planned
+            cameras, the ones the generator was conditioned on; points from the matches that verify, topped up with
+            random points inside the views). Default: the config's (known-poses).
         preset: Run preset: a name in configs/run/ or a path to a YAML file (default: the run folder's own config,
             else demo).
         redo: Register again even if the stage already finished with this config.

@@ -1,7 +1,8 @@
 """Stage ``evaluate``: the CVD paper's geometric-consistency protocol (SIFT instead of SuperGlue).
 
 Reads ``generate/frames`` and the plan, writes ``evaluate/consistency.json`` (and ``consistency.md``, the table next
-to the paper's numbers, which is also logged). Import-light: numpy and pycolmap are imported inside
+to the paper's numbers, which is also logged). Where the generator left ground-truth depth (``generate/gt/depth``)
+it also scores the warp measure (:mod:`cvd_scene.warp_consistency`), which works at any sharpness. Import-light: numpy and pycolmap are imported inside
 :func:`run_evaluate`.
 """
 
@@ -28,6 +29,9 @@ class EvaluateConfig:
     """RANSAC inlier threshold of the essential matrix, pixels."""
     min_baseline_fraction: float = 1e-3
     """Pairs whose planned baseline is below this fraction of the plan's extent are skipped (no translation)."""
+    warp_rel_tol: float = 0.03
+    """Warp measure (where ground-truth depth exists): a pixel is kept when its depth projected into the other
+    view is within this fraction of the depth there (occlusion test)."""
     covisibility_min: float = 0.2
     """Pairs whose planned co-visibility (either direction) is below this are skipped and counted: an essential
     matrix from the few matches of a sliver of shared view is ill-conditioned (on the demo run, pairs sharing under
@@ -56,6 +60,20 @@ def run_evaluate(config, run_dir: Path, out_dir: Path):
         if depth is None
         else ("ground truth" if (run_dir / "generate" / "gt" / "depth").is_dir() else "proxy scene")
     )
+    gt_depth = run_dir / "generate" / "gt" / "depth"
+    if gt_depth.is_dir():
+        from cvd_scene.warp_consistency import read_depth, warp_consistency
+
+        warp = warp_consistency(
+            frames, read_depth(gt_depth, plan.video_ids, plan.num_frames), plan.world_from_cam, plan.K,
+            rel_tol=config.evaluate.warp_rel_tol,
+        )  # fmt: skip
+        result["warp"] = warp
+        if warp["psnr"] is not None:
+            log.info(
+                "warp measure against ground-truth depth: PSNR %.2f dB, SSIM %.3f over %.0f %% of the pixels",
+                warp["psnr"], warp["ssim"], 100 * warp["kept_fraction"],
+            )  # fmt: skip
     write_json(out_dir / "consistency.json", result)
     table = format_table(result)
     (out_dir / "consistency.md").write_text(table + "\n")
@@ -67,6 +85,9 @@ def run_evaluate(config, run_dir: Path, out_dir: Path):
         summary[f"{key}_trans_auc_5"] = g["trans_auc"][0]
         summary[f"{key}_precision"] = g["precision"]
         summary[f"{key}_pairs"] = g["pairs_scored"]
+    if result.get("warp", {}).get("psnr") is not None:
+        summary["warp_psnr"] = result["warp"]["psnr"]
+        summary["warp_ssim"] = result["warp"]["ssim"]
     scored = sum(result[k]["pairs_scored"] for k in ("cross_video", "within_video"))
     if scored == 0:
         return StageResult(

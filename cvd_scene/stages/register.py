@@ -20,9 +20,17 @@ log = logging.getLogger(__name__)
 class RegisterConfig:
     """How frames are registered."""
 
-    mode: Literal["known-poses", "free"] = "known-poses"
+    mode: Literal["known-poses", "free", "planned"] = "known-poses"
     """``known-poses``: triangulate with the planned cameras then bundle-adjust; ``free``: incremental mapping then a
-    similarity alignment to the plan."""
+    similarity alignment to the plan; ``planned``: trust the plan's cameras (the ones the generator was conditioned
+    on) for every frame, seeding points from the matches that verify and from random points inside the views."""
+    fallback: Literal["none", "planned"] = "none"
+    """What to do when ``known-poses`` or ``free`` registration fails: ``none`` (the stage fails: later stages refuse,
+    so a failed registration of generated videos is seen), or ``planned`` (continue on the planned cameras as in
+    ``mode: planned``; the report says so prominently)."""
+    planned_seed_points: int = 5000
+    """``planned`` (and the fallback): top the triangulated points up to this many with random points inside the
+    planned views, coloured by the frames (0: triangulated points only)."""
     max_num_features: int = 4096
     """SIFT features per image."""
     covisibility_min: float = 0.2
@@ -113,7 +121,7 @@ def run_register(config, run_dir: Path, out_dir: Path):
     write_json(out_dir / "report.json", reg.report)
     rep = reg.report
     summary = {
-        "mode": cfg.mode,
+        "mode": rep["mode"],
         "registered": rep["registered"],
         "total": rep["total"],
         "points": rep["num_points"],
