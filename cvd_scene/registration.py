@@ -298,7 +298,7 @@ def register_frames(
     finally:
         if not opt.keep_database:
             run.database.unlink(missing_ok=True)
-        for sub in ("triangulated", "mapped", "mapped_global"):
+        for sub in ("triangulated", "triangulated_planned", "mapped", "mapped_global"):
             shutil.rmtree(work_dir / sub, ignore_errors=True)
     run.timings["total"] = time.perf_counter() - t_start
     # 4. Errors against the plan and the report.
@@ -377,22 +377,28 @@ def _plan_poses(run: _Run) -> dict[str, np.ndarray]:
     }
 
 
-def _solve_known_poses(run: _Run) -> colmap.Model:
-    """Triangulate with the planned cameras, drop frames with too few points, bundle-adjust (poses may move)."""
-    opt, plan = run.opt, run.plan
-    poses = _plan_poses(run)
+def _triangulate(run: _Run, poses: dict[str, np.ndarray], sub: str) -> colmap.Model:
+    """Triangulate the verified matches with ``poses`` (``world_from_cam`` by frame name) into ``work_dir/sub``."""
+    plan = run.plan
     with run.timed("triangulation"):
-        model = colmap.triangulate_known_poses(
+        return colmap.triangulate_known_poses(
             run.database,
             run.image_dir,
-            run.work_dir / "triangulated",
+            run.work_dir / sub,
             poses,
             plan.K[0, 0],
             plan.width,
             plan.height,
-            min_tri_angle_deg=opt.min_tri_angle_deg,
+            min_tri_angle_deg=run.opt.min_tri_angle_deg,
             num_threads=run.num_threads,
         )
+
+
+def _solve_known_poses(run: _Run) -> colmap.Model:
+    """Triangulate with the planned cameras, drop frames with too few points, bundle-adjust (poses may move)."""
+    opt, plan = run.opt, run.plan
+    poses = _plan_poses(run)
+    model = _triangulate(run, poses, "triangulated")
     _drop_weak_frames(model, opt.min_observations)
     with run.timed("bundle_adjustment"):
         if model.num_points > 0:
@@ -415,19 +421,8 @@ def _use_plan(run: _Run) -> tuple[colmap.Model | None, np.ndarray, np.ndarray, S
     run.planned = True
     poses = _plan_poses(run)
     model = None
-    with run.timed("triangulation"):
-        if colmap.read_database_stats(run.database).verified_inliers:
-            model = colmap.triangulate_known_poses(
-                run.database,
-                run.image_dir,
-                run.work_dir / "triangulated",
-                poses,
-                plan.K[0, 0],
-                plan.width,
-                plan.height,
-                min_tri_angle_deg=opt.min_tri_angle_deg,
-                num_threads=run.num_threads,
-            )
+    if colmap.read_database_stats(run.database).verified_inliers:
+        model = _triangulate(run, poses, "triangulated_planned")
     found = model.num_points if model is not None else 0
     missing = max(0, opt.planned_seed_points - found)
     if missing:
