@@ -3,8 +3,12 @@
 From Gaussians: non-finite splats removed and counted, the splat budget applied, then the master 3DGS PLY and
 from the very same splats ``.splat``, SPZ (v3, and v4 when zstandard is installed), the KHR_gaussian_splatting
 GLB, and a mesh GLB fused from depth views (the fit's, or rendered here from the splats). From views only (a NeRF
-fit): the mesh GLB and a coloured point cloud. Each run writes ``report.json``: files and sizes, splat counts,
-bounding box, mesh statistics, timings.
+fit): the mesh GLB and a coloured point cloud. Each run writes ``report.json``: files and sizes, the frame of
+each file, splat counts, bounding box, mesh statistics, timings.
+
+Frames (:mod:`cvd_scene.export.axes`): the splats are handled in the run's world; PLY, ``.splat`` and SPZ are
+turned into the frame their readers assume (``ExportOptions.frame``, default ``readers``: 180 degrees about z)
+right before they are written; glTF files (KHR splats, mesh) stay in the run's world, as glTF defines.
 
 Pure functions over arrays and paths; heavy libraries (open3d, trimesh, torch) only inside the mesh functions.
 Must not import nerfstudio.
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cvd_scene.cameras import Cameras
+from cvd_scene.export.axes import FRAMES, READERS, RUN, check_frame, convert
 from cvd_scene.export.budget import clean_and_budget
 from cvd_scene.gaussians import Gaussians
 
@@ -59,6 +64,11 @@ class ExportOptions:
     device: str = "auto"
     mesh_min_weight: float = 1.0
     point_cloud_max_points: int = 500_000
+    frame: str = READERS
+    """Frame of the PLY, ``.splat`` and SPZ files: ``readers`` (what 3DGS viewers assume) or ``run``."""
+
+    def __post_init__(self) -> None:
+        check_frame(self.frame, "export frame")
 
 
 def parse_formats(formats: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -99,7 +109,7 @@ def _bbox(points: np.ndarray) -> dict:
         "max": [float(v) for v in points.max(axis=0)],
         "p01": [float(v) for v in np.percentile(points, 1, axis=0)],
         "p99": [float(v) for v in np.percentile(points, 99, axis=0)],
-        "frame": "run world: right-handed, +y up, metres",
+        "frame": FRAMES[RUN],
     }
 
 
@@ -120,11 +130,14 @@ def export_gaussians(
     cameras: Cameras | None = None,
     views: list | None = None,
     source: dict | None = None,
+    input_frame: str = RUN,
 ) -> dict:
-    """Write every requested asset of ``gaussians`` (run's world frame) into ``out_dir``; returns the report.
+    """Write every requested asset of ``gaussians`` into ``out_dir``; returns the report.
 
-    ``cameras`` (registered or planned) weigh splats for the budget; ``views`` (depth + colour) feed the mesh,
-    which otherwise is fused from views rendered from the splats.
+    ``gaussians`` are in ``input_frame`` (``run``: a fit; ``readers``: a PLY, ``.splat`` or SPZ from elsewhere).
+    ``cameras`` (registered or planned, run's world) weigh splats for the budget; ``views`` (depth + colour)
+    feed the mesh, which otherwise is fused from views rendered from the splats. PLY, ``.splat`` and SPZ are
+    written in ``options.frame``, glTF in the run's world.
     """
     from cvd_scene.export.gltf import write_khr_glb
     from cvd_scene.export.ply import write_ply
@@ -134,7 +147,7 @@ def export_gaussians(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    g, counts = clean_and_budget(gaussians, options.max_splats, cameras)
+    g, counts = clean_and_budget(convert(gaussians, input_frame, RUN), options.max_splats, cameras)
     files: dict[str, dict] = {}
     skipped: dict[str, str] = {}
     timings = {"clean_and_budget": round(time.perf_counter() - t0, 3)}
@@ -142,13 +155,20 @@ def export_gaussians(
     def timed(key: str, kind: str, fn, name: str, **more) -> None:
         t = time.perf_counter()
         path = fn(out_dir / name)
-        files[key] = _file_entry(path, kind, time.perf_counter() - t, **more)
+        frame = RUN if key == "glb" else options.frame
+        files[key] = _file_entry(path, kind, time.perf_counter() - t, frame=frame, **more)
 
-    # The master is written first; every other format is converted from these same splats.
+    # The master is written first; every other format is converted from these same splats. The splat formats
+    # get them turned into their readers' frame (exactly back into the input's bytes when that was the frame).
+    splat_frame = options.frame
+    turned = convert(g, RUN, splat_frame) if any(f in options.formats for f in ("ply", "splat", "spz")) else g
     if "ply" in options.formats:
-        timed("ply", "3dgs-ply (Inria, binary little-endian)", lambda p: write_ply(g, p), FILE_NAMES["ply"])
+        timed(
+            "ply", "3dgs-ply (Inria, binary little-endian)",
+            lambda p: write_ply(turned, p, frame=splat_frame), FILE_NAMES["ply"],
+        )  # fmt: skip
     if "splat" in options.formats:
-        timed("splat", "antimatter15 .splat", lambda p: write_splat(g, p), FILE_NAMES["splat"])
+        timed("splat", "antimatter15 .splat", lambda p: write_splat(turned, p), FILE_NAMES["splat"])
     if "spz" in options.formats:
         for version in options.spz_versions:
             if version == 4 and not zstd_available():
@@ -156,7 +176,7 @@ def export_gaussians(
                 continue
             name = FILE_NAMES["spz"] if version == 3 else FILE_NAMES["spz4"]
             key = "spz" if version == 3 else "spz4"
-            timed(key, f"spz v{version}", lambda p, v=version: write_spz(g, p, version=v), name)
+            timed(key, f"spz v{version}", lambda p, v=version: write_spz(turned, p, version=v), name)
     if "glb" in options.formats:
         timed("glb", "glTF KHR_gaussian_splatting", lambda p: write_khr_glb(g, p), FILE_NAMES["glb"])
     mesh_info = None
@@ -164,7 +184,7 @@ def export_gaussians(
         t = time.perf_counter()
         mesh_info = _write_mesh(g, views, out_dir / FILE_NAMES["mesh"], options)
         files["mesh"] = _file_entry(
-            out_dir / FILE_NAMES["mesh"], "glTF mesh (vertex colours)", time.perf_counter() - t
+            out_dir / FILE_NAMES["mesh"], "glTF mesh (vertex colours)", time.perf_counter() - t, frame=RUN
         )
     ply_bytes = files["ply"]["bytes"] if "ply" in files else None
     if ply_bytes:
@@ -173,7 +193,10 @@ def export_gaussians(
     report = {
         "format": REPORT_FORMAT,
         "version": 1,
-        "source": {**(source or {}), "kind": "gaussians", "sh_degree": gaussians.sh_degree},
+        "source": {
+            **(source or {}), "kind": "gaussians", "sh_degree": gaussians.sh_degree, "frame": input_frame,
+        },
+        "frames": {name: FRAMES[name] for name in dict.fromkeys((RUN, splat_frame))},
         "splats": counts.as_dict(),
         "bounding_box": _bbox(g.means),
         "files": files,
@@ -226,7 +249,7 @@ def export_views(
         write_mesh_glb(mesh, out_dir / FILE_NAMES["mesh"])
         mesh_info = {**mesh.info, "source": f"fit views ({len(views)})", "bounding_box": _bbox(mesh.vertices)}
         files["mesh"] = _file_entry(
-            out_dir / FILE_NAMES["mesh"], "glTF mesh (vertex colours)", time.perf_counter() - t
+            out_dir / FILE_NAMES["mesh"], "glTF mesh (vertex colours)", time.perf_counter() - t, frame=RUN
         )
     t = time.perf_counter()
     points, colors = point_cloud_from_views(views, options.point_cloud_max_points)
@@ -236,11 +259,13 @@ def export_views(
         "point-cloud ply (xyz + rgb)",
         time.perf_counter() - t,
         points=len(points),
+        frame=RUN,
     )
     return {
         "format": REPORT_FORMAT,
         "version": 1,
         "source": {**(source or {}), "kind": "views"},
+        "frames": {RUN: FRAMES[RUN]},
         "splats": None,
         "bounding_box": _bbox(points),
         "files": files,
@@ -256,7 +281,8 @@ def write_camera_path(
 ) -> None:  # fmt: skip
     """Write ``camera_path.json`` for ``cameras`` (in the nerfstudio model frame when ``ns_transform`` names a
     ``dataparser_transforms.json``) and the same flythrough as SuperSplat viewer settings
-    (``viewer_settings.json``, run's world frame); record both in ``report``."""
+    (``viewer_settings.json``, in the run's world: the frame the SuperSplat viewer shows for the readers'-frame
+    ``scene.ply``); record both in ``report``."""
     from cvd_scene.camera_io import read_json, write_json
     from cvd_scene.export.camera_path import (
         camera_path_json,

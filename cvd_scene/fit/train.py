@@ -355,7 +355,7 @@ def _fit(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: Path | Non
         from cvd_scene.fit.frames import gaussians_to_world
 
         gaussians = gaussians_to_world(model.gaussians(), frame)
-        write_ply(gaussians, out_dir / "gaussians.ply")
+        write_ply(gaussians, out_dir / "gaussians.ply", frame="run")
         metrics["gaussians"] = len(gaussians)
     else:
         metrics["gaussians"] = None

@@ -39,10 +39,14 @@ class ExportConfig:
     """Seconds of the eased move between the end of one planned video and the start of the next."""
     point_cloud_max_points: int = 500_000
     """Most points in ``points.ply`` (NeRF fits)."""
+    frame: str = "readers"
+    """Frame of scene.ply, scene.splat and the SPZ files: ``readers`` (the run's world turned 180 degrees about z,
+    what 3DGS viewers assume) or ``run`` (the run's Y-up world as it is). glTF files are always in the run's world."""
 
 
 def export_options(config: ExportConfig):
     """The :class:`cvd_scene.export.pipeline.ExportOptions` of a stage config (formats checked)."""
+    from cvd_scene.export.axes import check_frame
     from cvd_scene.export.pipeline import ExportOptions, parse_formats
 
     for v in config.spz_versions:
@@ -52,6 +56,7 @@ def export_options(config: ExportConfig):
         raise ValueError(
             f"export.max_splats must be at least 1 (or null for no budget), got {config.max_splats}"
         )
+    check_frame(config.frame, "export.frame")
     if config.mesh_max_triangles < 1:
         raise ValueError(f"export.mesh_max_triangles must be positive, got {config.mesh_max_triangles}")
     return ExportOptions(
@@ -64,6 +69,7 @@ def export_options(config: ExportConfig):
         device=config.device,
         mesh_min_weight=config.mesh_min_views,
         point_cloud_max_points=config.point_cloud_max_points,
+        frame=config.frame,
     )
 
 
