@@ -810,7 +810,7 @@ def test_nerf_fit_exports_mesh_and_coloured_points(tmp_path):
     report = export_views(
         views, tmp_path, ExportOptions(mesh_voxel_m=0.1, mesh_max_triangles=2000, point_cloud_max_points=5000)
     )
-    assert set(report["files"]) == {"mesh", "points"}
+    assert set(report["files"]) == {"mesh", "collider", "points"}
     assert set(report["skipped"]) == {"ply", "splat", "spz", "glb"}
     v = PlyData.read(str(tmp_path / "points.ply"))["vertex"].data
     assert 1000 < len(v) <= 5000 and report["files"]["points"]["points"] == len(v)

@@ -42,6 +42,7 @@ FILE_NAMES = {
     "spz4": "scene_v4.spz",
     "glb": "scene_khr.glb",
     "mesh": "mesh.glb",
+    "collider": "collider.glb",
     "points": "points.ply",
     "camera_path": "camera_path.json",
     "viewer_settings": "viewer_settings.json",
@@ -62,8 +63,10 @@ class ExportOptions:
     mesh_voxel_m: float | None = None
     mesh_render_size_px: int = 192
     device: str = "auto"
-    mesh_min_weight: float = 1.0
+    mesh_min_weight: float = 0.5
     point_cloud_max_points: int = 500_000
+    collider_max_triangles: int = 20_000
+    """Triangle budget of ``collider.glb`` (written with the mesh)."""
     frame: str = READERS
     """Frame of the PLY, ``.splat`` and SPZ files: ``readers`` (what 3DGS viewers assume) or ``run``."""
 
@@ -96,6 +99,8 @@ def planned_files(options: ExportOptions, has_gaussians: bool, with_camera_path:
             names += [FILE_NAMES["spz4"]] if 4 in options.spz_versions and zstd_available() else []
         else:
             names.append(FILE_NAMES[fmt])
+        if fmt == "mesh":
+            names.append(FILE_NAMES["collider"])
     if not has_gaussians:
         names.append(FILE_NAMES["points"])
     if with_camera_path:
@@ -181,11 +186,7 @@ def export_gaussians(
         timed("glb", "glTF KHR_gaussian_splatting", lambda p: write_khr_glb(g, p), FILE_NAMES["glb"])
     mesh_info = None
     if "mesh" in options.formats:
-        t = time.perf_counter()
-        mesh_info = _write_mesh(g, views, out_dir / FILE_NAMES["mesh"], options)
-        files["mesh"] = _file_entry(
-            out_dir / FILE_NAMES["mesh"], "glTF mesh (vertex colours)", time.perf_counter() - t, frame=RUN
-        )
+        mesh_info = _write_mesh(g, views, out_dir, options, files)
     ply_bytes = files["ply"]["bytes"] if "ply" in files else None
     if ply_bytes:
         for entry in files.values():
@@ -207,14 +208,8 @@ def export_gaussians(
     return report
 
 
-def _write_mesh(g: Gaussians, views: list | None, path: Path, options: ExportOptions) -> dict:
-    from cvd_scene.export.mesh import (
-        fuse_tsdf,
-        render_views_from_gaussians,
-        ring_cameras,
-        splat_bounds,
-        write_mesh_glb,
-    )
+def _write_mesh(g: Gaussians, views: list | None, out_dir: Path, options: ExportOptions, files: dict) -> dict:
+    from cvd_scene.export.mesh import render_views_from_gaussians, ring_cameras, splat_bounds
 
     if views:
         source = f"fit views ({len(views)})"
@@ -226,16 +221,46 @@ def _write_mesh(g: Gaussians, views: list | None, path: Path, options: ExportOpt
         )
         views = render_views_from_gaussians(g, cams, device=options.device)
         source = f"rendered from the splats ({len(views)} views, two rings inside the splat bounds)"
+    return _write_mesh_and_collider(views, out_dir, options, files, source)
+
+
+def _write_mesh_and_collider(views: list, out_dir: Path, options: ExportOptions, files: dict, source: str) -> dict:
+    """``mesh.glb`` and ``collider.glb`` fused from ``views``; file entries added to ``files``; returns the mesh
+    statistics with the coverage of the views by each (open3d ray casting)."""
+    from cvd_scene.export.mesh import fuse_tsdf, simplify_mesh, view_coverage, write_mesh_glb
+
+    t = time.perf_counter()
     mesh = fuse_tsdf(views, options.mesh_voxel_m, options.mesh_max_triangles, options.mesh_min_weight)
-    write_mesh_glb(mesh, path)
-    return {**mesh.info, "source": source, "bounding_box": _bbox(mesh.vertices)}
+    path = write_mesh_glb(mesh, out_dir / FILE_NAMES["mesh"])
+    files["mesh"] = _file_entry(
+        path, "glTF mesh (unlit, linear vertex colours, normals)", time.perf_counter() - t, frame=RUN
+    )
+    t = time.perf_counter()
+    collider = simplify_mesh(mesh, options.collider_max_triangles)
+    path = write_mesh_glb(collider, out_dir / FILE_NAMES["collider"], name="collider", colours=False)
+    files["collider"] = _file_entry(
+        path, "glTF mesh (geometry only, for physics)", time.perf_counter() - t, frame=RUN,
+        triangles=collider.info["triangles"],
+    )  # fmt: skip
+    t = time.perf_counter()
+    coverage = {"mesh": view_coverage(mesh, views), "collider": view_coverage(collider, views)}
+    coverage = {k: {n: round(x, 4) if isinstance(x, float) else x for n, x in v.items()} for k, v in coverage.items()}
+    log.info(
+        "mesh covers %.1f %% of the views' depth pixels (collider %.1f %% within %.0f cm), measured in %.1f s",
+        100 * coverage["mesh"]["covered"], 100 * coverage["collider"]["within_tolerance"],
+        100 * coverage["collider"]["tolerance_m"], time.perf_counter() - t,
+    )  # fmt: skip
+    return {
+        **mesh.info, "source": source, "bounding_box": _bbox(mesh.vertices), "coverage_of_views": coverage,
+        "collider_triangles": collider.info["triangles"],
+    }  # fmt: skip
 
 
 def export_views(
     views: list, out_dir: str | os.PathLike, options: ExportOptions, source: dict | None = None
 ) -> dict:
     """A NeRF fit (no Gaussians): the mesh GLB and a coloured point cloud back-projected from ``views``."""
-    from cvd_scene.export.mesh import fuse_tsdf, point_cloud_from_views, write_mesh_glb, write_point_cloud_ply
+    from cvd_scene.export.mesh import point_cloud_from_views, write_point_cloud_ply
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -244,13 +269,7 @@ def export_views(
     skipped = {f: "a NeRF fit has no Gaussians" for f in options.formats if f in SPLAT_FORMATS}
     mesh_info = None
     if "mesh" in options.formats:
-        t = time.perf_counter()
-        mesh = fuse_tsdf(views, options.mesh_voxel_m, options.mesh_max_triangles, options.mesh_min_weight)
-        write_mesh_glb(mesh, out_dir / FILE_NAMES["mesh"])
-        mesh_info = {**mesh.info, "source": f"fit views ({len(views)})", "bounding_box": _bbox(mesh.vertices)}
-        files["mesh"] = _file_entry(
-            out_dir / FILE_NAMES["mesh"], "glTF mesh (vertex colours)", time.perf_counter() - t, frame=RUN
-        )
+        mesh_info = _write_mesh_and_collider(views, out_dir, options, files, f"fit views ({len(views)})")
     t = time.perf_counter()
     points, colors = point_cloud_from_views(views, options.point_cloud_max_points)
     write_point_cloud_ply(points, colors, out_dir / FILE_NAMES["points"])

@@ -25,10 +25,13 @@ class ExportConfig:
     written when the zstandard package is installed)."""
     mesh_max_triangles: int = 200_000
     """Triangle budget of ``mesh.glb`` (quadric decimation down to it)."""
+    collider_max_triangles: int = 20_000
+    """Triangle budget of ``collider.glb`` (the mesh simplified for engine physics; written with the mesh)."""
     mesh_voxel_m: float | None = None
     """TSDF voxel size in metres; None: 1/384 of the scene's largest extent (at least 2 mm)."""
-    mesh_min_views: float = 1.0
-    """Surface voxels seen by fewer views than this are left out of the mesh (TSDF weight threshold)."""
+    mesh_min_views: float = 0.5
+    """TSDF weight below which surface voxels are left out of the mesh (about: views that saw them); 1.0 drops
+    every surface only one view saw (measured: 8 % fewer pixels of the views covered)."""
     mesh_render_size_px: int = 192
     """Size of the depth views rendered from the splats for the mesh when the fit left no views."""
     device: str = "auto"
@@ -57,6 +60,8 @@ def export_options(config: ExportConfig):
             f"export.max_splats must be at least 1 (or null for no budget), got {config.max_splats}"
         )
     check_frame(config.frame, "export.frame")
+    if config.collider_max_triangles < 1:
+        raise ValueError(f"export.collider_max_triangles must be positive, got {config.collider_max_triangles}")
     if config.mesh_max_triangles < 1:
         raise ValueError(f"export.mesh_max_triangles must be positive, got {config.mesh_max_triangles}")
     return ExportOptions(
@@ -70,6 +75,7 @@ def export_options(config: ExportConfig):
         mesh_min_weight=config.mesh_min_views,
         point_cloud_max_points=config.point_cloud_max_points,
         frame=config.frame,
+        collider_max_triangles=config.collider_max_triangles,
     )
 
 
