@@ -2,6 +2,7 @@
 # Installs cvd-scene and everything its tests and demo need, on Debian/Ubuntu with Python >= 3.10:
 #   system packages: libusb-1.0-0 (open3d), chromium (report test), nodejs/npm (independent format readers)
 #   .venv/          : torch 2.14.1 + torchvision 0.29.1, nerfstudio 1.1.5, gsplat 1.4.0, diffusers, pycolmap, open3d ...
+#                     and .venv/bin/ffmpeg (imageio-ffmpeg's binary) for ns-render when there is no system ffmpeg
 #   .tools/         : npm gltf-validator and @playcanvas/splat-transform (used by the export tests when present)
 # Idempotent: a second run only checks. Set CVD_SCENE_PYTHON to choose the interpreter.
 set -euo pipefail
@@ -37,6 +38,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     || { echo "install.sh: the Python install failed"; exit 1; }
   .venv/bin/pip check
   echo "$want" > "$stamp"
+fi
+
+# nerfstudio shells out to `ffmpeg` (ns-render, even for image sequences): without a system ffmpeg, link the
+# binary imageio-ffmpeg ships (pinned by its wheel) into the venv's bin, which is on PATH when the venv is used.
+if ! command -v ffmpeg >/dev/null 2>&1 && [ ! -x .venv/bin/ffmpeg ]; then
+  ff="$(.venv/bin/python -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" \
+    && ln -sf "$ff" .venv/bin/ffmpeg \
+    || echo "install.sh: warning: no ffmpeg for nerfstudio (ns-render will fail; install the ffmpeg package)"
 fi
 
 if command -v npm >/dev/null 2>&1; then
