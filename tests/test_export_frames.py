@@ -206,3 +206,34 @@ def test_splat_transform_turns_our_ply_into_our_glb(tmp_path):
     np.testing.assert_allclose(theirs.sh_rest, ours.sh_rest, atol=1e-5)
     assert rotation_error_deg(theirs.quats_wxyz, ours.quats_wxyz).max() < 1e-3
     assert np.abs(theirs.sh_rest - read_ply(tmp_path / "scene.ply").sh_rest).max() > 0.5  # the PLY's are turned
+
+
+@pytest.mark.parametrize(
+    "fmt", ["cply", pytest.param("sog", marks=pytest.mark.slow)]  # SOG: k-means on the CPU, about 30 s here
+)
+def test_sog_and_compressed_ply_come_from_splat_transform_in_the_readers_frame(tmp_path, monkeypatch, fmt):
+    """SOG and compressed PLY are splat-transform's own writers fed with scene.ply: decoded again by it they hold
+    scene.ply's splats (readers' frame) within their quantisation; without splat-transform they are skipped."""
+    from scipy.spatial import cKDTree
+
+    from cvd_scene.export import splat_transform
+    from tests.test_export import splat_transform as require_splat_transform
+
+    require_splat_transform()
+    g = random_gaussians(200, 3, seed=14)
+    report = export_gaussians(g, tmp_path, ExportOptions(formats=("ply", fmt)))
+    ply = read_ply(tmp_path / "scene.ply")
+    name = {"sog": "scene.sog", "cply": "scene.compressed.ply"}[fmt]
+    assert report["files"][fmt]["file"] == name and report["files"][fmt]["frame"] == READERS
+    decoded = tmp_path / "decoded.ply"
+    run_splat_transform(str(tmp_path / name), str(decoded))
+    theirs = read_ply(decoded)
+    assert len(theirs) == 200
+    distance, _ = cKDTree(ply.means).query(theirs.means)  # [200] to the nearest splat of scene.ply
+    assert distance.max() < 0.02, distance.max()
+    monkeypatch.setattr(splat_transform, "REPO_TOOL", tmp_path / "absent")
+    monkeypatch.setenv(splat_transform.ENV_VARIABLE, str(tmp_path / "absent"))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # node stays findable, splat-transform not
+    report = export_gaussians(g, tmp_path / "none", ExportOptions(formats=("ply", fmt)))
+    assert set(report["files"]) == {"ply"} and set(report["skipped"]) == {fmt}
+    assert "splat-transform" in report["skipped"][fmt]

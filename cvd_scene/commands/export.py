@@ -110,7 +110,8 @@ def export_command(
     verbose: bool = False,
 ) -> None:
     """Export a fitted scene for VR and the web: scene.ply (master 3DGS PLY), scene.splat, scene.spz (+ scene_v4.spz),
-    scene_khr.glb (KHR_gaussian_splatting), mesh.glb, camera_path.json and report.json.
+    scene_khr.glb (KHR_gaussian_splatting), scene.sog and scene.compressed.ply (via splat-transform), mesh.glb,
+    collider.glb, camera_path.json and report.json.
 
     Two forms: `cvd-scene export RUN_DIR [--formats ...] [--max-splats N]` writes RUN_DIR/export from the fit;
     `cvd-scene export --from FILE --out DIR [--formats ...]` converts any 3DGS PLY (nerfstudio, gsplat, Inria),
@@ -123,7 +124,8 @@ def export_command(
     Args:
         run_dir: The run folder (not with --from).
         overrides: Config overrides as KEY=VALUE, e.g. export.mesh_max_triangles=100000.
-        formats: Comma-separated formats: ply, splat, spz, glb, mesh (default: all).
+        formats: Comma-separated formats: ply, splat, spz, glb, sog, cply (compressed PLY; these two through
+            splat-transform, skipped when it is not installed), mesh (mesh and collider GLB) (default: all).
         max_splats: Splat budget, e.g. 400000 for Quest-class headsets; least important splats pruned first.
         frame: Frame of the PLY, .splat and SPZ files: readers (default; what 3DGS viewers assume) or run
             (the run's Y-up world as it is).

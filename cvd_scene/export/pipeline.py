@@ -31,8 +31,8 @@ from cvd_scene.gaussians import Gaussians
 
 log = logging.getLogger(__name__)
 
-SPLAT_FORMATS = ("ply", "splat", "spz", "glb")
-"""Formats that need Gaussians."""
+SPLAT_FORMATS = ("ply", "splat", "spz", "glb", "sog", "cply")
+"""Formats that need Gaussians (``sog`` and ``cply``, compressed PLY, through splat-transform when installed)."""
 FORMATS = (*SPLAT_FORMATS, "mesh")
 """Every format name ``--formats`` accepts."""
 FILE_NAMES = {
@@ -41,6 +41,8 @@ FILE_NAMES = {
     "spz": "scene.spz",
     "spz4": "scene_v4.spz",
     "glb": "scene_khr.glb",
+    "sog": "scene.sog",
+    "cply": "scene.compressed.ply",
     "mesh": "mesh.glb",
     "collider": "collider.glb",
     "points": "points.ply",
@@ -88,11 +90,14 @@ def parse_formats(formats: str | list[str] | tuple[str, ...]) -> tuple[str, ...]
 
 def planned_files(options: ExportOptions, has_gaussians: bool, with_camera_path: bool) -> list[str]:
     """Names of the files an export with ``options`` writes (to check for existing files first)."""
+    from cvd_scene.export.splat_transform import splat_transform_exe
     from cvd_scene.export.spz import zstd_available
 
     names = []
     for fmt in options.formats:
         if fmt in SPLAT_FORMATS and not has_gaussians:
+            continue
+        if fmt in ("sog", "cply") and splat_transform_exe() is None:
             continue
         if fmt == "spz":
             names += [FILE_NAMES["spz"]] if 3 in options.spz_versions else []
@@ -184,6 +189,7 @@ def export_gaussians(
             timed(key, f"spz v{version}", lambda p, v=version: write_spz(turned, p, version=v), name)
     if "glb" in options.formats:
         timed("glb", "glTF KHR_gaussian_splatting", lambda p: write_khr_glb(g, p), FILE_NAMES["glb"])
+    _write_with_splat_transform(turned, out_dir, options, files, skipped, timed)
     mesh_info = None
     if "mesh" in options.formats:
         mesh_info = _write_mesh(g, views, out_dir, options, files)
@@ -206,6 +212,34 @@ def export_gaussians(
         "seconds": {**timings, "total": round(time.perf_counter() - t0, 3)},
     }
     return report
+
+
+def _write_with_splat_transform(
+    turned: Gaussians, out_dir: Path, options: ExportOptions, files: dict, skipped: dict, timed
+) -> None:
+    """SOG and compressed PLY converted by splat-transform from the PLY (the one written, else a temporary one)."""
+    import tempfile
+
+    from cvd_scene.export import splat_transform
+    from cvd_scene.export.ply import write_ply
+
+    wanted = [f for f in ("sog", "cply") if f in options.formats]
+    if not wanted:
+        return
+    if splat_transform.splat_transform_exe() is None:
+        skipped.update({f: splat_transform.missing_reason() for f in wanted})
+        return
+    kinds = {"sog": "SOG (PlayCanvas, via splat-transform)", "cply": "compressed PLY (PlayCanvas, via splat-transform)"}
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        src = files.get("ply") and out_dir / files["ply"]["file"]
+        if not src:
+            src = write_ply(turned, Path(tmp) / "scene.ply", frame=options.frame)
+        for fmt in wanted:
+            try:
+                timed(fmt, kinds[fmt], lambda p: splat_transform.convert(src, p), FILE_NAMES[fmt])
+            except RuntimeError as e:
+                log.warning("%s", e)
+                skipped[fmt] = str(e)
 
 
 def _write_mesh(g: Gaussians, views: list | None, out_dir: Path, options: ExportOptions, files: dict) -> dict:

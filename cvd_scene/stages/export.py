@@ -16,8 +16,10 @@ from pathlib import Path
 class ExportConfig:
     """Which assets are exported."""
 
-    formats: list[str] = field(default_factory=lambda: ["ply", "splat", "spz", "glb", "mesh"])
-    """Formats to write: ``ply``, ``splat``, ``spz``, ``glb`` (KHR_gaussian_splatting), ``mesh`` (mesh GLB)."""
+    formats: list[str] = field(default_factory=lambda: ["ply", "splat", "spz", "glb", "sog", "cply", "mesh"])
+    """Formats to write: ``ply``, ``splat``, ``spz``, ``glb`` (KHR_gaussian_splatting), ``sog`` and ``cply``
+    (SOG and compressed PLY, through splat-transform; skipped when it is not installed), ``mesh`` (mesh GLB and
+    collider GLB)."""
     max_splats: int | None = None
     """Splat budget (e.g. 400000 for Quest-class headsets); the least-contributing splats are pruned first."""
     spz_versions: list[int] = field(default_factory=lambda: [3, 4])
