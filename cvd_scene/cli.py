@@ -24,7 +24,7 @@ log = logging.getLogger("cvd_scene.cli")
 
 app = SubcommandApp()
 
-COMMAND_MODULES: tuple[str, ...] = ("plan", "generate", "export", "convert", "register", "evaluate", "train", "fit")
+COMMAND_MODULES: tuple[str, ...] = ("plan", "generate", "export", "convert", "register", "evaluate", "train", "fit", "view")
 """Modules under ``cvd_scene.commands`` that register more subcommands on :data:`app`."""
 
 Overrides = Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="KEY=VALUE")]

@@ -31,8 +31,9 @@ from cvd_scene.gaussians import Gaussians
 
 log = logging.getLogger(__name__)
 
-SPLAT_FORMATS = ("ply", "splat", "spz", "glb", "sog", "cply")
-"""Formats that need Gaussians (``sog`` and ``cply``, compressed PLY, through splat-transform when installed)."""
+SPLAT_FORMATS = ("ply", "splat", "spz", "glb", "sog", "cply", "viewer")
+"""Formats that need Gaussians (``sog``, ``cply`` (compressed PLY) and ``viewer`` (viewer.html) through
+splat-transform when it is installed)."""
 FORMATS = (*SPLAT_FORMATS, "mesh")
 """Every format name ``--formats`` accepts."""
 FILE_NAMES = {
@@ -43,6 +44,7 @@ FILE_NAMES = {
     "glb": "scene_khr.glb",
     "sog": "scene.sog",
     "cply": "scene.compressed.ply",
+    "viewer": "viewer.html",
     "mesh": "mesh.glb",
     "collider": "collider.glb",
     "points": "points.ply",
@@ -97,7 +99,7 @@ def planned_files(options: ExportOptions, has_gaussians: bool, with_camera_path:
     for fmt in options.formats:
         if fmt in SPLAT_FORMATS and not has_gaussians:
             continue
-        if fmt in ("sog", "cply") and splat_transform_exe() is None:
+        if fmt in ("sog", "cply", "viewer") and splat_transform_exe() is None:
             continue
         if fmt == "spz":
             names += [FILE_NAMES["spz"]] if 3 in options.spz_versions else []
@@ -141,13 +143,15 @@ def export_gaussians(
     views: list | None = None,
     source: dict | None = None,
     input_frame: str = RUN,
+    viewer_settings: dict | None = None,
 ) -> dict:
     """Write every requested asset of ``gaussians`` into ``out_dir``; returns the report.
 
     ``gaussians`` are in ``input_frame`` (``run``: a fit; ``readers``: a PLY, ``.splat`` or SPZ from elsewhere).
     ``cameras`` (registered or planned, run's world) weigh splats for the budget; ``views`` (depth + colour)
     feed the mesh, which otherwise is fused from views rendered from the splats. PLY, ``.splat`` and SPZ are
-    written in ``options.frame``, glTF in the run's world.
+    written in ``options.frame``, glTF in the run's world. ``viewer_settings`` (SuperSplat settings, e.g. the
+    planned flythrough) go into ``viewer.html``.
     """
     from cvd_scene.export.gltf import write_khr_glb
     from cvd_scene.export.ply import write_ply
@@ -189,7 +193,7 @@ def export_gaussians(
             timed(key, f"spz v{version}", lambda p, v=version: write_spz(turned, p, version=v), name)
     if "glb" in options.formats:
         timed("glb", "glTF KHR_gaussian_splatting", lambda p: write_khr_glb(g, p), FILE_NAMES["glb"])
-    _write_with_splat_transform(turned, out_dir, options, files, skipped, timed)
+    _write_with_splat_transform(turned, out_dir, options, files, skipped, timed, viewer_settings)
     mesh_info = None
     if "mesh" in options.formats:
         mesh_info = _write_mesh(g, views, out_dir, options, files)
@@ -215,28 +219,49 @@ def export_gaussians(
 
 
 def _write_with_splat_transform(
-    turned: Gaussians, out_dir: Path, options: ExportOptions, files: dict, skipped: dict, timed
-) -> None:
-    """SOG and compressed PLY converted by splat-transform from the PLY (the one written, else a temporary one)."""
+    turned: Gaussians, out_dir: Path, options: ExportOptions, files: dict, skipped: dict, timed,
+    viewer_settings: dict | None,
+) -> None:  # fmt: skip
+    """SOG, compressed PLY and viewer.html converted by splat-transform from the PLY (the one written, else a
+    temporary one)."""
     import tempfile
 
+    from cvd_scene.camera_io import write_json
     from cvd_scene.export import splat_transform
     from cvd_scene.export.ply import write_ply
 
-    wanted = [f for f in ("sog", "cply") if f in options.formats]
+    wanted = [f for f in ("sog", "cply", "viewer") if f in options.formats]
+    if "viewer" in wanted and len(turned) > splat_transform.VIEWER_MAX_SPLATS:
+        wanted.remove("viewer")
+        skipped["viewer"] = (
+            f"{len(turned)} splats is more than a page can inline ({splat_transform.VIEWER_MAX_SPLATS}); "
+            "serve the export folder with `cvd-scene view RUN` instead"
+        )
+    if "viewer" in wanted and options.frame != READERS:
+        wanted.remove("viewer")
+        skipped["viewer"] = "the SuperSplat viewer reads splat files in the readers' frame; not with --frame run"
     if not wanted:
         return
     if splat_transform.splat_transform_exe() is None:
         skipped.update({f: splat_transform.missing_reason() for f in wanted})
         return
-    kinds = {"sog": "SOG (PlayCanvas, via splat-transform)", "cply": "compressed PLY (PlayCanvas, via splat-transform)"}
+    kinds = {
+        "sog": "SOG (PlayCanvas, via splat-transform)",
+        "cply": "compressed PLY (PlayCanvas, via splat-transform)",
+        "viewer": "SuperSplat viewer page, scene and flythrough inlined (via splat-transform)",
+    }
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         src = files.get("ply") and out_dir / files["ply"]["file"]
         if not src:
             src = write_ply(turned, Path(tmp) / "scene.ply", frame=options.frame)
+        settings = None
+        if viewer_settings is not None:
+            settings = Path(tmp) / "viewer_settings.json"
+            write_json(settings, viewer_settings)
         for fmt in wanted:
+            extra = {"viewer_settings": settings} if fmt == "viewer" else {}
             try:
-                timed(fmt, kinds[fmt], lambda p: splat_transform.convert(src, p), FILE_NAMES[fmt])
+                timed(fmt, kinds[fmt], lambda p, e=extra: splat_transform.convert(src, p, **e), FILE_NAMES[fmt])
             except RuntimeError as e:
                 log.warning("%s", e)
                 skipped[fmt] = str(e)

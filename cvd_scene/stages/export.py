@@ -16,10 +16,12 @@ from pathlib import Path
 class ExportConfig:
     """Which assets are exported."""
 
-    formats: list[str] = field(default_factory=lambda: ["ply", "splat", "spz", "glb", "sog", "cply", "mesh"])
-    """Formats to write: ``ply``, ``splat``, ``spz``, ``glb`` (KHR_gaussian_splatting), ``sog`` and ``cply``
-    (SOG and compressed PLY, through splat-transform; skipped when it is not installed), ``mesh`` (mesh GLB and
-    collider GLB)."""
+    formats: list[str] = field(
+        default_factory=lambda: ["ply", "splat", "spz", "glb", "sog", "cply", "viewer", "mesh"]
+    )
+    """Formats to write: ``ply``, ``splat``, ``spz``, ``glb`` (KHR_gaussian_splatting), ``sog``, ``cply`` and
+    ``viewer`` (SOG, compressed PLY and viewer.html, through splat-transform; skipped when it is not installed),
+    ``mesh`` (mesh GLB and collider GLB)."""
     max_splats: int | None = None
     """Splat budget (e.g. 400000 for Quest-class headsets); the least-contributing splats are pruned first."""
     spz_versions: list[int] = field(default_factory=lambda: [3, 4])
@@ -110,12 +112,19 @@ def run_export(config, run_dir: Path, out_dir: Path):
         load_fit_views(fit_dir, registered) if registered is not None and (fit_dir / "views").is_dir() else []
     )
     splats_path = fit_dir / "gaussians.ply"
+    path_cameras = planned or registered
     if splats_path.is_file():
+        from cvd_scene.export.camera_path import supersplat_viewer_settings
+
         gaussians = read_ply(splats_path)
         source = {"path": "fit/gaussians.ply", "splats": len(gaussians)}
+        settings = None
+        if path_cameras is not None:
+            settings = supersplat_viewer_settings(path_cameras, cfg.camera_path_fps, cfg.camera_path_transition_s)
         report = export_gaussians(
-            gaussians, out_dir, options, cameras=registered or planned, views=views, source=source
-        )
+            gaussians, out_dir, options, cameras=registered or planned, views=views, source=source,
+            viewer_settings=settings,
+        )  # fmt: skip
     elif views:
         report = export_views(views, out_dir, options, source={"path": "fit/views", "views": len(views)})
     else:
@@ -123,7 +132,6 @@ def run_export(config, run_dir: Path, out_dir: Path):
             f"stage 'export' found neither {splats_path} (a Gaussian fit) nor depth/colour views in "
             f"{fit_dir / 'views'} (a NeRF fit); run the fit stage first"
         )
-    path_cameras = planned or registered
     if path_cameras is not None:
         write_camera_path(
             out_dir, path_cameras, report, cfg.camera_path_fps, cfg.camera_path_transition_s,
