@@ -74,9 +74,13 @@ def test_viewer_html_inlines_the_scene_and_the_flythrough(tmp_path):
 # ------------------------------------------------------------------------------------------- in Chromium
 
 
-def screenshot(url: str, out: Path, size: int, wait_s: float) -> None:
+def screenshot(
+    url: str, out: Path, size: int, wait_s: float, init_script: str = "", then: tuple[str, ...] = ()
+) -> list:
     """Open ``url`` in headless Chromium with SwiftShader WebGL, wait ``wait_s`` real seconds (the viewer loads
-    and sorts in workers, which --virtual-time-budget does not run), save a PNG screenshot (DevTools protocol)."""
+    and sorts in workers, which --virtual-time-budget does not run), save a PNG screenshot (DevTools protocol).
+    ``init_script`` runs before the page's own scripts; each expression of ``then`` is evaluated afterwards, two
+    seconds apart; returns their values."""
     from websockets.sync.client import connect
 
     port = 9300 + int(time.time() * 1000) % 500
@@ -109,12 +113,33 @@ def screenshot(url: str, out: Path, size: int, wait_s: float) -> None:
                             return message.get("result", {})
 
                 call("Emulation.setDeviceMetricsOverride", width=size, height=size, deviceScaleFactor=1, mobile=False)
+                call("Page.enable")
+                if init_script:
+                    call("Page.addScriptToEvaluateOnNewDocument", source=init_script)
                 call("Page.navigate", url=url)
                 time.sleep(wait_s)
                 out.write_bytes(base64.b64decode(call("Page.captureScreenshot", format="png")["data"]))
+                values = []
+                for expression in then:
+                    result = call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+                    thrown = result.get("exceptionDetails")
+                    values.append(f"error: {thrown.get('exception', {}).get('description', thrown)}" if thrown else
+                                  result.get("result", {}).get("value"))  # fmt: skip
+                    time.sleep(2)
+                return values
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+XR_STUB = """
+window.xrRequests = [];
+const xr = new EventTarget();
+xr.isSessionSupported = async (mode) => mode === "immersive-vr";
+xr.requestSession = async (mode) => { window.xrRequests.push(mode); throw new DOMException("stub", "NotSupportedError"); };
+Object.defineProperty(navigator, "xr", { value: xr, configurable: true });
+"""
+"""A WebXR stand-in that offers immersive-vr and records the sessions a page requests (refusing them)."""
 
 
 def splats_from_depth(run: Path, scale: float = 0.6) -> Gaussians:
@@ -170,9 +195,19 @@ def test_viewer_html_opens_upright_at_the_first_planned_camera(tmp_path):
         viewer_settings=supersplat_viewer_settings(cams),
     )  # fmt: skip
     shot = tmp_path / "shot.png"
+    # WebXR stubbed: the headset offers immersive-vr; pressing the page's VR button must request that session.
+    button, before, after = screenshot(
+        (tmp_path / "export" / "viewer.html").as_uri() + "?noanim", shot, 192, wait_s=25, init_script=XR_STUB,
+        then=(
+            "document.querySelector('.sse-vrMode').className", "window.xrRequests.length",
+            "document.querySelector('.sse-vrMode').click() ?? window.xrRequests",
+        ),
+    )  # fmt: skip
+    assert "sse-hidden" not in button, button  # the page offers VR
     screenshot((tmp_path / "export" / "viewer.html").as_uri() + "?noui&noanim", shot, 192, wait_s=25)
     seen = np.asarray(Image.open(shot).convert("RGB").resize((96, 96), Image.BILINEAR)) / 255.0
     frame = iio.imread(run / "generate" / "frames" / cams.video_ids[0] / "0000.png")[..., :3] / 255.0
     straight, turned = psnr(seen, frame), psnr(seen, np.rot90(frame, 2))
+    assert (before, after) == (0, ["immersive-vr"]), (before, after)  # and asks the headset for a VR session
     print(f"viewer.html from the first planned camera: {straight:.1f} dB, turned 180 degrees {turned:.1f} dB")
     assert straight > 18.0 and straight > turned + 3.0, (straight, turned)  # measured 20.0 and 15.0 dB
