@@ -211,3 +211,35 @@ def test_viewer_html_opens_upright_at_the_first_planned_camera(tmp_path):
     assert (before, after) == (0, ["immersive-vr"]), (before, after)  # and asks the headset for a VR session
     print(f"viewer.html from the first planned camera: {straight:.1f} dB, turned 180 degrees {turned:.1f} dB")
     assert straight > 18.0 and straight > turned + 3.0, (straight, turned)  # measured 20.0 and 15.0 dB
+
+
+@pytest.mark.slow  # about two minutes: three pages, each SOG-encoded and loaded in SwiftShader
+@pytest.mark.parametrize("name", ["scene.ply", "scene.splat", "scene.spz"])
+def test_the_supersplat_viewer_shows_each_splat_file_upright(tmp_path, name):
+    """The SuperSplat viewer page made by splat-transform from scene.ply, scene.splat and scene.spz as they are
+    (each read in its readers' frame), with viewer_settings.json: upright at the first planned camera."""
+    import imageio.v3 as iio
+    from PIL import Image
+
+    from cvd_scene.camera_io import read_cameras_json, write_json
+    from cvd_scene.export import splat_transform
+    from cvd_scene.export.camera_path import supersplat_viewer_settings
+    from tests.fit_helpers import make_run
+
+    if chromium() is None:
+        pytest.skip("Chromium is not installed (scripts/install.sh installs it)")
+    require_splat_transform()
+    run = tmp_path / "run"
+    make_run(run, num_videos=2, num_frames=4, size=96, points_per_frame=10)
+    cams = read_cameras_json(run / "plan" / "cameras.json")
+    out = tmp_path / "export"
+    export_gaussians(splats_from_depth(run), out, ExportOptions(formats=("ply", "splat", "spz"), spz_versions=(3,)))
+    write_json(out / "viewer_settings.json", supersplat_viewer_settings(cams))
+    page = splat_transform.convert(out / name, out / "page.html", viewer_settings=out / "viewer_settings.json")
+    shot = tmp_path / "shot.png"
+    screenshot(page.as_uri() + "?noui&noanim", shot, 192, wait_s=25)
+    seen = np.asarray(Image.open(shot).convert("RGB").resize((96, 96), Image.BILINEAR)) / 255.0
+    frame = iio.imread(run / "generate" / "frames" / cams.video_ids[0] / "0000.png")[..., :3] / 255.0
+    straight, turned = psnr(seen, frame), psnr(seen, np.rot90(frame, 2))
+    print(f"SuperSplat viewer, {name}: {straight:.1f} dB, turned 180 degrees {turned:.1f} dB")
+    assert straight > 18.0 and straight > turned + 3.0, (straight, turned)

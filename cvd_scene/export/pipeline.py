@@ -175,7 +175,7 @@ def export_gaussians(
     # The master is written first; every other format is converted from these same splats. The splat formats
     # get them turned into their readers' frame (exactly back into the input's bytes when that was the frame).
     splat_frame = options.frame
-    turned = convert(g, RUN, splat_frame) if any(f in options.formats for f in ("ply", "splat", "spz")) else g
+    turned = convert(g, RUN, splat_frame)
     if "ply" in options.formats:
         timed(
             "ply", "3dgs-ply (Inria, binary little-endian)",
