@@ -811,7 +811,7 @@ def test_nerf_fit_exports_mesh_and_coloured_points(tmp_path):
         views, tmp_path, ExportOptions(mesh_voxel_m=0.1, mesh_max_triangles=2000, point_cloud_max_points=5000)
     )
     assert set(report["files"]) == {"mesh", "collider", "points"}
-    assert set(report["skipped"]) == {"ply", "splat", "spz", "glb", "sog", "cply"}
+    assert set(report["skipped"]) == {"ply", "splat", "spz", "glb", "sog", "cply", "viewer"}
     v = PlyData.read(str(tmp_path / "points.ply"))["vertex"].data
     assert 1000 < len(v) <= 5000 and report["files"]["points"]["points"] == len(v)
     pts = np.stack([v["x"], v["y"], v["z"]], 1).astype(np.float64)
