@@ -116,3 +116,57 @@ def test_coverage_falls_when_the_weight_threshold_drops_single_view_surfaces(roo
     dropped = view_coverage(fuse_tsdf(views, voxel_m=0.05, max_triangles=20_000, min_weight=1.0), views)
     assert kept["covered"] > dropped["covered"] + 0.01, (kept, dropped)
     assert simplify_mesh(fuse_tsdf(views, voxel_m=0.05), 500).info["triangles"] <= 500
+
+
+def test_mesh_glb_in_threejs_shows_the_first_view(room_run, tmp_path):
+    """three.js (GLTFLoader, as a web page or engine loads a glTF) draws mesh.glb from the first planned camera:
+    it covers the pixels the ground truth covers and has the frame's colours there (the unlit material and the
+    linear COLOR_0 are what make three.js show them as fitted; a default material would be black metal)."""
+    import threading
+
+    from PIL import Image
+
+    from cvd_scene.camera_io import read_cameras_json
+    from cvd_scene.export.camera_path import vertical_fov_deg
+    from cvd_scene.export.serve import make_server
+    from tests.browser import chromium
+    from tests.test_export import NODE_MODULES, REPO
+    from tests.test_export_viewer import screenshot
+
+    if chromium() is None:
+        pytest.skip("Chromium is not installed (scripts/install.sh installs it)")
+    if not (NODE_MODULES / "three" / "build" / "three.module.js").is_file():
+        pytest.skip(f"{NODE_MODULES / 'three'} is missing (scripts/install.sh installs three)")
+    views = gt_views(room_run)
+    site = tmp_path / "site"
+    export_views(views, site, ExportOptions(formats=("mesh",), mesh_voxel_m=0.05))
+    (site / "mesh_view.html").write_bytes((REPO / "tests" / "tools" / "mesh_view.html").read_bytes())
+    (site / "node_modules").symlink_to(NODE_MODULES)
+    cams = read_cameras_json(room_run / "plan" / "cameras.json")
+    c2w = cams.world_from_cam[0, 0]  # OpenCV axes: looks along +z of the camera, image down is -up
+    look = c2w[:3, 3] + c2w[:3, 2]
+    fov = vertical_fov_deg(cams.K[0, 0, 1, 1], cams.height)
+    server = make_server(site, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        url = (f"http://127.0.0.1:{port}/mesh_view.html?file=mesh.glb&fov={fov}"
+               f"&pos={','.join(map(str, c2w[:3, 3]))}&look={','.join(map(str, look))}")  # fmt: skip
+        shot = tmp_path / "mesh.png"
+        (ready,) = screenshot(url, shot, 4 * cams.width, wait_s=8, then=("window.meshReady === true",))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ready is True
+    seen = np.asarray(Image.open(shot).convert("RGB"), np.float64).reshape(cams.height, 4, cams.width, 4, 3)
+    covered_px = (seen.sum(axis=-1) > 0).mean(axis=(1, 3)) > 0.5  # [H, W] mesh drawn on most of the block
+    seen = seen.mean(axis=(1, 3)) / 255.0  # [H, W, 3] block averages
+    frame = views[0].rgb / 255.0
+    gt_covered = views[0].depth_m > 0
+    coverage = (covered_px & gt_covered).sum() / gt_covered.sum()
+    mse = np.mean((seen[covered_px] - frame[covered_px]) ** 2)
+    psnr = 10 * np.log10(1.0 / mse)
+    print(f"mesh.glb in three.js: covers {100 * coverage:.1f} % of the first view, {psnr:.1f} dB there")
+    # measured 87.4 % and 21.6 dB: the misses are a band along this view's right and bottom edges, surface that only
+    # the edge of this one frustum saw, which TSDF fusion cannot close (ray casting the mesh: 89.8 %)
+    assert coverage >= 0.85 and psnr >= 18.0, (coverage, psnr)
