@@ -2,7 +2,9 @@
 # Installs cvd-scene and everything its tests and demo need, on Debian/Ubuntu with Python >= 3.10:
 #   system packages: libusb-1.0-0 (open3d), chromium (report test), nodejs/npm (independent format readers)
 #   .venv/          : torch 2.14.1 + torchvision 0.29.1, nerfstudio 1.1.5, gsplat 1.4.0, diffusers, pycolmap, open3d ...
-#   .tools/         : npm gltf-validator and @playcanvas/splat-transform (used by the export tests when present)
+#                     and .venv/bin/ffmpeg (imageio-ffmpeg's binary) for ns-render when there is no system ffmpeg
+#   .tools/         : npm gltf-validator, @playcanvas/splat-transform (SOG, compressed PLY, viewer.html) and three
+#                     (the export tests draw mesh.glb with it), used when present
 # Idempotent: a second run only checks. Set CVD_SCENE_PYTHON to choose the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,11 +45,21 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# nerfstudio shells out to `ffmpeg` (ns-render, even for image sequences): without a system ffmpeg, link the
+# binary imageio-ffmpeg ships (pinned by its wheel) into the venv's bin, which is on PATH when the venv is used.
+if ! command -v ffmpeg >/dev/null 2>&1 && [ ! -x .venv/bin/ffmpeg ]; then
+  ff="$(.venv/bin/python -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" \
+    && ln -sf "$ff" .venv/bin/ffmpeg \
+    || echo "install.sh: warning: no ffmpeg for nerfstudio (ns-render will fail; install the ffmpeg package)"
+fi
+
 if command -v npm >/dev/null 2>&1; then
-  if [ ! -d .tools/node_modules/gltf-validator ] || [ ! -x .tools/node_modules/.bin/splat-transform ]; then
+  if [ ! -d .tools/node_modules/gltf-validator ] || [ ! -x .tools/node_modules/.bin/splat-transform ] \
+     || [ ! -f .tools/node_modules/three/build/three.module.js ]; then
     mkdir -p .tools
     (cd .tools && [ -f package.json ] || echo '{"private": true}' > package.json
-     npm install --silent --no-audit --no-fund gltf-validator@2.0.0-dev.3.10 @playcanvas/splat-transform@3.7.0 >/dev/null 2>&1) \
+     npm install --silent --no-audit --no-fund gltf-validator@2.0.0-dev.3.10 @playcanvas/splat-transform@3.7.0 \
+       three@0.170.0 >/dev/null 2>&1) \
       || echo "install.sh: warning: npm tools not installed (export reader tests will skip)"
   fi
 fi

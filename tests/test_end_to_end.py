@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cvd_scene.cli import main
+from cvd_scene.export.axes import run_from_readers
 from cvd_scene.export.ply import read_ply
 from tests.browser import chromium, load_page
 
@@ -77,7 +78,7 @@ def test_the_fit_learns_and_the_export_is_in_the_world_frame(tiny_demo):
     run_dir, _ = tiny_demo
     metrics = json.loads((run_dir / "fit" / "metrics.json").read_text())
     assert metrics["psnr"] > 15.0  # 60 iterations: far from converged, but clearly fitted
-    splats = read_ply(run_dir / "export" / "scene.ply")
+    splats = run_from_readers(read_ply(run_dir / "export" / "scene.ply"))  # the file holds the readers' frame
     assert len(splats) > 100
     # The demo room: floor at y = 0, ceiling below 3 m, walls within 4 m of the origin.
     centre = np.median(splats.means, axis=0)

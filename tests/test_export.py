@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cvd_scene.cameras import quaternion_to_rotation
+from cvd_scene.export.axes import readers_from_run, run_from_readers
 from cvd_scene.export.common import normalized_quats
 from cvd_scene.export.gltf import read_glb, read_khr_glb, write_khr_glb
 from cvd_scene.export.ply import PlyFormatError, read_ply, write_ply
@@ -399,7 +400,7 @@ def test_khr_glb_fallback_is_a_point_cloud_for_trimesh(tmp_path):
 def test_asymmetric_splats_land_where_expected_in_every_format(tmp_path):
     """Decode each file with a few lines written here (not the module's readers): +x/+y/+z stay there."""
     g = asymmetric_gaussians()
-    # PLY: the run's world frame as written
+    # PLY: the frame given, as written
     from plyfile import PlyData
 
     v = PlyData.read(str(write_ply(g, tmp_path / "a.ply")))["vertex"].data
@@ -418,7 +419,7 @@ def test_asymmetric_splats_land_where_expected_in_every_format(tmp_path):
     scales = rec[:, 12:24].copy().view("<f4")
     q = (rec[:, 28:32].astype(float) - 128) / 128
     check_asymmetric(means, [long_axis(q[i], scales[i]) for i in range(3)], rec[:, 24:27], where="splat")
-    # SPZ: RUB (x right, y up, z back) = the world frame, positions 24-bit fixed point
+    # SPZ: the frame given (the writers never turn; the export step does), positions 24-bit fixed point
     inner = gzip.decompress(write_spz(g, tmp_path / "a.spz", version=3).read_bytes())
     _, _, _, _, bits, _, _ = struct.unpack_from("<IIIBBBB", inner)
     b = np.frombuffer(inner, np.uint8, count=27, offset=16).astype(np.int64).reshape(3, 3, 3)
@@ -687,14 +688,12 @@ def test_viewer_settings_make_a_web_page_with_splat_transform(tmp_path):
     track = settings["animTracks"][0]
     assert len(track["keyframes"]["times"]) * 3 == len(track["keyframes"]["values"]["position"])
     write_json(tmp_path / "viewer_settings.json", settings)
-    src = write_ply(random_gaussians(30, 0), tmp_path / "scene.ply")
+    src = write_ply(readers_from_run(random_gaussians(30, 0)), tmp_path / "scene.ply", frame="readers")
     html = tmp_path / "scene.html"
     args = [
         "-g",
         "cpu",
         str(src),
-        "-r",
-        "0,0,180",
         "--viewer-settings",
         str(tmp_path / "viewer_settings.json"),
     ]
@@ -811,8 +810,8 @@ def test_nerf_fit_exports_mesh_and_coloured_points(tmp_path):
     report = export_views(
         views, tmp_path, ExportOptions(mesh_voxel_m=0.1, mesh_max_triangles=2000, point_cloud_max_points=5000)
     )
-    assert set(report["files"]) == {"mesh", "points"}
-    assert set(report["skipped"]) == {"ply", "splat", "spz", "glb"}
+    assert set(report["files"]) == {"mesh", "collider", "points"}
+    assert set(report["skipped"]) == {"ply", "splat", "spz", "glb", "sog", "cply", "viewer"}
     v = PlyData.read(str(tmp_path / "points.ply"))["vertex"].data
     assert 1000 < len(v) <= 5000 and report["files"]["points"]["points"] == len(v)
     pts = np.stack([v["x"], v["y"], v["z"]], 1).astype(np.float64)
@@ -858,6 +857,7 @@ def test_export_stage_writes_every_asset_and_the_report(tmp_path):
 
     run = make_run(tmp_path)
     config = RunConfig()
+    config.export.formats = ["ply", "splat", "spz", "glb", "mesh"]  # sog and cply: test_export_frames.py
     config.export.max_splats = 300
     config.export.mesh_voxel_m = 0.1
     config.export.mesh_max_triangles = 2000
@@ -884,7 +884,9 @@ def test_export_stage_writes_every_asset_and_the_report(tmp_path):
     assert report["mesh"]["source"].startswith("fit views") and report["mesh"]["triangles"] <= 2000
     assert report["camera_path"]["frame"] == "world"
     assert len(read_ply(out / "scene.ply")) == 300
-    np.testing.assert_allclose(report["bounding_box"]["min"], read_ply(out / "scene.ply").means.min(axis=0))
+    assert report["files"]["ply"]["frame"] == "readers" and report["files"]["glb"]["frame"] == "run"
+    world = run_from_readers(read_ply(out / "scene.ply"))  # the bounding box is in the run's world
+    np.testing.assert_allclose(report["bounding_box"]["min"], world.means.min(axis=0))
     assert result.summary["splats_out"] == 300
 
 

@@ -20,6 +20,18 @@ READERS = {".ply": "read_ply", ".splat": "read_splat", ".spz": "read_spz", ".glb
 """Input files ``--from`` reads, by suffix (module ``cvd_scene.export``)."""
 
 
+def input_frame(path: Path) -> str:
+    """Frame of a ``--from`` file: glTF is the run's Y-up world; PLY, ``.splat`` and SPZ are in the 3DGS readers'
+    frame (as Inria PLYs are) unless a cvd-scene PLY header states otherwise."""
+    from cvd_scene.export.axes import READERS, RUN
+    from cvd_scene.export.ply import ply_frame
+
+    suffix = path.suffix.lower()
+    if suffix == ".glb":
+        return RUN
+    return (ply_frame(path) if suffix == ".ply" else None) or READERS
+
+
 def read_splat_file(path: Path):
     """Gaussians from a 3DGS PLY (Inria/nerfstudio/gsplat), ``.splat``, SPZ or KHR_gaussian_splatting GLB."""
     import cvd_scene.export as ex
@@ -36,8 +48,9 @@ def read_splat_file(path: Path):
 
 
 def export_file(
-    source: Path, out: Path, formats: str | None, max_splats: int | None, overwrite: bool, overrides: dict
-) -> dict:
+    source: Path, out: Path, formats: str | None, max_splats: int | None, overwrite: bool, overrides: dict,
+    frame: str | None = None,
+) -> dict:  # fmt: skip
     """``export --from``: convert one splat file into ``out``; refuses to replace files unless ``overwrite``."""
     from cvd_scene.config import from_dict, merge, to_dict
     from cvd_scene.export.pipeline import export_gaussians, planned_files, write_report
@@ -48,6 +61,8 @@ def export_file(
         data["formats"] = formats.split(",")
     if max_splats is not None:
         data["max_splats"] = max_splats
+    if frame is not None:
+        data["frame"] = frame
     try:
         options = export_options(from_dict(ExportConfig, data, prefix="export"))
     except ValueError as e:
@@ -60,10 +75,14 @@ def export_file(
             "or choose another --out folder"
         )
     gaussians = read_splat_file(source)
-    log.info("read %d splats (SH degree %d) from %s", len(gaussians), gaussians.sh_degree, source)
-    report = export_gaussians(
-        gaussians, out, options, source={"path": str(source.resolve()), "splats": len(gaussians)}
+    frame_in = input_frame(source)
+    log.info(
+        "read %d splats (SH degree %d, %s frame) from %s", len(gaussians), gaussians.sh_degree, frame_in, source
     )
+    report = export_gaussians(
+        gaussians, out, options, source={"path": str(source.resolve()), "splats": len(gaussians)},
+        input_frame=frame_in,
+    )  # fmt: skip
     write_report(out, report)
     for entry in report["files"].values():
         log.info("wrote %s (%.1f MB)", out / entry["file"], entry["bytes"] / 1e6)
@@ -81,6 +100,7 @@ def export_command(
     overrides: Overrides = (),
     formats: str | None = None,
     max_splats: int | None = None,
+    frame: str | None = None,
     from_file: Annotated[Path | None, tyro.conf.arg(name="from", metavar="FILE")] = None,
     out: Path | None = None,
     overwrite: bool = False,
@@ -90,17 +110,25 @@ def export_command(
     verbose: bool = False,
 ) -> None:
     """Export a fitted scene for VR and the web: scene.ply (master 3DGS PLY), scene.splat, scene.spz (+ scene_v4.spz),
-    scene_khr.glb (KHR_gaussian_splatting), mesh.glb, camera_path.json and report.json.
+    scene_khr.glb (KHR_gaussian_splatting), scene.sog and scene.compressed.ply (via splat-transform), mesh.glb,
+    collider.glb, camera_path.json and report.json.
 
     Two forms: `cvd-scene export RUN_DIR [--formats ...] [--max-splats N]` writes RUN_DIR/export from the fit;
     `cvd-scene export --from FILE --out DIR [--formats ...]` converts any 3DGS PLY (nerfstudio, gsplat, Inria),
     .splat, .spz or KHR GLB file.
 
+    scene.ply, scene.splat and the SPZ files are in the frame 3DGS viewers assume (the run's Y-up world turned
+    180 degrees about z); the GLB files stay Y-up as glTF defines. With --from, PLY, .splat and SPZ inputs are
+    taken to be in that readers' frame (a cvd-scene PLY says its frame in its header), GLB inputs Y-up.
+
     Args:
         run_dir: The run folder (not with --from).
         overrides: Config overrides as KEY=VALUE, e.g. export.mesh_max_triangles=100000.
-        formats: Comma-separated formats: ply, splat, spz, glb, mesh (default: all).
+        formats: Comma-separated formats: ply, splat, spz, glb, sog, cply (compressed PLY; these two through
+            splat-transform, skipped when it is not installed), mesh (mesh and collider GLB) (default: all).
         max_splats: Splat budget, e.g. 400000 for Quest-class headsets; least important splats pruned first.
+        frame: Frame of the PLY, .splat and SPZ files: readers (default; what 3DGS viewers assume) or run
+            (the run's Y-up world as it is).
         from_file: Convert this file instead of a run's fit (needs --out).
         out: Output folder of --from (created if missing).
         overwrite: With --from, replace files already in --out.
@@ -118,7 +146,7 @@ def export_command(
         if out is None:
             raise CliError("--from FILE needs --out DIR (the folder to write into)")
         setup_logging(quiet, verbose)
-        export_file(from_file, out, formats, max_splats, overwrite, ov)
+        export_file(from_file, out, formats, max_splats, overwrite, ov, frame)
         return
     if run_dir is None:
         raise CliError(
@@ -135,6 +163,8 @@ def export_command(
         section["formats"] = [f.strip() for f in formats.split(",") if f.strip()]
     if max_splats is not None:
         section["max_splats"] = max_splats
+    if frame is not None:
+        section["frame"] = frame
     if not section:
         del ov["export"]
     run_single_stage("export", run_dir, preset, ov, redo, quiet, verbose)

@@ -10,8 +10,9 @@ viewer's "Load path" button (``keyframes[i].matrix``/``fov``/``aspect``, ``defau
 Frames: poses are in the frame of the nerfstudio model they will be rendered with. When the fit's nerfstudio
 output has a ``dataparser_transforms.json`` (``transform`` 3x4 and ``scale``), the run's world poses are mapped
 into it (as nerfstudio's dataparser maps training poses); otherwise they stay in the run's Y-up metric world (the
-frame of every other export file), which is also what a web viewer showing ``scene.ply`` needs. A ``cvd_scene``
-block records which frame was used and the world poses, so either use is possible; nerfstudio ignores it.
+frame of the glTF exports; ``scene.ply`` is turned 180 degrees about z for splat viewers, see
+:mod:`cvd_scene.export.axes`). A ``cvd_scene`` block records which frame was used and the world poses, so either
+use is possible; nerfstudio ignores it.
 
 Pure numpy and scipy; must not import torch or nerfstudio.
 """
@@ -179,11 +180,12 @@ def supersplat_viewer_settings(
     cameras: Cameras, fps: float = 30.0, transition_s: float = 1.0, max_keyframes: int = 1000
 ) -> dict:
     """The flythrough as SuperSplat viewer settings (version 2): one ``animTrack`` of position / target / FOV
-    keyframes that the viewer plays at start, in the run's world frame.
+    keyframes that the viewer plays at start, in the frame the viewer shows.
 
-    The PlayCanvas tools read a PLY as y-down (they turn it 180 degrees about z); load ``scene.ply`` turned back so
-    the viewer's frame is the run's world: ``splat-transform scene.ply -r 0,0,180 --viewer-settings
-    viewer_settings.json scene.html`` writes a self-contained web page that plays this path.
+    The SuperSplat viewer turns every splat scene 180 degrees about z (it reads PLY, ``.splat`` and SPZ as
+    y-down); ``scene.ply`` holds the run's world turned that way (the readers' frame), so the viewer shows the
+    run's world and these settings are in it: ``splat-transform scene.ply --viewer-settings viewer_settings.json
+    scene.html`` writes a self-contained web page that plays this path.
     """
     c2w, fov = flythrough(cameras, fps, transition_s)
     step = max(1, math.ceil(len(c2w) / max_keyframes))

@@ -6,9 +6,16 @@ here from the Gaussians with :func:`cvd_scene.fit.raster.rasterize` from two rin
 splat bounds (one at the centre looking out, one on a circle looking in).
 
 The mesh is fused with open3d's tensor ``VoxelBlockGrid`` (TSDF) on the CPU (vertex colours from the views), cleaned of
-tiny disconnected pieces, simplified with quadric decimation to a triangle budget and written as a GLB with
-trimesh, in the run's Y-up metric world (glTF's frame: no conversion). Views use OpenCV camera axes, which is
-also open3d's, so extrinsics are ``cam_from_world`` as they are.
+tiny disconnected pieces, simplified with quadric decimation to a triangle budget and written as a GLB in the run's
+Y-up metric world (glTF's frame: no conversion). Views use OpenCV camera axes, which is also open3d's, so
+extrinsics are ``cam_from_world`` as they are.
+
+``mesh.glb`` is made to look like the scene in every engine: the colours are the fitted radiance, so the material
+is ``KHR_materials_unlit`` (with a metallic 0 / roughness 1 fallback for engines without it: a plain diffuse
+surface, not the black metal glTF's default material is), ``COLOR_0`` is linear (glTF's definition; the views
+are sRGB), and vertex normals are included. ``collider.glb`` is the same surface decimated to a physics budget
+(20k triangles), geometry only, for engine colliders and VR locomotion. :func:`view_coverage` measures how much of
+each view a mesh covers (open3d ray casting), the number the fusion settings were chosen by.
 
 numpy, open3d and trimesh (imported inside the functions); torch only in :func:`render_views_from_gaussians`.
 Must not import nerfstudio.
@@ -54,7 +61,9 @@ class MeshResult:
     """[T, 3] int32 vertex indices (counter-clockwise seen from outside)."""
     colors: np.ndarray
     """[V, 3] uint8 vertex colours (sRGB)."""
-    info: dict
+    normals: np.ndarray | None = None
+    """[V, 3] float32 unit vertex normals, or None."""
+    info: dict | None = None
     """Voxel size, views used, triangle counts before and after simplification."""
 
 
@@ -203,11 +212,22 @@ def backproject(view: View, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fuse_tsdf(
-    views: list[View], voxel_m: float | None = None, max_triangles: int = 200_000, min_weight: float = 1.0
+    views: list[View],
+    voxel_m: float | None = None,
+    max_triangles: int = 200_000,
+    min_weight: float = 0.5,
+    trunc_voxels: float = 8.0,
 ) -> MeshResult:
     """TSDF-fuse ``views`` into a coloured mesh, drop pieces under 1% of the largest, decimate to
     ``max_triangles``. ``voxel_m`` defaults to 1/384 of the largest extent of the scene (at least 2 mm); surface
-    voxels seen by fewer than ``min_weight`` views are left out.
+    voxels with a TSDF weight below ``min_weight`` (about: seen by fewer views) are left out; the truncation band
+    is ``trunc_voxels`` voxels.
+
+    The defaults were chosen by the coverage of the views (:func:`view_coverage`), measured on a reference-renderer
+    room (4 videos x 8 frames, 96 px, exact depth, 200k triangles): weight threshold 1.0 drops every surface seen
+    by one view only (91.9 % of depth pixels covered, worst view 49 %); 0.5 keeps them (97.5 %, worst 90.7 %; 2.0
+    gives 79 %); a truncation band of 8 voxels instead of 4 closes more gaps (98.1 %, worst 92.8 %; 2 voxels:
+    90.9 %). Voxel size (1.7 to 4 cm) and the triangle budget (50k to 200k) moved coverage by under 4 points.
 
     Uses open3d's tensor ``VoxelBlockGrid`` on the CPU (the legacy ``ScalableTSDFVolume`` of open3d 0.20 returns
     empty volumes here).
@@ -241,10 +261,10 @@ def fuse_tsdf(
         K = o3c.Tensor(v.K, o3c.float64)
         cam_from_world = o3c.Tensor(invert_rigid(v.world_from_cam), o3c.float64)
         blocks = grid.compute_unique_block_coordinates(
-            depth_t, K, cam_from_world, 1.0, depth_max, trunc_voxel_multiplier=4.0
+            depth_t, K, cam_from_world, 1.0, depth_max, trunc_voxel_multiplier=trunc_voxels
         )
         grid.integrate(
-            blocks, depth_t, color_t, K, cam_from_world, 1.0, depth_max, trunc_voxel_multiplier=4.0
+            blocks, depth_t, color_t, K, cam_from_world, 1.0, depth_max, trunc_voxel_multiplier=trunc_voxels
         )
     mesh = grid.extract_triangle_mesh(weight_threshold=float(min_weight)).to_legacy()
     fused = len(mesh.triangles)
@@ -260,6 +280,7 @@ def fuse_tsdf(
         mesh = mesh.simplify_quadric_decimation(target_number_of_triangles=int(max_triangles))
         mesh.remove_unreferenced_vertices()
     colors = np.clip(np.asarray(mesh.vertex_colors) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    mesh.compute_vertex_normals()
     info = {
         "views": len(views),
         "voxel_m": voxel,
@@ -273,23 +294,128 @@ def fuse_tsdf(
         vertices=np.asarray(mesh.vertices, np.float32),
         faces=np.asarray(mesh.triangles, np.int32),
         colors=colors,
+        normals=np.asarray(mesh.vertex_normals, np.float32),
         info=info,
     )
 
 
-def write_mesh_glb(mesh: MeshResult, path: str | os.PathLike) -> Path:
-    """Write a vertex-coloured mesh as GLB (glTF Y-up metres = run's world: no conversion) with trimesh."""
-    import trimesh
+UNLIT = "KHR_materials_unlit"
+_ELEMENT_ARRAY_BUFFER = 34963
 
+
+def write_mesh_glb(mesh: MeshResult, path: str | os.PathLike, name: str = "mesh", colours: bool = True) -> Path:
+    """Write ``mesh`` as a GLB (glTF Y-up metres = run's world: no conversion): POSITION, NORMAL (when the mesh
+    has normals), linear COLOR_0 and an unlit material with a diffuse fallback (``colours``), uint32 indices.
+    Without ``colours``: geometry only (a collider)."""
     from cvd_scene.export.common import write_bytes_atomic
+    from cvd_scene.export.gltf import _ARRAY_BUFFER, GlbBuilder, srgb_to_linear
 
     if len(mesh.faces) == 0:
         raise ValueError("write_mesh_glb: the mesh has no triangles")
-    rgba = np.concatenate([mesh.colors, np.full((len(mesh.colors), 1), 255, np.uint8)], axis=1)  # [V, 4]
-    tm = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, vertex_colors=rgba, process=False)
-    scene = trimesh.Scene()
-    scene.add_geometry(tm, node_name="mesh", geom_name="mesh")
-    return write_bytes_atomic(path, scene.export(file_type="glb"))
+    b = GlbBuilder()
+    attributes = {
+        "POSITION": b.add_accessor(
+            np.asarray(mesh.vertices, np.float32), "VEC3", min_max=True, target=_ARRAY_BUFFER
+        )
+    }
+    if mesh.normals is not None:
+        n = np.asarray(mesh.normals, np.float64)  # [V, 3]
+        norm = np.linalg.norm(n, axis=1, keepdims=True)
+        n = np.where(norm > 1e-12, n / np.maximum(norm, 1e-12), [0.0, 1.0, 0.0]).astype(np.float32)
+        attributes["NORMAL"] = b.add_accessor(n, "VEC3", target=_ARRAY_BUFFER)
+    primitive: dict = {"attributes": attributes, "mode": 4}  # TRIANGLES
+    if colours:
+        linear = srgb_to_linear(np.asarray(mesh.colors, np.float64) / 255.0).astype(np.float32)  # [V, 3]
+        attributes["COLOR_0"] = b.add_accessor(linear, "VEC3", target=_ARRAY_BUFFER)
+        b.doc["materials"] = [
+            {
+                "name": "fitted radiance (unlit)",
+                "pbrMetallicRoughness": {"baseColorFactor": [1, 1, 1, 1], "metallicFactor": 0, "roughnessFactor": 1},
+                "doubleSided": True,
+                "extensions": {UNLIT: {}},
+            }
+        ]
+        b.doc["extensionsUsed"] = [UNLIT]
+        primitive["material"] = 0
+    faces = np.asarray(mesh.faces, np.uint32).reshape(-1)  # [3T]
+    primitive["indices"] = b.add_accessor(faces, "SCALAR", target=_ELEMENT_ARRAY_BUFFER)
+    b.doc["accessors"][primitive["indices"]]["min"] = [int(faces.min())]  # optional; kept for validators' stats
+    b.doc["accessors"][primitive["indices"]]["max"] = [int(faces.max())]
+    b.doc["meshes"] = [{"name": name, "primitives": [primitive]}]
+    b.doc["nodes"] = [{"name": name, "mesh": 0}]
+    b.doc["scenes"] = [{"nodes": [0]}]
+    b.doc["scene"] = 0
+    return write_bytes_atomic(path, b.to_bytes())
+
+
+def simplify_mesh(mesh: MeshResult, max_triangles: int) -> MeshResult:
+    """``mesh`` decimated (quadric) to at most ``max_triangles``, with recomputed normals (colours kept)."""
+    import open3d as o3d
+
+    m = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(np.asarray(mesh.vertices, np.float64)),
+        o3d.utility.Vector3iVector(np.asarray(mesh.faces, np.int32)),
+    )
+    m.vertex_colors = o3d.utility.Vector3dVector(np.asarray(mesh.colors, np.float64) / 255.0)
+    if len(m.triangles) > max_triangles:
+        m = m.simplify_quadric_decimation(target_number_of_triangles=int(max_triangles))
+        m.remove_unreferenced_vertices()
+    m.compute_vertex_normals()
+    return MeshResult(
+        vertices=np.asarray(m.vertices, np.float32),
+        faces=np.asarray(m.triangles, np.int32),
+        colors=np.clip(np.asarray(m.vertex_colors) * 255.0 + 0.5, 0, 255).astype(np.uint8),
+        normals=np.asarray(m.vertex_normals, np.float32),
+        info={"triangles": len(m.triangles), "vertices": len(m.vertices), "max_triangles": int(max_triangles)},
+    )
+
+
+def raycast_depth(mesh: MeshResult, view: View) -> np.ndarray:
+    """[H, W] z-depth (metres) of ``mesh`` seen from ``view``'s camera (open3d ray casting, pixel centres at
+    +0.5); inf where no triangle is hit."""
+    import open3d as o3d
+
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(
+        o3d.core.Tensor(np.asarray(mesh.vertices, np.float32)), o3d.core.Tensor(np.asarray(mesh.faces, np.uint32))
+    )
+    h, w = view.depth_m.shape
+    vs, us = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
+    d_cam = np.stack(
+        [(us - view.K[0, 2]) / view.K[0, 0], (vs - view.K[1, 2]) / view.K[1, 1], np.ones_like(us)], axis=-1
+    )  # [H, W, 3], z = 1
+    R, t = view.world_from_cam[:3, :3], view.world_from_cam[:3, 3]
+    d_world = d_cam @ R.T  # [H, W, 3], z-depth per unit ray length = 1 along the camera axis
+    rays = np.concatenate([np.broadcast_to(t, d_world.shape), d_world], axis=-1).astype(np.float32)
+    t_hit = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()  # [H, W] in units of d (= z-depth)
+    return t_hit
+
+
+def view_coverage(mesh: MeshResult, views: list[View], tolerance_m: float | None = None) -> dict:
+    """How much of ``views`` the mesh covers: of the pixels with valid depth, the fraction where a ray hits the
+    mesh (``covered``) and where it hits within ``tolerance_m`` of the view's depth (``agree``; default 5 cm);
+    also per-view minima."""
+    tol = 0.05 if tolerance_m is None else tolerance_m
+    covered, agree, valid, worst = 0, 0, 0, 1.0
+    for v in views:
+        ok = np.isfinite(v.depth_m) & (v.depth_m > 0)
+        if not ok.any():
+            continue
+        hit = raycast_depth(mesh, v)
+        c = ok & np.isfinite(hit)
+        covered += int(c.sum())
+        agree += int((c & (np.abs(hit - v.depth_m) <= tol)).sum())
+        valid += int(ok.sum())
+        worst = min(worst, float(c.sum() / ok.sum()))
+    if valid == 0:
+        raise ValueError("the views hold no valid depth: coverage undefined")
+    return {
+        "covered": covered / valid,
+        "within_tolerance": agree / valid,
+        "tolerance_m": tol,
+        "worst_view_covered": worst,
+        "views": len(views),
+    }
 
 
 # ------------------------------------------------------------------------------------------ point cloud

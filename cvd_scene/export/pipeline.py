@@ -3,8 +3,12 @@
 From Gaussians: non-finite splats removed and counted, the splat budget applied, then the master 3DGS PLY and
 from the very same splats ``.splat``, SPZ (v3, and v4 when zstandard is installed), the KHR_gaussian_splatting
 GLB, and a mesh GLB fused from depth views (the fit's, or rendered here from the splats). From views only (a NeRF
-fit): the mesh GLB and a coloured point cloud. Each run writes ``report.json``: files and sizes, splat counts,
-bounding box, mesh statistics, timings.
+fit): the mesh GLB and a coloured point cloud. Each run writes ``report.json``: files and sizes, the frame of
+each file, splat counts, bounding box, mesh statistics, timings.
+
+Frames (:mod:`cvd_scene.export.axes`): the splats are handled in the run's world; PLY, ``.splat`` and SPZ are
+turned into the frame their readers assume (``ExportOptions.frame``, default ``readers``: 180 degrees about z)
+right before they are written; glTF files (KHR splats, mesh) stay in the run's world, as glTF defines.
 
 Pure functions over arrays and paths; heavy libraries (open3d, trimesh, torch) only inside the mesh functions.
 Must not import nerfstudio.
@@ -21,13 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from cvd_scene.cameras import Cameras
+from cvd_scene.export.axes import FRAMES, READERS, RUN, check_frame, convert
 from cvd_scene.export.budget import clean_and_budget
 from cvd_scene.gaussians import Gaussians
 
 log = logging.getLogger(__name__)
 
-SPLAT_FORMATS = ("ply", "splat", "spz", "glb")
-"""Formats that need Gaussians."""
+SPLAT_FORMATS = ("ply", "splat", "spz", "glb", "sog", "cply", "viewer")
+"""Formats that need Gaussians (``sog``, ``cply`` (compressed PLY) and ``viewer`` (viewer.html) through
+splat-transform when it is installed)."""
 FORMATS = (*SPLAT_FORMATS, "mesh")
 """Every format name ``--formats`` accepts."""
 FILE_NAMES = {
@@ -36,7 +42,11 @@ FILE_NAMES = {
     "spz": "scene.spz",
     "spz4": "scene_v4.spz",
     "glb": "scene_khr.glb",
+    "sog": "scene.sog",
+    "cply": "scene.compressed.ply",
+    "viewer": "viewer.html",
     "mesh": "mesh.glb",
+    "collider": "collider.glb",
     "points": "points.ply",
     "camera_path": "camera_path.json",
     "viewer_settings": "viewer_settings.json",
@@ -57,8 +67,15 @@ class ExportOptions:
     mesh_voxel_m: float | None = None
     mesh_render_size_px: int = 192
     device: str = "auto"
-    mesh_min_weight: float = 1.0
+    mesh_min_weight: float = 0.5
     point_cloud_max_points: int = 500_000
+    collider_max_triangles: int = 20_000
+    """Triangle budget of ``collider.glb`` (written with the mesh)."""
+    frame: str = READERS
+    """Frame of the PLY, ``.splat`` and SPZ files: ``readers`` (what 3DGS viewers assume) or ``run``."""
+
+    def __post_init__(self) -> None:
+        check_frame(self.frame, "export frame")
 
 
 def parse_formats(formats: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -75,17 +92,22 @@ def parse_formats(formats: str | list[str] | tuple[str, ...]) -> tuple[str, ...]
 
 def planned_files(options: ExportOptions, has_gaussians: bool, with_camera_path: bool) -> list[str]:
     """Names of the files an export with ``options`` writes (to check for existing files first)."""
+    from cvd_scene.export.splat_transform import splat_transform_exe
     from cvd_scene.export.spz import zstd_available
 
     names = []
     for fmt in options.formats:
         if fmt in SPLAT_FORMATS and not has_gaussians:
             continue
+        if fmt in ("sog", "cply", "viewer") and splat_transform_exe() is None:
+            continue
         if fmt == "spz":
             names += [FILE_NAMES["spz"]] if 3 in options.spz_versions else []
             names += [FILE_NAMES["spz4"]] if 4 in options.spz_versions and zstd_available() else []
         else:
             names.append(FILE_NAMES[fmt])
+        if fmt == "mesh":
+            names.append(FILE_NAMES["collider"])
     if not has_gaussians:
         names.append(FILE_NAMES["points"])
     if with_camera_path:
@@ -99,7 +121,7 @@ def _bbox(points: np.ndarray) -> dict:
         "max": [float(v) for v in points.max(axis=0)],
         "p01": [float(v) for v in np.percentile(points, 1, axis=0)],
         "p99": [float(v) for v in np.percentile(points, 99, axis=0)],
-        "frame": "run world: right-handed, +y up, metres",
+        "frame": FRAMES[RUN],
     }
 
 
@@ -120,11 +142,16 @@ def export_gaussians(
     cameras: Cameras | None = None,
     views: list | None = None,
     source: dict | None = None,
+    input_frame: str = RUN,
+    viewer_settings: dict | None = None,
 ) -> dict:
-    """Write every requested asset of ``gaussians`` (run's world frame) into ``out_dir``; returns the report.
+    """Write every requested asset of ``gaussians`` into ``out_dir``; returns the report.
 
-    ``cameras`` (registered or planned) weigh splats for the budget; ``views`` (depth + colour) feed the mesh,
-    which otherwise is fused from views rendered from the splats.
+    ``gaussians`` are in ``input_frame`` (``run``: a fit; ``readers``: a PLY, ``.splat`` or SPZ from elsewhere).
+    ``cameras`` (registered or planned, run's world) weigh splats for the budget; ``views`` (depth + colour)
+    feed the mesh, which otherwise is fused from views rendered from the splats. PLY, ``.splat`` and SPZ are
+    written in ``options.frame``, glTF in the run's world. ``viewer_settings`` (SuperSplat settings, e.g. the
+    planned flythrough) go into ``viewer.html``.
     """
     from cvd_scene.export.gltf import write_khr_glb
     from cvd_scene.export.ply import write_ply
@@ -134,7 +161,7 @@ def export_gaussians(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    g, counts = clean_and_budget(gaussians, options.max_splats, cameras)
+    g, counts = clean_and_budget(convert(gaussians, input_frame, RUN), options.max_splats, cameras)
     files: dict[str, dict] = {}
     skipped: dict[str, str] = {}
     timings = {"clean_and_budget": round(time.perf_counter() - t0, 3)}
@@ -142,13 +169,20 @@ def export_gaussians(
     def timed(key: str, kind: str, fn, name: str, **more) -> None:
         t = time.perf_counter()
         path = fn(out_dir / name)
-        files[key] = _file_entry(path, kind, time.perf_counter() - t, **more)
+        frame = RUN if key == "glb" else options.frame
+        files[key] = _file_entry(path, kind, time.perf_counter() - t, frame=frame, **more)
 
-    # The master is written first; every other format is converted from these same splats.
+    # The master is written first; every other format is converted from these same splats. The splat formats
+    # get them turned into their readers' frame (exactly back into the input's bytes when that was the frame).
+    splat_frame = options.frame
+    turned = convert(g, RUN, splat_frame)
     if "ply" in options.formats:
-        timed("ply", "3dgs-ply (Inria, binary little-endian)", lambda p: write_ply(g, p), FILE_NAMES["ply"])
+        timed(
+            "ply", "3dgs-ply (Inria, binary little-endian)",
+            lambda p: write_ply(turned, p, frame=splat_frame), FILE_NAMES["ply"],
+        )  # fmt: skip
     if "splat" in options.formats:
-        timed("splat", "antimatter15 .splat", lambda p: write_splat(g, p), FILE_NAMES["splat"])
+        timed("splat", "antimatter15 .splat", lambda p: write_splat(turned, p), FILE_NAMES["splat"])
     if "spz" in options.formats:
         for version in options.spz_versions:
             if version == 4 and not zstd_available():
@@ -156,16 +190,13 @@ def export_gaussians(
                 continue
             name = FILE_NAMES["spz"] if version == 3 else FILE_NAMES["spz4"]
             key = "spz" if version == 3 else "spz4"
-            timed(key, f"spz v{version}", lambda p, v=version: write_spz(g, p, version=v), name)
+            timed(key, f"spz v{version}", lambda p, v=version: write_spz(turned, p, version=v), name)
     if "glb" in options.formats:
         timed("glb", "glTF KHR_gaussian_splatting", lambda p: write_khr_glb(g, p), FILE_NAMES["glb"])
+    _write_with_splat_transform(turned, out_dir, options, files, skipped, timed, viewer_settings)
     mesh_info = None
     if "mesh" in options.formats:
-        t = time.perf_counter()
-        mesh_info = _write_mesh(g, views, out_dir / FILE_NAMES["mesh"], options)
-        files["mesh"] = _file_entry(
-            out_dir / FILE_NAMES["mesh"], "glTF mesh (vertex colours)", time.perf_counter() - t
-        )
+        mesh_info = _write_mesh(g, views, out_dir, options, files)
     ply_bytes = files["ply"]["bytes"] if "ply" in files else None
     if ply_bytes:
         for entry in files.values():
@@ -173,7 +204,10 @@ def export_gaussians(
     report = {
         "format": REPORT_FORMAT,
         "version": 1,
-        "source": {**(source or {}), "kind": "gaussians", "sh_degree": gaussians.sh_degree},
+        "source": {
+            **(source or {}), "kind": "gaussians", "sh_degree": gaussians.sh_degree, "frame": input_frame,
+        },
+        "frames": {name: FRAMES[name] for name in dict.fromkeys((RUN, splat_frame))},
         "splats": counts.as_dict(),
         "bounding_box": _bbox(g.means),
         "files": files,
@@ -184,14 +218,57 @@ def export_gaussians(
     return report
 
 
-def _write_mesh(g: Gaussians, views: list | None, path: Path, options: ExportOptions) -> dict:
-    from cvd_scene.export.mesh import (
-        fuse_tsdf,
-        render_views_from_gaussians,
-        ring_cameras,
-        splat_bounds,
-        write_mesh_glb,
-    )
+def _write_with_splat_transform(
+    turned: Gaussians, out_dir: Path, options: ExportOptions, files: dict, skipped: dict, timed,
+    viewer_settings: dict | None,
+) -> None:  # fmt: skip
+    """SOG, compressed PLY and viewer.html converted by splat-transform from the PLY (the one written, else a
+    temporary one)."""
+    import tempfile
+
+    from cvd_scene.camera_io import write_json
+    from cvd_scene.export import splat_transform
+    from cvd_scene.export.ply import write_ply
+
+    wanted = [f for f in ("sog", "cply", "viewer") if f in options.formats]
+    if "viewer" in wanted and len(turned) > splat_transform.VIEWER_MAX_SPLATS:
+        wanted.remove("viewer")
+        skipped["viewer"] = (
+            f"{len(turned)} splats is more than a page can inline ({splat_transform.VIEWER_MAX_SPLATS}); "
+            "serve the export folder with `cvd-scene view RUN` instead"
+        )
+    if "viewer" in wanted and options.frame != READERS:
+        wanted.remove("viewer")
+        skipped["viewer"] = "the SuperSplat viewer reads splat files in the readers' frame; not with --frame run"
+    if not wanted:
+        return
+    if splat_transform.splat_transform_exe() is None:
+        skipped.update({f: splat_transform.missing_reason() for f in wanted})
+        return
+    kinds = {
+        "sog": "SOG (PlayCanvas, via splat-transform)",
+        "cply": "compressed PLY (PlayCanvas, via splat-transform)",
+        "viewer": "SuperSplat viewer page, scene and flythrough inlined (via splat-transform)",
+    }
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        src = files.get("ply") and out_dir / files["ply"]["file"]
+        if not src:
+            src = write_ply(turned, Path(tmp) / "scene.ply", frame=options.frame)
+        settings = None
+        if viewer_settings is not None:
+            settings = Path(tmp) / "viewer_settings.json"
+            write_json(settings, viewer_settings)
+        for fmt in wanted:
+            extra = {"viewer_settings": settings} if fmt == "viewer" else {}
+            try:
+                timed(fmt, kinds[fmt], lambda p, e=extra: splat_transform.convert(src, p, **e), FILE_NAMES[fmt])
+            except RuntimeError as e:
+                log.warning("%s", e)
+                skipped[fmt] = str(e)
+
+
+def _write_mesh(g: Gaussians, views: list | None, out_dir: Path, options: ExportOptions, files: dict) -> dict:
+    from cvd_scene.export.mesh import render_views_from_gaussians, ring_cameras, splat_bounds
 
     if views:
         source = f"fit views ({len(views)})"
@@ -203,16 +280,46 @@ def _write_mesh(g: Gaussians, views: list | None, path: Path, options: ExportOpt
         )
         views = render_views_from_gaussians(g, cams, device=options.device)
         source = f"rendered from the splats ({len(views)} views, two rings inside the splat bounds)"
+    return _write_mesh_and_collider(views, out_dir, options, files, source)
+
+
+def _write_mesh_and_collider(views: list, out_dir: Path, options: ExportOptions, files: dict, source: str) -> dict:
+    """``mesh.glb`` and ``collider.glb`` fused from ``views``; file entries added to ``files``; returns the mesh
+    statistics with the coverage of the views by each (open3d ray casting)."""
+    from cvd_scene.export.mesh import fuse_tsdf, simplify_mesh, view_coverage, write_mesh_glb
+
+    t = time.perf_counter()
     mesh = fuse_tsdf(views, options.mesh_voxel_m, options.mesh_max_triangles, options.mesh_min_weight)
-    write_mesh_glb(mesh, path)
-    return {**mesh.info, "source": source, "bounding_box": _bbox(mesh.vertices)}
+    path = write_mesh_glb(mesh, out_dir / FILE_NAMES["mesh"])
+    files["mesh"] = _file_entry(
+        path, "glTF mesh (unlit, linear vertex colours, normals)", time.perf_counter() - t, frame=RUN
+    )
+    t = time.perf_counter()
+    collider = simplify_mesh(mesh, options.collider_max_triangles)
+    path = write_mesh_glb(collider, out_dir / FILE_NAMES["collider"], name="collider", colours=False)
+    files["collider"] = _file_entry(
+        path, "glTF mesh (geometry only, for physics)", time.perf_counter() - t, frame=RUN,
+        triangles=collider.info["triangles"],
+    )  # fmt: skip
+    t = time.perf_counter()
+    coverage = {"mesh": view_coverage(mesh, views), "collider": view_coverage(collider, views)}
+    coverage = {k: {n: round(x, 4) if isinstance(x, float) else x for n, x in v.items()} for k, v in coverage.items()}
+    log.info(
+        "mesh covers %.1f %% of the views' depth pixels (collider %.1f %% within %.0f cm), measured in %.1f s",
+        100 * coverage["mesh"]["covered"], 100 * coverage["collider"]["within_tolerance"],
+        100 * coverage["collider"]["tolerance_m"], time.perf_counter() - t,
+    )  # fmt: skip
+    return {
+        **mesh.info, "source": source, "bounding_box": _bbox(mesh.vertices), "coverage_of_views": coverage,
+        "collider_triangles": collider.info["triangles"],
+    }  # fmt: skip
 
 
 def export_views(
     views: list, out_dir: str | os.PathLike, options: ExportOptions, source: dict | None = None
 ) -> dict:
     """A NeRF fit (no Gaussians): the mesh GLB and a coloured point cloud back-projected from ``views``."""
-    from cvd_scene.export.mesh import fuse_tsdf, point_cloud_from_views, write_mesh_glb, write_point_cloud_ply
+    from cvd_scene.export.mesh import point_cloud_from_views, write_point_cloud_ply
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,13 +328,7 @@ def export_views(
     skipped = {f: "a NeRF fit has no Gaussians" for f in options.formats if f in SPLAT_FORMATS}
     mesh_info = None
     if "mesh" in options.formats:
-        t = time.perf_counter()
-        mesh = fuse_tsdf(views, options.mesh_voxel_m, options.mesh_max_triangles, options.mesh_min_weight)
-        write_mesh_glb(mesh, out_dir / FILE_NAMES["mesh"])
-        mesh_info = {**mesh.info, "source": f"fit views ({len(views)})", "bounding_box": _bbox(mesh.vertices)}
-        files["mesh"] = _file_entry(
-            out_dir / FILE_NAMES["mesh"], "glTF mesh (vertex colours)", time.perf_counter() - t
-        )
+        mesh_info = _write_mesh_and_collider(views, out_dir, options, files, f"fit views ({len(views)})")
     t = time.perf_counter()
     points, colors = point_cloud_from_views(views, options.point_cloud_max_points)
     write_point_cloud_ply(points, colors, out_dir / FILE_NAMES["points"])
@@ -236,11 +337,13 @@ def export_views(
         "point-cloud ply (xyz + rgb)",
         time.perf_counter() - t,
         points=len(points),
+        frame=RUN,
     )
     return {
         "format": REPORT_FORMAT,
         "version": 1,
         "source": {**(source or {}), "kind": "views"},
+        "frames": {RUN: FRAMES[RUN]},
         "splats": None,
         "bounding_box": _bbox(points),
         "files": files,
@@ -256,7 +359,8 @@ def write_camera_path(
 ) -> None:  # fmt: skip
     """Write ``camera_path.json`` for ``cameras`` (in the nerfstudio model frame when ``ns_transform`` names a
     ``dataparser_transforms.json``) and the same flythrough as SuperSplat viewer settings
-    (``viewer_settings.json``, run's world frame); record both in ``report``."""
+    (``viewer_settings.json``, in the run's world: the frame the SuperSplat viewer shows for the readers'-frame
+    ``scene.ply``); record both in ``report``."""
     from cvd_scene.camera_io import read_json, write_json
     from cvd_scene.export.camera_path import (
         camera_path_json,

@@ -8,7 +8,10 @@ binary little-endian, one ``element vertex N`` with float32 properties in this o
 ``f_rest`` is channel-major on disk (all K red coefficients, then green, then blue); in memory
 :class:`~cvd_scene.gaussians.Gaussians` keeps ``sh_rest`` channel-last ``[N, K, 3]``. Opacity is a logit, scales
 are log standard deviations, rotations are w-first quaternions as fitted (not normalised). Positions are written
-in whatever frame the Gaussians are in (the run's Y-up metric world for cvd-scene runs).
+in whatever frame the Gaussians are in: the writer never turns anything. ``fit/gaussians.ply`` holds the run's Y-up
+world; ``export/scene.ply`` the readers' frame (turned by the export step, :mod:`cvd_scene.export.axes`). A
+``frame`` given to :func:`write_ply` is recorded as a header comment (``comment cvd-scene frame: readers ...``)
+that :func:`ply_frame` reads back.
 
 The reader accepts any such PLY (nerfstudio, gsplat, Inria, SuperSplat uncompressed): ASCII or binary of either
 byte order, any property type, extra properties (ignored), normals present or not, SH degree 0-3. Anything else
@@ -40,6 +43,7 @@ REQUIRED_PROPERTIES: tuple[str, ...] = (
 """Vertex properties every 3DGS PLY has (``f_rest_*`` and normals are optional)."""
 
 _F_REST = re.compile(r"^f_rest_(\d+)$")
+_FRAME_COMMENT = re.compile(r"^cvd-scene frame: (\w+)")
 
 
 class PlyFormatError(ValueError):
@@ -73,18 +77,23 @@ def gaussians_to_ply_table(gaussians: Gaussians) -> np.ndarray:
     return np.ascontiguousarray(table, dtype="<f4")
 
 
-def write_ply(gaussians: Gaussians, path: str | os.PathLike) -> Path:
+def write_ply(gaussians: Gaussians, path: str | os.PathLike, frame: str | None = None) -> Path:
     """Write ``gaussians`` as a binary little-endian Inria 3DGS PLY at ``path``; returns the path.
 
-    Positions are written as given (callers pass the run's Y-up world frame). Non-finite values are written as
-    they are: callers that want them removed do so first (the export stage does, and counts them).
+    Positions are written as given, in the frame the caller names in ``frame`` (``run`` or ``readers``, see
+    :mod:`cvd_scene.export.axes`; recorded as a header comment, no comment when None). Non-finite values are
+    written as they are: callers that want them removed do so first (the export stage does, and counts them).
     """
+    from cvd_scene.export.axes import FRAMES, check_frame
+
     if not isinstance(gaussians, Gaussians):
         raise TypeError(f"write_ply needs a Gaussians, got {type(gaussians).__name__}")
     path = Path(path)
     k = gaussians.sh_rest.shape[1]
     names = ply_property_names(k)
     header = ["ply", "format binary_little_endian 1.0", "comment written by cvd-scene (3DGS, Inria layout)"]
+    if frame is not None:
+        header.append(f"comment cvd-scene frame: {check_frame(frame)} ({FRAMES[frame]})")
     header.append(f"element vertex {len(gaussians)}")
     header += [f"property float {name}" for name in names]
     header.append("end_header")
@@ -97,6 +106,20 @@ def write_ply(gaussians: Gaussians, path: str | os.PathLike) -> Path:
         fh.write(table.tobytes())
     os.replace(tmp, path)
     return path
+
+
+def ply_frame(path: str | os.PathLike) -> str | None:
+    """The frame a cvd-scene PLY header states (``run`` or ``readers``), or None when it states none."""
+    with open(path, "rb") as fh:
+        if fh.readline().strip() != b"ply":
+            return None
+        for _ in range(10_000):  # header lines; a header never gets near this
+            line = fh.readline()
+            if not line or line.strip() == b"end_header":
+                break
+            if line.startswith(b"comment ") and (m := _FRAME_COMMENT.match(line[8:].decode("ascii", "replace"))):
+                return m.group(1)
+    return None
 
 
 def read_ply(path: str | os.PathLike) -> Gaussians:

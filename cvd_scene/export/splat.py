@@ -2,7 +2,8 @@
 
 Record layout (little-endian)::
 
-    position  3 x float32   (the frame of the Gaussians as given: the run's Y-up world for cvd-scene runs)
+    position  3 x float32   (the frame of the Gaussians as given: the export step turns them into the readers'
+                            frame first, +y down, see cvd_scene.export.axes)
     scale     3 x float32   linear standard deviations, exp(log_scales)
     colour    4 x uint8     RGB = 255 * (0.5 + SH_C0 * sh_dc), A = 255 * sigmoid(opacity_logit)
     rotation  4 x uint8     w, x, y, z of q / |q|, stored as round(128 * c + 128) clipped to 0..255

@@ -20,9 +20,11 @@ SH coefficients ``u8 = 128 * c + 128`` coefficient-major with the colour channel
 layout), rounded to 5 significant bits for degree 1 and 4 bits for higher degrees (as the reference encoder
 does, for compression).
 
-Axes: SPZ stores RUB (x right, y up, z back: the OpenGL/three.js convention). The run's world frame (right-
-handed, +y up) is already RUB, so :data:`SPZ_FROM_WORLD` is the identity; it is applied in exactly one place,
-:func:`pack_spz`, and undone in :func:`unpack_spz`.
+Axes: the specification says RUB (x right, y up, z back), but the readers people use (SuperSplat and
+splat-transform 3.x, Babylon.js, Spark) treat an SPZ like a 3DGS PLY, i.e. +y down (measured; docs/formats.md,
+"Axes"). This module writes and reads the frame it is given (:data:`SPZ_FROM_WORLD` is the identity, applied in
+:func:`pack_spz` and undone in :func:`unpack_spz`); the export step turns the run's world into the readers' frame
+first (:mod:`cvd_scene.export.axes`), as it does for PLY and ``.splat``.
 
 Round-trip tolerances (what the tests check): positions 0.5 / 2**fractional_bits; log-scales 1/32; opacity
 (post-sigmoid) 0.5/255; SH DC 0.5 / (255 * 0.15) ~ 0.013 (colour 0.0037); rotations within 0.2 degrees (v3/v4) or
@@ -60,7 +62,7 @@ SH_REST_BITS = 4
 FLAG_ANTIALIASED = 0x1
 FLAG_EXTENSIONS = 0x2
 SPZ_FROM_WORLD = np.eye(3, dtype=np.float64)
-"""Axes of SPZ (RUB) from the run's world frame (right-handed, +y up, so already RUB): the identity."""
+"""Axes of the SPZ file from the frame of the Gaussians given: the identity (the export step turns first)."""
 
 _LEGACY_HEADER = struct.Struct("<IIIBBBB")  # 16 bytes
 _V4_HEADER = struct.Struct("<IIIBBBBI12x")  # 32 bytes
@@ -150,8 +152,8 @@ def _unpack_smallest_three(b: np.ndarray) -> np.ndarray:
 
 
 def pack_spz(gaussians: Gaussians, version: int = 3, antialiased: bool = False) -> PackedSpz:
-    """Quantise ``gaussians`` (run's world frame) into SPZ attribute blocks: the one place where SPZ's axes,
-    quaternion order, activations and quantisation are applied."""
+    """Quantise ``gaussians`` (in the frame the file is to hold) into SPZ attribute blocks: the one place where
+    SPZ's axes, quaternion order, activations and quantisation are applied."""
     if version not in (2, 3, 4):
         raise ValueError(f"SPZ version must be 2, 3 or 4, got {version!r}")
     g = gaussians
@@ -177,7 +179,7 @@ def pack_spz(gaussians: Gaussians, version: int = 3, antialiased: bool = False) 
     if k:
         sh[:, :3] = _quantize_sh(
             g.sh_rest[:, :3], SH1_BITS
-        )  # degree 1 (our world already RUB: no SH rotation)
+        )  # degree 1 (axes unchanged: no SH rotation)
         sh[:, 3:] = _quantize_sh(g.sh_rest[:, 3:], SH_REST_BITS)
     return PackedSpz(
         version=version,
@@ -198,11 +200,11 @@ def _rotate_quaternions(q_wxyz: np.ndarray, R: np.ndarray) -> np.ndarray:
     """Quaternions of ``R @ rot(q)``; ``R`` must be a rotation (here the identity, kept to show where it goes)."""
     if np.allclose(R, np.eye(3)):
         return q_wxyz
-    raise NotImplementedError("SPZ_FROM_WORLD is the identity for the run's world frame")
+    raise NotImplementedError("SPZ_FROM_WORLD is the identity: the export step turns the splats first")
 
 
 def unpack_spz(packed: PackedSpz) -> Gaussians:
-    """Decode attribute blocks back into :class:`Gaussians` in the run's world frame (inverse of :func:`pack_spz`)."""
+    """Decode attribute blocks back into :class:`Gaussians` in the file's frame (inverse of :func:`pack_spz`)."""
     n = packed.num_points
     b = packed.positions.astype(np.int64).reshape(n, 3, 3)
     fixed = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)  # [N, 3]
@@ -280,7 +282,7 @@ def encode_spz(packed: PackedSpz) -> bytes:
 
 
 def write_spz(gaussians: Gaussians, path: str | os.PathLike, version: int = 3) -> Path:
-    """Write ``gaussians`` (run's world frame) as an SPZ file; ``version`` 3 (gzip, read by every SPZ reader) or
+    """Write ``gaussians`` (in the frame the file is to hold) as an SPZ file; ``version`` 3 (gzip, read by every SPZ reader) or
     4 (ZSTD, needs :mod:`zstandard`)."""
     if not isinstance(gaussians, Gaussians):
         raise TypeError(f"write_spz needs a Gaussians, got {type(gaussians).__name__}")
@@ -403,5 +405,7 @@ def read_spz_packed(path: str | os.PathLike) -> PackedSpz:
 
 
 def read_spz(path: str | os.PathLike) -> Gaussians:
-    """Read an SPZ file (versions 1-4) into :class:`Gaussians` in the run's world frame (SPZ RUB = our world)."""
+    """Read an SPZ file (versions 1-4) into :class:`Gaussians` in the file's frame (for SPZ files from the export
+    step and from other tools: the readers' frame, +y down; :func:`cvd_scene.export.axes.run_from_readers`
+    turns them into a run's world)."""
     return unpack_spz(read_spz_packed(path))

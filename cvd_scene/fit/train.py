@@ -313,11 +313,22 @@ def render_views(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFrame) 
 
 
 def _rewrite_config(config_path: Path, final_out_dir: Path) -> None:
-    """Point the saved ``config.yml`` at the stage's final folder (it was written in the temporary one)."""
+    """Point the saved ``config.yml`` at the stage's final folder (it was written in the temporary one), with
+    ``output_dir`` and ``data`` stored relative to the file's final place (:mod:`cvd_scene.fit.config_paths`), so
+    a moved or copied run loads its own checkpoint and frames."""
     import yaml
 
+    from cvd_scene.fit.config_paths import ConfigRelativePath
+
     config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
-    config.output_dir = Path(final_out_dir).resolve()
+    final_out_dir = Path(final_out_dir).resolve()
+    config.output_dir = final_out_dir
+    final_config_dir = config.get_base_dir()  # output_dir / experiment / method / timestamp
+    config.output_dir = ConfigRelativePath(final_out_dir, final_config_dir)
+    data = ConfigRelativePath(config.data, final_config_dir)
+    config.data = data
+    if getattr(config.pipeline.datamanager, "data", None) is not None:
+        config.pipeline.datamanager.data = data
     config_path.write_text(yaml.dump(config), "utf8")
 
 
@@ -355,7 +366,7 @@ def _fit(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: Path | Non
         from cvd_scene.fit.frames import gaussians_to_world
 
         gaussians = gaussians_to_world(model.gaussians(), frame)
-        write_ply(gaussians, out_dir / "gaussians.ply")
+        write_ply(gaussians, out_dir / "gaussians.ply", frame="run")
         metrics["gaussians"] = len(gaussians)
     else:
         metrics["gaussians"] = None
