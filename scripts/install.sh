@@ -35,7 +35,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch and torchvision first, as the pair nerfstudio needs (a CUDA build that also runs on the CPU).
   .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import torch, torchvision, nerfstudio, gsplat, diffusers, pycolmap, trimesh" \
+  .venv/bin/python -c "import torch, torchvision, nerfstudio, gsplat, diffusers, pycolmap, trimesh, ray" \
     || { echo "install.sh: the Python install failed"; exit 1; }
   # rfc3987-syntax (an optional extra of jsonschema, pulled in by jupyter-events) compiles a grammar on import: 6 s
   # in every process that imports jsonschema, Ray's agents included, enough to time out a local Ray's start on a
