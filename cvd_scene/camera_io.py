@@ -383,7 +383,7 @@ def parse_re10k(text: str, source: str = "<pose file>") -> Re10kClip:
                 f"{source}:{lineno}: translation {np.abs(M[:3, 3]).max():.3g} is larger than {MAX_POSITION_M:g}"
             )
         R = M[:3, :3]
-        if np.abs(R.T @ R - np.eye(3)).max() > 1e-3 or np.linalg.det(R) < 0:
+        if np.abs(R).max() > 1.001 or np.abs(R.T @ R - np.eye(3)).max() > 1e-3 or np.linalg.det(R) < 0:
             raise CameraFileError(f"{source}:{lineno}: the 3x3 part of [R|t] is not a rotation")
         # Re-orthonormalise the rotation the file stores at 9 decimals.
         U, _, Vt = np.linalg.svd(R)

@@ -131,10 +131,13 @@ def export_command(
     """
     from cvd_scene.logs import setup_logging
 
+    if from_file is not None and run_dir is not None and "=" in str(run_dir) and not run_dir.exists():
+        # With --from there is no RUN_DIR: the first positional word is the first KEY=VALUE override.
+        overrides, run_dir = (str(run_dir), *overrides), None
     ov = parse_overrides(list(overrides))
     if from_file is not None:
         if run_dir is not None:
-            raise CliError("give either RUN_DIR or --from FILE, not both")
+            raise CliError(f"give either RUN_DIR ({run_dir}) or --from FILE ({from_file}), not both")
         if out is None:
             raise CliError("--from FILE needs --out DIR (the folder to write into)")
         setup_logging(quiet, verbose)
