@@ -78,6 +78,7 @@ def validate_stages(config, stages: list[str] | tuple[str, ...], run_dir: Path |
     """Call every listed stage's ``validate(config, size)`` in run order before any of them runs."""
     from cvd_scene.stages import STAGE_ORDER
 
+    _refuse_failed_inputs(stages, run_dir)
     size = plan_size(config, run_dir, planning="plan" in stages)
     for name in [s for s in STAGE_ORDER if s in stages]:
         module = importlib.import_module(f"cvd_scene.stages.{name}")
@@ -87,6 +88,26 @@ def validate_stages(config, stages: list[str] | tuple[str, ...], run_dir: Path |
             raise
         except ValueError as e:
             raise PreflightError(str(e)) from None
+
+
+def _refuse_failed_inputs(stages, run_dir: Path | None) -> None:
+    """A stage whose input stage failed (and is not run again now) is refused with that failure first: checking
+    its config against the failed stage's outputs would only point at a second problem."""
+    import json
+
+    from cvd_scene.stages import REQUIRES
+
+    if run_dir is None or not (Path(run_dir) / "run.json").is_file():
+        return
+    try:
+        records = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8")).get("stages") or {}
+    except (OSError, ValueError, AttributeError):
+        return  # the run folder itself reports an unreadable run.json
+    for name in stages:
+        for dep in REQUIRES[name]:
+            rec = records.get(dep) if isinstance(records, dict) else None
+            if dep not in stages and isinstance(rec, dict) and rec.get("status") == "failed":
+                raise PreflightError(f"stage {name!r} needs stage {dep!r}, which failed: {rec.get('message', '')}")
 
 
 def check_run_folder(stage: str, run_dir: Path) -> None:
