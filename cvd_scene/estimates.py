@@ -3,8 +3,9 @@
 A run whose sizes would need more memory than the machine has available (``plan.width=100000``,
 ``plan.num_frames=1000000``, ``generate.samples_per_pixel=1000000000``) is refused before any work starts, with
 the estimate and the config keys that set it. The estimates count the largest arrays the code allocates (see
-each function); measured peaks on small runs sit within a factor of two of them. Pure Python: must not import
-numpy, torch or any stage.
+each function) plus the process itself; measured on 2 CPU cores: a 4 x 12 x 512² reference generate peaked at 949
+MiB (estimate 911 MiB) and rendered 3.8 million rays a second. Pure Python: must not import numpy, torch or any
+stage.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from dataclasses import dataclass
 
 GIB = 1024.0**3
 
-REFERENCE_RAYS_PER_S = 2.0e5
-"""Rays per second the reference renderer casts and shades on one CPU core (measured: 192x192 px, 4 spp, demo
-room; about 1.4e5-2.6e5 depending on the scene)."""
+REFERENCE_RAYS_PER_S = 3.0e6
+"""Rays per second the reference renderer casts and shades (measured on 2 CPU cores, demo room, 4 spp: 2.8
+million at 2 x 4 x 192², 3.8 million at 4 x 12 x 512²)."""
+PROCESS_BYTES = 450 * 1024.0**2
+"""Memory of the process before a stage allocates (Python, numpy, the libraries; measured 515 MiB peak for a
+2 x 4 x 192² generate)."""
 MAX_STAGE_HOURS = 48.0
 """Estimated hours above which a stage is refused as a mistake in its sizes."""
 MAX_CAMERAS = 100_000
@@ -42,7 +46,7 @@ class Estimate:
     memory_bytes: float
     """Peak memory of its largest arrays, bytes."""
     seconds: float | None
-    """Wall time on one CPU core, seconds (None: not estimated)."""
+    """Wall time at the measured rates, seconds (None: not estimated)."""
     keys: dict
     """The config keys (dotted) and values the estimate follows from."""
     cameras: float | None = None
@@ -71,23 +75,23 @@ def plan_estimate(videos: int, frames: int, width: int, height: int, covisibilit
     h = max(1, round(height * w / width))
     cameras = float(videos) * frames
     samples = cameras * w * h
-    memory = cameras * CAMERA_BYTES + samples * 100
+    memory = PROCESS_BYTES + cameras * CAMERA_BYTES + samples * 100
     seconds = cameras * CAMERA_SECONDS + samples * videos / 2.0e6 + samples / REFERENCE_RAYS_PER_S
     return Estimate("plan", memory, seconds, keys, cameras=cameras)
 
 
 def reference_estimate(videos: int, frames: int, width: int, height: int, samples_per_pixel: int, keys: dict) -> Estimate:
-    """The reference generator: colour, depth, mask and id of every frame (21 bytes a pixel), the written frames (3 a
-    pixel), the sub-pixel pattern of one view (8 bytes a sample) and a chunk of rays in flight."""
+    """The reference generator: colour, depth, mask and id of every frame (21 bytes a pixel), their 8-bit and depth
+    copies while written (36 a pixel in all, measured), the sub-pixel pattern of one view (8 bytes a sample)."""
     pixels = float(videos) * frames * width * height
-    memory = pixels * 24 + float(samples_per_pixel) * width * height * 8 + 2.0e8
+    memory = PROCESS_BYTES + pixels * 36 + float(samples_per_pixel) * width * height * 8
     rays = pixels * (samples_per_pixel + (1 if samples_per_pixel > 1 else 0))
     return Estimate("generate (reference renderer)", memory, rays / REFERENCE_RAYS_PER_S, keys)
 
 
 def frames_estimate(videos: int, frames: int, width: int, height: int, keys: dict) -> Estimate:
     """Any generator: the frames in memory as float32 and the written 8-bit copies (15 bytes a pixel)."""
-    return Estimate("generate", float(videos) * frames * width * height * 15, None, keys)
+    return Estimate("generate", PROCESS_BYTES + float(videos) * frames * width * height * 15, None, keys)
 
 
 def _size(n: float) -> str:
@@ -102,7 +106,7 @@ def check_estimate(est: Estimate, available_bytes: float | None = None) -> Estim
     """Refuse (:class:`EstimateError`) an estimate above the available memory or :data:`MAX_STAGE_HOURS`."""
     available = available_memory_bytes() if available_bytes is None else available_bytes
     keys = ", ".join(f"{k}={v}" for k, v in est.keys.items())
-    time_note = f" and about {_duration(est.seconds)} on one core" if est.seconds is not None else ""
+    time_note = f" and about {_duration(est.seconds)} of work" if est.seconds is not None else ""
     if est.memory_bytes > available:
         raise EstimateError(
             f"{est.what} would need about {_size(est.memory_bytes)} of memory{time_note}, more than the "
@@ -115,7 +119,7 @@ def check_estimate(est: Estimate, available_bytes: float | None = None) -> Estim
         )
     if est.seconds is not None and est.seconds > MAX_STAGE_HOURS * 3600:
         raise EstimateError(
-            f"{est.what} would take about {_duration(est.seconds)} on one core (limit {MAX_STAGE_HOURS:g} h), "
+            f"{est.what} would take about {_duration(est.seconds)} of work (limit {MAX_STAGE_HOURS:g} h), "
             f"with {_size(est.memory_bytes)} of memory ({keys}); lower these values"
         )
     return est

@@ -462,3 +462,16 @@ def test_ns_train_prints_a_run_folder_error_in_one_line(capsys):
         assert capsys.readouterr().err == "error: --data x is not a cvd-scene run folder\n"
     finally:
         sys.excepthook = previous
+
+
+def test_estimates_pass_the_demo_and_name_the_keys_when_refusing():
+    from cvd_scene.estimates import EstimateError, check_estimate, plan_estimate, reference_estimate
+
+    demo = reference_estimate(4, 12, 192, 192, 4, {"plan.width": 192})
+    assert demo.memory_bytes < 1.5 * 1024**3 and demo.seconds < 60  # the demo run fits a laptop
+    assert check_estimate(demo, available_bytes=4 * 1024**3) is demo
+    with pytest.raises(EstimateError, match=r"more than the 100 MiB available \(plan.width=192\)"):
+        check_estimate(demo, available_bytes=100 * 1024**2)
+    many = plan_estimate(1, 200_000, 16, 16, 8, {"plan.num_frames": 200_000})
+    with pytest.raises(EstimateError, match=r"2e\+05 cameras .*plan.num_frames=200000"):
+        check_estimate(many, available_bytes=1e15)
