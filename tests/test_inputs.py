@@ -475,3 +475,19 @@ def test_estimates_pass_the_demo_and_name_the_keys_when_refusing():
     many = plan_estimate(1, 200_000, 16, 16, 8, {"plan.num_frames": 200_000})
     with pytest.raises(EstimateError, match=r"2e\+05 cameras .*plan.num_frames=200000"):
         check_estimate(many, available_bytes=1e15)
+
+
+def test_dataparser_refuses_frame_paths_outside_the_run_folder(tmp_path):
+    pytest.importorskip("nerfstudio")
+    from cvd_scene.camera_io import cameras_from_dict, write_transforms_json
+    from cvd_scene.fit.dataparser import CvdSceneDataParserConfig, RunFolderDataError
+    from cvd_scene.media import write_frames
+
+    cams = cameras_from_dict(cameras_doc(frames=3))
+    outside = tmp_path / "outside"
+    write_frames(np.full((2, 3, 16, 24, 3), 0.5, np.float32), outside, cams.video_ids)
+    run_dir = tmp_path / "run"
+    write_transforms_json(cams, run_dir / "register" / "transforms.json", "../../outside")
+    parser = CvdSceneDataParserConfig(data=run_dir, eval_every_k=3, load_points=False).setup()
+    with pytest.raises(RunFolderDataError, match="not inside the run folder"):
+        parser.get_dataparser_outputs(split="train")
