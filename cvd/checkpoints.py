@@ -98,7 +98,8 @@ def read_state_file(
     elif suffix in _PICKLE_SUFFIXES:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
-        except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as e:  # incl. weights_only refusals
+        # weights_only refusals, and what the unpickler raises on a file that is no pickle (text: IndexError)
+        except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError, IndexError, KeyError, TypeError) as e:
             hint = "" if trust_pickle else " (if you trust its source, allow full unpickling: --trust-pickle)"
             raise CheckpointError(
                 f"{what}: cannot be read as a torch weights file with weights_only={not trust_pickle}{hint}: "

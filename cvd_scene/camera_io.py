@@ -24,6 +24,7 @@ from cvd_scene.cameras import (
     opencv_to_opengl,
     opengl_to_opencv,
 )
+from cvd_scene.paths import UnsafePathError, check_id
 
 CAMERAS_FORMAT = "cvd-scene/cameras"
 CAMERAS_VERSION = 1
@@ -90,6 +91,10 @@ def cameras_from_dict(doc: dict, source: str = "cameras.json") -> Cameras:
     videos = doc.get("videos")
     if not isinstance(videos, list) or not videos:
         raise fail("'videos' must be a non-empty list")
+    fps = _number(doc.get("fps", 8.0), "fps", fail, positive=True)
+    extras = doc.get("extras", {})
+    if not isinstance(extras, dict):
+        raise fail(f"'extras' must be a JSON object, got {extras!r}")
     n_frames = None
     size = None
     c2w, Ks, ids, times = [], [], [], None
@@ -101,29 +106,50 @@ def cameras_from_dict(doc: dict, source: str = "cameras.json") -> Cameras:
             n_frames = len(frames)
         elif len(frames) != n_frames:
             raise fail(f"videos[{vi}] has {len(frames)} frames, videos[0] has {n_frames}: all videos need the same count")
-        ids.append(str(video.get("id", f"v{vi:02d}")))
+        vid = video.get("id", f"v{vi:02d}")
+        try:
+            ids.append(check_id(vid, f"videos[{vi}].id"))
+        except UnsafePathError as e:
+            raise fail(str(e)) from None
+        if vid in ids[:-1]:
+            raise fail(f"videos[{vi}].id {vid!r} is used by an earlier video; ids must be distinct")
         vc2w, vK, vt = [], [], []
         for fi, fr in enumerate(frames):
             where = f"videos[{vi}].frames[{fi}]"
+            if not isinstance(fr, dict):
+                raise fail(f"{where} must be a JSON object, got {fr!r}")
+            missing = [k for k in ("width", "height", "fx", "fy", "cx", "cy", "world_from_cam") if k not in fr]
+            if missing:
+                raise fail(f"{where} is missing key {missing[0]!r}")
+            wh = tuple(_integer(fr[k], f"{where}.{k}", fail, lo=1, hi=MAX_IMAGE_SIDE) for k in ("width", "height"))
+            fx, fy = (_number(fr[k], f"{where}.{k}", fail, positive=True) for k in ("fx", "fy"))
+            cx, cy = (_number(fr[k], f"{where}.{k}", fail) for k in ("cx", "cy"))
+            for key, c, side in (("cx", cx, wh[0]), ("cy", cy, wh[1])):
+                if not -side <= c <= 2 * side:
+                    raise fail(
+                        f"{where}.{key}={c} puts the principal point more than one image size outside the "
+                        f"{wh[0]}x{wh[1]} image"
+                    )
+            K = intrinsics_matrix(fx, fy, cx, cy)
             try:
-                wh = (int(fr["width"]), int(fr["height"]))
-                K = intrinsics_matrix(float(fr["fx"]), float(fr["fy"]), float(fr["cx"]), float(fr["cy"]))
                 T = np.asarray(fr["world_from_cam"], dtype=np.float64)
-            except KeyError as e:
-                raise fail(f"{where} is missing key {e.args[0]!r}") from None
             except (TypeError, ValueError) as e:
-                raise fail(f"{where}: {e}") from None
+                raise fail(f"{where}.world_from_cam: {e}") from None
             if T.shape != (4, 4) or not np.all(np.isfinite(T)):
                 raise fail(f"{where}.world_from_cam must be a finite 4x4 matrix, got shape {T.shape}")
+            if np.abs(T[:3, 3]).max() > MAX_POSITION_M:
+                raise fail(f"{where}.world_from_cam places the camera {np.abs(T[:3, 3]).max():.3g} m away "
+                           f"(more than {MAX_POSITION_M:g} m from the origin)")
             if size is None:
                 size = wh
             elif wh != size:
                 raise fail(f"{where} is {wh[0]}x{wh[1]} but earlier frames are {size[0]}x{size[1]}: one size per plan")
-            if int(fr.get("index", fi)) != fi:
-                raise fail(f"{where}.index is {fr.get('index')}, expected {fi}")
+            index = _integer(fr.get("index", fi), f"{where}.index", fail)
+            if index != fi:
+                raise fail(f"{where}.index is {index}, expected {fi}")
             vc2w.append(T)
             vK.append(K)
-            vt.append(float(fr.get("time_s", fi / float(doc.get("fps", 8.0)))))
+            vt.append(_number(fr.get("time_s", fi / fps), f"{where}.time_s", fail))
         c2w.append(vc2w)
         Ks.append(vK)
         if times is None:
@@ -140,9 +166,36 @@ def cameras_from_dict(doc: dict, source: str = "cameras.json") -> Cameras:
         height=size[1],
         video_ids=tuple(ids),
         time_s=np.asarray(times),
-        fps=float(doc.get("fps", 8.0)),
-        extras=dict(doc.get("extras", {})),
+        fps=fps,
+        extras=dict(extras),
     )
+
+
+MAX_IMAGE_SIDE = 8192
+"""Largest image width or height a camera file may ask for, pixels."""
+MAX_POSITION_M = 1e6
+"""Largest distance of a camera from the world origin a camera file may give, metres."""
+
+
+def _number(value: object, key: str, fail, positive: bool = False) -> float:
+    """``value`` as a finite float (``> 0`` when ``positive``); else ``fail(...)`` naming ``key`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise fail(f"{key} must be a number, got {value!r}")
+    x = float(value)
+    if not math.isfinite(x) or (positive and x <= 0):
+        raise fail(f"{key} must be a finite {'positive ' if positive else ''}number, got {value!r}")
+    return x
+
+
+def _integer(value: object, key: str, fail, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as an int (a float with no fraction is accepted) in [lo, hi]; else ``fail(...)`` naming ``key``."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise fail(f"{key} must be an integer, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise fail(f"{key} must be in [{lo}, {hi}], got {value}")
+    return value
 
 
 def write_cameras_json(cams: Cameras, path: str | os.PathLike) -> None:
@@ -246,7 +299,10 @@ def read_transforms_json(path: str | os.PathLike) -> TransformsFrames:
             )
             paths[v][f] = fr["file_path"]
     extra = {k: v for k, v in doc.items() if k != "frames"}
-    cams = Cameras(world_from_cam=c2w, K=K, width=w, height=h, video_ids=tuple(ids))
+    try:
+        cams = Cameras(world_from_cam=c2w, K=K, width=w, height=h, video_ids=tuple(ids))
+    except ValueError as e:
+        raise CameraFileError(f"{path}: {e}") from None
     return TransformsFrames(cameras=cams, file_paths=paths, extra=extra)
 
 
@@ -273,6 +329,20 @@ class Re10kClip:
         return float(fy / fx)
 
 
+MAX_TIMESTAMP_US = 1e15
+"""Largest RealEstate10K timestamp accepted, microseconds (about 31 years; the files use video time)."""
+
+
+def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
+    """The text of a UTF-8 file; a missing, unreadable or binary file raises :class:`CameraFileError` naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CameraFileError(f"{path}: not a text {what} (byte {e.start} is not UTF-8)") from None
+    except OSError as e:
+        raise CameraFileError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
 def parse_re10k(text: str, source: str = "<pose file>") -> Re10kClip:
     """Parse the text of a RealEstate10K/CameraCtrl pose file; errors name the line number."""
     lines = text.splitlines()
@@ -297,10 +367,23 @@ def parse_re10k(text: str, source: str = "<pose file>") -> Re10kClip:
         fx, fy, cx, cy = vals[1:5]
         if fx <= 0 or fy <= 0:
             raise CameraFileError(f"{source}:{lineno}: focal lengths must be positive, got fx={fx} fy={fy}")
+        if not (-1.0 <= cx <= 2.0 and -1.0 <= cy <= 2.0):
+            raise CameraFileError(
+                f"{source}:{lineno}: principal point cx={cx} cy={cy} (fractions of the image size) lies more than "
+                "one image size outside the image"
+            )
+        if not 0 <= vals[0] < MAX_TIMESTAMP_US:
+            raise CameraFileError(
+                f"{source}:{lineno}: timestamp {parts[0]} must be in [0, {MAX_TIMESTAMP_US:.0e}) microseconds"
+            )
         M = np.eye(4)
         M[:3, :4] = np.asarray(vals[7:19]).reshape(3, 4)
+        if np.abs(M[:3, 3]).max() > MAX_POSITION_M:
+            raise CameraFileError(
+                f"{source}:{lineno}: translation {np.abs(M[:3, 3]).max():.3g} is larger than {MAX_POSITION_M:g}"
+            )
         R = M[:3, :3]
-        if np.abs(R.T @ R - np.eye(3)).max() > 1e-3 or np.linalg.det(R) < 0:
+        if np.abs(R).max() > 1.001 or np.abs(R.T @ R - np.eye(3)).max() > 1e-3 or np.linalg.det(R) < 0:
             raise CameraFileError(f"{source}:{lineno}: the 3x3 part of [R|t] is not a rotation")
         # Re-orthonormalise the rotation the file stores at 9 decimals.
         U, _, Vt = np.linalg.svd(R)
@@ -353,11 +436,7 @@ def read_re10k(
     [F, 3, 3] and the parsed clip.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise CameraFileError(f"{path}: cannot read ({e.strerror})") from None
-    clip = parse_re10k(text, source=str(path))
+    clip = parse_re10k(read_text_file(path, "RealEstate10K pose file"), source=str(path))
     w2c = clip.cam_from_world
     intr = clip.intrinsics_norm
     if reverse:
@@ -395,6 +474,12 @@ def read_json(path: str | os.PathLike) -> dict:
         raise CameraFileError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
         raise CameraFileError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise CameraFileError(f"{path}: not a JSON text file (byte {e.start} is not UTF-8)") from None
+    except (IsADirectoryError, PermissionError) as e:
+        raise CameraFileError(f"{path}: cannot read ({e.strerror})") from None
+    except RecursionError:
+        raise CameraFileError(f"{path}: JSON nested too deeply") from None
 
 
 def write_json(path: str | os.PathLike, doc: dict) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cvd_scene.paths import check_id
+
 # Flips camera y and z: OpenCV (x right, y down, z forward) <-> OpenGL (x right, y up, z backward).
 _OPENCV_FROM_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
 
@@ -62,6 +64,8 @@ class Cameras:
         ids = tuple(self.video_ids) if self.video_ids else tuple(f"v{i:02d}" for i in range(V))
         if len(ids) != V or len(set(ids)) != V:
             raise ValueError(f"need {V} distinct video ids, got {ids}")
+        for vid in ids:  # ids name folders and files of the run
+            check_id(vid)
         time_s = np.arange(F, dtype=np.float64) / self.fps if self.time_s is None else np.asarray(self.time_s, np.float64)
         if time_s.shape != (F,):
             raise ValueError(f"time_s must be [F]={F}, got {time_s.shape=}")
@@ -164,7 +168,10 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, 1.0, 0.0
     target = np.asarray(target, dtype=np.float64)
     up = np.broadcast_to(np.asarray(up, dtype=np.float64), np.broadcast_shapes(eye.shape, target.shape))
     z = target - eye
-    z = z / np.linalg.norm(z, axis=-1, keepdims=True)
+    norm_z = np.linalg.norm(z, axis=-1, keepdims=True)
+    if not np.all(norm_z > 1e-9):  # also NaN
+        raise ValueError("look_at: a camera and the point it looks at coincide (no view direction)")
+    z = z / norm_z
     x = np.cross(z, up)
     norm_x = np.linalg.norm(x, axis=-1, keepdims=True)
     if np.any(norm_x < 1e-9):

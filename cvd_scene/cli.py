@@ -19,6 +19,7 @@ import tyro
 from tyro.extras import SubcommandApp
 
 from cvd_scene.config import ConfigError, load_config, parse_overrides
+from cvd_scene.preflight import check_run_folder, validate_stages
 from cvd_scene.runconfig import RunConfig
 from cvd_scene.runfolder import (
     RunFolder,
@@ -136,6 +137,7 @@ def run(
     missing = [s for s in stages if s not in BUILT]
     if missing:
         log.warning("not built yet in this version: %s (those stages are skipped)", ", ".join(missing))
+    validate_stages(config, [s for s in stages if s in BUILT], run_dir)
     results = run_stages(
         run_dir, config, stages, preset=preset, redo=redo_set, overwrite=overwrite, fresh=True, command=command_line()
     )
@@ -191,7 +193,9 @@ def run_single_stage(
     from cvd_scene.orchestrate import run_stages
 
     setup_logging(quiet, verbose)
+    check_run_folder(name, run_dir)
     config, preset_name = resolve_config(run_dir, preset, overrides)
+    validate_stages(config, [name], run_dir)
     results = run_stages(
         run_dir, config, [name], preset=preset_name, redo=(name,) if redo else (), command=command_line()
     )

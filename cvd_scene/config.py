@@ -9,6 +9,7 @@ must not import torch or any stage implementation.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import typing
 from pathlib import Path
@@ -54,8 +55,12 @@ def preset_path(kind: str, name_or_path: str | os.PathLike) -> Path:
 def load_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML mapping; a malformed file raises :class:`ConfigError` naming the file and line."""
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a YAML text file (byte {e.start} is not UTF-8)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a YAML file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -65,6 +70,51 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+# ---------------------------------------------------------------------------------------- checks
+
+
+def check_fields(cfg: object, rules: dict[str, str]) -> None:
+    """Check fields of a config dataclass against short rules; ``ValueError`` names the field and its value.
+
+    A rule is ``">= 1"``, ``"> 0"``, ``"in [0, 1]"`` or ``"in (0, 180)"``, optionally followed by ``" or null"``
+    (None allowed). Every float must be finite.
+    """
+    for name, rule in rules.items():
+        value = getattr(cfg, name)
+        nullable = rule.endswith(" or null")
+        cond = rule.removesuffix(" or null")
+        if value is None:
+            if nullable:
+                continue
+            raise ValueError(f"{name} must be {rule}, got null")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
+        if cond.startswith("in "):
+            lo_s, hi_s = cond[3:].strip("[]()").split(",")
+            lo, hi = float(lo_s), float(hi_s)
+            ok = (value >= lo if cond[3] == "[" else value > lo) and (value <= hi if cond[-1] == "]" else value < hi)
+        else:
+            op, bound = cond.split()
+            ok = value >= float(bound) if op == ">=" else value > float(bound)
+        if not ok:
+            raise ValueError(f"{name} must be {rule}, got {value!r}")
+
+
+def nonfinite_keys(data: object, prefix: str = "") -> list[str]:
+    """Keys (dotted) of the NaN or infinite floats in a nested mapping or dataclass tree."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+    if isinstance(data, dict):
+        return [k for key, v in data.items() for k in nonfinite_keys(v, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(data, (list, tuple)):
+        return [k for i, v in enumerate(data) for k in nonfinite_keys(v, f"{prefix}[{i}]")]
+    if isinstance(data, float) and not math.isfinite(data):
+        return [f"{prefix}={data}"]
+    return []
 
 
 # ---------------------------------------------------------------------------------------- typed loading
@@ -113,11 +163,14 @@ def load_preset_data(kind: str, preset: str | os.PathLike, _seen: tuple = ()) ->
     if path in _seen:
         raise ConfigError(f"{path}: 'extends' forms a cycle")
     data = load_yaml(path)
-    base = data.pop("extends", None)
+    base = data.pop("extends", None)  # relative to this file's folder when it names a file
     if base is None:
         return data
-    if not isinstance(base, str):
+    if not isinstance(base, str) or not base:
         raise ConfigError(f"{path}: 'extends' must name another {kind} preset")
+    if base.endswith((".yaml", ".yml")) or os.sep in base or "/" in base:
+        # A file named by a preset file is found next to it, not in the current directory.
+        base = str(path.parent / Path(base).expanduser())
     return merge(load_preset_data(kind, base, _seen + (path,)), data)
 
 

@@ -111,7 +111,10 @@ def load_cvd_model(
         if not folder.is_dir():
             raise FileNotFoundError(f"--weights {weights}: no such folder")
     elif name not in RANDOM_WEIGHT_MODELS:
-        candidate = (models_dir or default_models_dir()) / name
+        from cvd_scene.paths import check_id, join_inside
+
+        root = models_dir or default_models_dir()
+        candidate = join_inside(root, check_id(name, "generate.model"))
         if not candidate.is_dir():
             hint = (
                 "make it with `cvd-scene convert --cvd CVD.ckpt --cameractrl CameraCtrl.ckpt --motion v3_sd15_mm.ckpt "

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvd_scene.paths import check_id, join_inside
+
 log = logging.getLogger(__name__)
 
 
@@ -39,8 +41,23 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def frame_path(folder: str | os.PathLike, video_id: str, index: int) -> Path:
-    """``<folder>/<vid>/<NNNN>.png``."""
-    return Path(folder) / video_id / f"{index:04d}.png"
+    """``<folder>/<vid>/<NNNN>.png``; refused (``UnsafePathError``) for an id that would leave ``folder``."""
+    return join_inside(folder, check_id(video_id), f"{index:04d}.png")
+
+
+class ImageFileError(ValueError):
+    """An image file that cannot be decoded; the message names it."""
+
+
+def check_image(path: str | os.PathLike) -> None:
+    """Decode the image at ``path`` once; a truncated or corrupt file raises :class:`ImageFileError` naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise ImageFileError(f"{path}: cannot be read as an image, truncated or corrupt ({e})") from None
 
 
 def write_frames(frames: np.ndarray, folder: str | os.PathLike, video_ids: Sequence[str]) -> list[Path]:
@@ -53,7 +70,7 @@ def write_frames(frames: np.ndarray, folder: str | os.PathLike, video_ids: Seque
         raise ValueError(f"got {len(video_ids)} video ids for {arr.shape[0]} videos: {list(video_ids)}")
     paths = []
     for v, vid in enumerate(video_ids):
-        (Path(folder) / vid).mkdir(parents=True, exist_ok=True)
+        join_inside(folder, check_id(vid)).mkdir(parents=True, exist_ok=True)
         for f in range(arr.shape[1]):
             p = frame_path(folder, vid, f)
             iio.imwrite(p, to_uint8(arr[v, f]))
@@ -71,7 +88,10 @@ def read_frames(folder: str | os.PathLike, video_ids: Sequence[str], num_frames:
             p = frame_path(folder, vid, f)
             if not p.is_file():
                 raise FileNotFoundError(f"missing frame {p} (expected {num_frames} frames per video)")
-            img = np.asarray(iio.imread(p))
+            try:
+                img = np.asarray(iio.imread(p))
+            except (OSError, ValueError, SyntaxError) as e:
+                raise ImageFileError(f"{p}: cannot be read as an image, truncated or corrupt ({e})") from None
             if img.ndim == 2:
                 img = np.repeat(img[..., None], 3, axis=-1)
             img = img[..., :3]

@@ -29,6 +29,7 @@ import numpy as np
 from cvd_scene import colmap
 from cvd_scene.camera_io import frame_file_path, read_json
 from cvd_scene.cameras import Cameras, rotation_angle_deg
+from cvd_scene.media import check_image
 from cvd_scene.overlap import frame_overlap
 from cvd_scene.pose_metrics import AUC_THRESHOLDS_DEG, Sim3, align_poses, error_stats, relative_pose
 from cvd_scene.pose_metrics import translation_direction_error_deg as _tdir_err
@@ -251,6 +252,7 @@ def register_frames(
                 raise FileNotFoundError(
                     f"frame {image_dir / names[v][f]} is missing (video {plan.video_ids[v]}, frame {f})"
                 )
+            check_image(image_dir / names[v][f])  # COLMAP would see a corrupt frame as one without features
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(plan, names, image_dir, work_dir, work_dir / "database.db", opt, seed, num_threads)

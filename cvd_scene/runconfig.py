@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cvd_scene.config import nonfinite_keys
 from cvd_scene.stages.evaluate import EvaluateConfig
 from cvd_scene.stages.export import ExportConfig
 from cvd_scene.stages.fit import FitConfig
@@ -32,3 +33,10 @@ class RunConfig:
     """Stage ``export``."""
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     """Stage ``evaluate``."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got seed={self.seed!r}")
+        bad = nonfinite_keys(self)
+        if bad:
+            raise ValueError(f"{bad[0]}: every number of a config must be finite")

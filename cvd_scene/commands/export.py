@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -42,9 +43,13 @@ def read_splat_file(path: Path):
     if not path.is_file():
         raise CliError(f"--from {path}: no such file")
     try:
-        return getattr(ex, reader)(path)
-    except ValueError as e:
-        raise CliError(str(e)) from None
+        gaussians = getattr(ex, reader)(path)
+    except (ValueError, OSError, KeyError, IndexError, EOFError) as e:
+        message = str(e) if str(path) in str(e) else f"--from {path}: cannot be read ({e})"
+        raise CliError(message) from None
+    if len(gaussians) == 0:
+        raise CliError(f"--from {path}: holds no splats (0 Gaussians); nothing to export")
+    return gaussians
 
 
 def export_file(
@@ -67,6 +72,11 @@ def export_file(
         options = export_options(from_dict(ExportConfig, data, prefix="export"))
     except ValueError as e:
         raise CliError(str(e)) from None
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file; --out names the folder to write into")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise CliError(f"--out {out}: {above} is a file, so no folder can be made under it")
     targets = [out / name for name in planned_files(options, has_gaussians=True, with_camera_path=False)]
     existing = [p for p in targets if p.exists()]
     if existing and not overwrite:
@@ -79,11 +89,21 @@ def export_file(
     log.info(
         "read %d splats (SH degree %d, %s frame) from %s", len(gaussians), gaussians.sh_degree, frame_in, source
     )
-    report = export_gaussians(
-        gaussians, out, options, source={"path": str(source.resolve()), "splats": len(gaussians)},
-        input_frame=frame_in,
-    )  # fmt: skip
-    write_report(out, report)
+    # The highest folder this command creates: everything in it is its own, so a failed export removes it.
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
+    try:
+        try:
+            report = export_gaussians(
+                gaussians, out, options, source={"path": str(source.resolve()), "splats": len(gaussians)},
+                input_frame=frame_in,
+            )  # fmt: skip
+            write_report(out, report)
+        except BaseException:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+    except OSError as e:
+        raise CliError(f"--out {out}: cannot write ({e.strerror or e})") from None
     for entry in report["files"].values():
         log.info("wrote %s (%.1f MB)", out / entry["file"], entry["bytes"] / 1e6)
     s = report["splats"]
@@ -139,10 +159,13 @@ def export_command(
     """
     from cvd_scene.logs import setup_logging
 
+    if from_file is not None and run_dir is not None and "=" in str(run_dir) and not run_dir.exists():
+        # With --from there is no RUN_DIR: the first positional word is the first KEY=VALUE override.
+        overrides, run_dir = (str(run_dir), *overrides), None
     ov = parse_overrides(list(overrides))
     if from_file is not None:
         if run_dir is not None:
-            raise CliError("give either RUN_DIR or --from FILE, not both")
+            raise CliError(f"give either RUN_DIR ({run_dir}) or --from FILE ({from_file}), not both")
         if out is None:
             raise CliError("--from FILE needs --out DIR (the folder to write into)")
         setup_logging(quiet, verbose)

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from cvd_scene.camera_io import CameraFileError, parse_re10k, read_cameras_json
+from cvd_scene.camera_io import CameraFileError, parse_re10k, read_cameras_json, read_text_file
 from cvd_scene.cli import CliError, Overrides, RunDir, app, run_single_stage
 from cvd_scene.config import parse_overrides
 
@@ -41,7 +41,7 @@ def plan_overrides(
             raise CliError(f"{name} {path}: no such file")
     try:  # read every file now, so a malformed one is reported before anything runs
         for path in from_re10k:
-            parse_re10k(Path(path).read_text(), source=str(path))
+            parse_re10k(read_text_file(path, "RealEstate10K pose file"), source=str(path))
         if cameras:
             read_cameras_json(cameras)
     except (CameraFileError, OSError, UnicodeDecodeError) as e:

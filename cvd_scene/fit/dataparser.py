@@ -27,12 +27,33 @@ from nerfstudio.data.scene_box import SceneBox
 
 from cvd_scene.camera_io import read_transforms_json
 from cvd_scene.fit.frames import NerfstudioFrame, nerfstudio_frame
+from cvd_scene.media import ImageFileError, check_image
+from cvd_scene.paths import UnsafePathError, join_inside
 
 log = logging.getLogger(__name__)
 
 
 class RunFolderDataError(ValueError):
     """The run folder has no usable registered frames; the message names the file and what is wrong."""
+
+
+def install_error_hook() -> None:
+    """Make an uncaught :class:`RunFolderDataError` (``ns-train cvd-scene --data`` on a folder that is not a usable
+    run folder) print one line instead of a traceback; every other exception keeps Python's own hook."""
+    import sys
+
+    previous = sys.excepthook
+    if getattr(previous, "cvd_scene_hook", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, RunFolderDataError):
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            previous(exc_type, exc, tb)
+
+    hook.cvd_scene_hook = True
+    sys.excepthook = hook
 
 
 @dataclass
@@ -84,11 +105,33 @@ def locate_registration(data: Path) -> tuple[Path, Path]:
         return data.parent.parent, data
     transforms = data / "register" / "transforms.json"
     if not transforms.is_file():
+        if not data.is_dir():
+            raise RunFolderDataError(f"--data {data}: no such folder (pass a cvd-scene run folder)")
+        if not (data / "run.json").is_file():
+            raise RunFolderDataError(
+                f"--data {data} is not a cvd-scene run folder (no run.json); make one with `cvd-scene run {data}`"
+            )
+        record = _register_record(data)
+        if record is not None and record.get("status") == "failed":
+            raise RunFolderDataError(
+                f"--data {data}: its register stage failed ({record.get('message') or 'no reason given'}); "
+                f"nothing to fit. Redo it: cvd-scene register {data} --redo"
+            )
         raise RunFolderDataError(
-            f"{data} has no register/transforms.json: pass a cvd-scene run folder whose register stage has run "
-            f"(cvd-scene register {data})"
+            f"{data} has no register/transforms.json: its register stage has not run (cvd-scene register {data})"
         )
     return data, transforms
+
+
+def _register_record(run_dir: Path) -> dict | None:
+    """The register stage's record in ``run_dir/run.json`` (None when absent or unreadable)."""
+    import json
+
+    try:
+        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("stages", {}).get("register")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def nerfstudio_cameras(frame: NerfstudioFrame, world_from_cam: np.ndarray, K: np.ndarray, width: int,
@@ -160,9 +203,19 @@ class CvdSceneDataParser(DataParser):
             for f in range(cams.num_frames):
                 if not ok[v, f] or bool(held_out[f]) != want_eval:
                     continue
-                path = (base / tf.file_paths[v][f]).resolve()
+                try:  # a frame path from the file must name a file inside the run folder
+                    path = join_inside(run_dir, str((base / tf.file_paths[v][f]).relative_to(run_dir))).resolve()
+                except (UnsafePathError, ValueError):
+                    raise RunFolderDataError(
+                        f"{transforms_path}: frame {vid}/{f:04d} names {tf.file_paths[v][f]!r}, which is not inside "
+                        f"the run folder {run_dir}"
+                    ) from None
                 if not path.is_file():
                     raise RunFolderDataError(f"{transforms_path}: frame {vid}/{f:04d} names {path}, which is missing")
+                try:  # nerfstudio's loader would fail later without naming the file
+                    check_image(path)
+                except ImageFileError as e:
+                    raise RunFolderDataError(str(e)) from None
                 index.append(FrameIndex(vid, f, v))
                 files.append(path)
         if not files:

@@ -29,6 +29,7 @@ import torch
 
 from cvd_scene.camera_io import read_transforms_json, write_json
 from cvd_scene.fit.frames import NerfstudioFrame
+from cvd_scene.paths import join_inside
 
 log = logging.getLogger(__name__)
 
@@ -303,10 +304,10 @@ def render_views(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFrame) 
     for i, (v, f) in enumerate(track(todo, total=len(todo), description="render views")):
         out = _render(model, ns[i : i + 1].to(model.device))
         vid = cams.video_ids[v]
-        _png(out_dir / "views" / "rgb" / vid / f"{f:04d}.png", out["rgb"].cpu().numpy())
+        _png(join_inside(out_dir / "views" / "rgb", vid, f"{f:04d}.png"), out["rgb"].cpu().numpy())
         depth = (out["depth"] / frame.scale).cpu().numpy().astype(np.float32)
         depth = np.where((out["accumulation"].cpu().numpy() >= 0.5) & np.isfinite(depth), depth, 0.0).astype(np.float32)
-        path = out_dir / "views" / "depth" / vid / f"{f:04d}.npy"
+        path = join_inside(out_dir / "views" / "depth", vid, f"{f:04d}.npy")
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, depth)
     return len(todo)

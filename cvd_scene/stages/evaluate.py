@@ -37,6 +37,25 @@ class EvaluateConfig:
     matrix from the few matches of a sliver of shared view is ill-conditioned (on the demo run, pairs sharing under
     15 % of their view gave rotation errors of 8-16 deg from 13-28 correct matches)."""
 
+    def __post_init__(self) -> None:
+        from cvd_scene.config import check_fields
+
+        check_fields(
+            self,
+            {
+                "epipolar_threshold": "> 0",
+                "max_num_features": ">= 1",
+                "match_max_ratio": "in (0, 1]",
+                "ransac_max_error_px": "> 0",
+                "min_baseline_fraction": ">= 0",
+                "covisibility_min": "in [0, 1]",
+            },
+        )
+
+
+def validate(config, size) -> None:
+    """Before any stage runs: nothing beyond the fields' own checks (:meth:`EvaluateConfig.__post_init__`)."""
+
 
 def run_evaluate(config, run_dir: Path, out_dir: Path):
     """Score ``run_dir/generate/frames`` against ``run_dir/plan`` into ``out_dir`` (becomes ``run_dir/evaluate``);

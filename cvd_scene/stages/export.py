@@ -50,6 +50,30 @@ class ExportConfig:
     """Frame of scene.ply, scene.splat and the SPZ files: ``readers`` (the run's world turned 180 degrees about z,
     what 3DGS viewers assume) or ``run`` (the run's Y-up world as it is). glTF files are always in the run's world."""
 
+    def __post_init__(self) -> None:
+        from cvd_scene.config import check_fields
+
+        check_fields(
+            self,
+            {
+                "max_splats": ">= 1 or null",
+                "mesh_max_triangles": ">= 1",
+                "mesh_voxel_m": "> 0 or null",
+                "mesh_min_views": ">= 0",
+                "mesh_render_size_px": "in [8, 8192]",
+                "camera_path_fps": "> 0",
+                "camera_path_transition_s": ">= 0",
+                "point_cloud_max_points": ">= 1",
+            },
+        )
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+
+def validate(config, size) -> None:
+    """Before any stage runs: the export formats and options (``ValueError`` names them)."""
+    export_options(config.export)
+
 
 def export_options(config: ExportConfig):
     """The :class:`cvd_scene.export.pipeline.ExportOptions` of a stage config (formats checked)."""

@@ -38,6 +38,35 @@ class FitConfig:
     """CPU threads for torch while fitting on the CPU (1: no OpenMP thread waiting on a busy machine, where two
     threads measured up to 20x slower; None: torch's default)."""
 
+    def __post_init__(self) -> None:
+        from cvd_scene.config import check_fields
+
+        check_fields(
+            self,
+            {
+                "iterations": ">= 1",
+                "time_budget_s": "> 0 or null",
+                "eval_every_k": ">= 2",
+                "sh_degree": "in [0, 3]",
+                "max_gaussians": ">= 0",
+                "num_random_points": ">= 0",
+                "threads": ">= 1 or null",
+            },
+        )
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+def validate(config, size) -> None:
+    """Before any stage runs: a plan ``size`` (:class:`cvd_scene.preflight.PlanSize`) that leaves frames to hold out."""
+    k = config.fit.eval_every_k
+    if size.frames < k:
+        raise ValueError(
+            f"fit.eval_every_k={k} holds out frames {k - 1}, {2 * k - 1}, ... of every video, but the plan has "
+            f"{size.frames} frames per video ({size.source}): nothing would be held out; set fit.eval_every_k <= "
+            f"{max(2, size.frames)} or plan more frames"
+        )
+
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is an error."""

@@ -100,6 +100,23 @@ class GenerateConfig:
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
 
+def validate(config: RunConfig, size) -> None:
+    """Before any stage runs: the model name and the memory and time generating the plan's ``size`` (a
+    :class:`cvd_scene.preflight.PlanSize`) needs; ``ValueError`` names the keys."""
+    from cvd_scene.estimates import check_estimate, frames_estimate, reference_estimate
+    from cvd_scene.paths import check_id
+
+    gen = config.generate
+    if gen.generator == "reference":
+        keys = {**size.keys, "generate.samples_per_pixel": gen.samples_per_pixel}
+        est = reference_estimate(size.videos, size.frames, size.width, size.height, gen.samples_per_pixel, keys)
+    else:
+        if gen.weights is None:
+            check_id(gen.model, "generate.model")
+        est = frames_estimate(size.videos, size.frames, size.width, size.height, dict(size.keys))
+    check_estimate(est)
+
+
 # ---------------------------------------------------------------------------------------------- stage
 
 
@@ -115,6 +132,11 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
             f"stage 'generate' needs {cams_path}; run the plan stage first (cvd-scene plan {run_dir})"
         )
     cams = read_cameras_json(cams_path)
+    from cvd_scene.preflight import PlanSize
+
+    # The plan on disk may differ from the config's sizes (a cameras file, an earlier plan): check it too.
+    validate(config, PlanSize(cams.num_videos, cams.num_frames, cams.width, cams.height, str(cams_path),
+                              {"plan": str(cams_path)}))  # fmt: skip
     gen = config.generate
     t0 = time.perf_counter()
     if gen.generator == "reference":
@@ -134,6 +156,7 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
         "frames": cams.num_frames,
         "width": cams.width,
         "height": cams.height,
+        "video_size": [cams.width + cams.width % 2, cams.height + cams.height % 2],
         "unet_calls": report.pop("unet_calls", 0),
         "wall_time_s": round(time.perf_counter() - t0, 3),
         "generate_time_s": round(generate_s, 3),
@@ -178,6 +201,7 @@ def write_generate_outputs(
 
     from cvd_scene.camera_io import write_transforms_json
     from cvd_scene.media import contact_sheet, write_frames, write_mp4
+    from cvd_scene.paths import join_inside
 
     t0 = time.perf_counter()
     want = (cams.num_videos, cams.num_frames, cams.height, cams.width, 3)
@@ -187,8 +211,17 @@ def write_generate_outputs(
         )
     out_dir = Path(out_dir)
     write_frames(frames, out_dir / "frames", cams.video_ids)
+    if cams.width % 2 or cams.height % 2:
+        log.info(
+            "generate: videos/*.mp4 are padded to %dx%d (H.264 needs even sizes, the last row/column repeated); "
+            "frames/ keep the plan's %dx%d",
+            cams.width + cams.width % 2,
+            cams.height + cams.height % 2,
+            cams.width,
+            cams.height,
+        )
     for v, vid in enumerate(cams.video_ids):
-        write_mp4(frames[v], out_dir / "videos" / f"{vid}.mp4", fps=cams.fps)
+        write_mp4(frames[v], join_inside(out_dir / "videos", f"{vid}.mp4"), fps=cams.fps)
     contact_sheet(
         frames, out_dir / "contact_sheet.png", max_frames=contact_sheet_frames, video_ids=cams.video_ids
     )
@@ -214,6 +247,7 @@ def _generate_reference(config: RunConfig, cams: Cameras, out_dir: Path) -> tupl
 
     from cvd_scene.camera_io import write_json
     from cvd_scene.logs import progress_enabled
+    from cvd_scene.paths import join_inside
     from cvd_scene.reference import build_scene, render
 
     gen = config.generate
@@ -231,9 +265,10 @@ def _generate_reference(config: RunConfig, cams: Cameras, out_dir: Path) -> tupl
     out = render(scene, cams, samples_per_pixel=gen.samples_per_pixel, progress=progress_enabled())
     gt = out_dir / "gt"
     for v, vid in enumerate(cams.video_ids):
-        (gt / "depth" / vid).mkdir(parents=True, exist_ok=True)
+        folder = join_inside(gt / "depth", vid)
+        folder.mkdir(parents=True, exist_ok=True)
         for f in range(cams.num_frames):
-            np.save(gt / "depth" / vid / f"{f:04d}.npy", out.depth[v, f].astype(np.float32))
+            np.save(join_inside(folder, f"{f:04d}.npy"), out.depth[v, f].astype(np.float32))
     scene.export_glb(gt / "scene.glb")
     write_json(gt / "scene.json", scene.describe())
     valid = out.mask.mean(axis=(2, 3))  # [V, F]

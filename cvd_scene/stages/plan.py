@@ -12,6 +12,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+MAX_IMAGE_SIDE_PX = 8192
+"""Largest image width or height a plan may ask for (as for a cameras file)."""
+
+
 @dataclass(kw_only=True)
 class PlanConfig:
     """How the cameras of a run are planned. World frame: metres, +y up, floor at y = 0
@@ -113,6 +117,9 @@ class PlanConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in ("width", "height"):
+            if getattr(self, name) > MAX_IMAGE_SIDE_PX:
+                raise ValueError(f"{name} must be in [1, {MAX_IMAGE_SIDE_PX}], got {getattr(self, name)}")
         if not 0.0 < self.fov_x_deg < 180.0:
             raise ValueError(f"fov_x_deg must be in (0, 180), got {self.fov_x_deg}")
         if self.fps <= 0:
@@ -130,6 +137,18 @@ class PlanConfig:
             raise ValueError(
                 f"perturbation must be >= 0, got perturb_m={self.perturb_m} perturb_deg={self.perturb_deg}"
             )
+
+
+def validate(config, size) -> None:
+    """Before any stage runs: the plan's size (``size``, a :class:`cvd_scene.preflight.PlanSize`) and the memory
+    and time planning it needs; ``ValueError`` names the keys."""
+    from cvd_scene.estimates import check_estimate, plan_estimate
+
+    if size.videos < 1 or size.frames < 1:
+        raise ValueError(f"the plan has {size.videos} videos x {size.frames} frames ({size.source}); need at least 1 x 1")
+    keys = {**size.keys, "plan.covisibility_width_px": config.plan.covisibility_width_px}
+    check_estimate(plan_estimate(size.videos, size.frames, size.width, size.height,
+                                 config.plan.covisibility_width_px, keys))  # fmt: skip
 
 
 def scene_kind(config) -> str:
@@ -251,6 +270,11 @@ def run_plan(config, run_dir: Path, out_dir: Path):
         cams = build_plan(plan, kind, config.seed)
     except ValueError as e:  # a malformed pose file or cameras.json, or parameters no pattern can use
         raise StageRefused(f"plan: {e}") from None
+    from cvd_scene.preflight import PlanSize
+
+    validate(config, PlanSize(cams.num_videos, cams.num_frames, cams.width, cams.height, "plan",
+                              {"plan.num_videos": cams.num_videos, "plan.num_frames": cams.num_frames,
+                               "plan.width": cams.width, "plan.height": cams.height}))  # fmt: skip
     log.info(
         "plan: %d videos x %d frames at %dx%d (%s, scene %s)",
         cams.num_videos,

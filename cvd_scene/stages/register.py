@@ -16,6 +16,17 @@ from typing import Literal
 log = logging.getLogger(__name__)
 
 
+def validate(config, size) -> None:
+    """Before any stage runs: a plan ``size`` (:class:`cvd_scene.preflight.PlanSize`) registration can work on."""
+    if size.frames < 2 and (size.source == "plan" or size.videos < 2):
+        key = "plan.num_frames" if size.source == "plan" else size.source
+        raise ValueError(
+            f"{key}: {size.videos} video(s) x {size.frames} frame: every video of a planned pattern starts at one "
+            "common camera, so one frame per video gives no baseline to triangulate from; registration needs "
+            "plan.num_frames >= 2"
+        )
+
+
 @dataclass(kw_only=True)
 class RegisterConfig:
     """How frames are registered."""
@@ -76,6 +87,29 @@ class RegisterConfig:
     and are left out of the translation-direction error."""
     keep_database: bool = False
     """Keep the COLMAP database (``register/colmap/database.db``, several MB) for inspection."""
+
+    def __post_init__(self) -> None:
+        from cvd_scene.config import check_fields
+
+        check_fields(
+            self,
+            {
+                "max_num_features": ">= 1",
+                "covisibility_min": "in [0, 1]",
+                "sequential_overlap": ">= 0",
+                "cross_neighbours": ">= 0",
+                "overlap_top_k": ">= 0",
+                "min_num_inliers": ">= 1",
+                "min_observations": ">= 1",
+                "min_features_per_frame": ">= 0",
+                "min_registered_fraction": "in [0, 1]",
+                "position_prior_fraction": ">= 0",
+                "init_min_num_inliers": ">= 1",
+                "init_min_tri_angle_deg": "in [0, 180)",
+                "min_tri_angle_deg": "in [0, 180)",
+                "min_baseline_fraction": ">= 0",
+            },
+        )
     text_model: bool = False
     """Also write the COLMAP model as text (``register/sparse_text/``)."""
 

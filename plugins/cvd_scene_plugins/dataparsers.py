@@ -3,7 +3,9 @@ every plugin at start and a datamanager import here would be circular)."""
 
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
-from cvd_scene.fit.dataparser import CvdSceneDataParserConfig
+from cvd_scene.fit.dataparser import CvdSceneDataParserConfig, install_error_hook
+
+install_error_hook()  # a --data folder that cannot be used is one line, not a traceback
 
 cvd_scene_dataparser = DataParserSpecification(
     config=CvdSceneDataParserConfig(),

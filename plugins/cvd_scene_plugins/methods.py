@@ -2,7 +2,10 @@
 
 from nerfstudio.plugins.types import MethodSpecification
 
+from cvd_scene.fit.dataparser import install_error_hook
 from cvd_scene.fit.methods import NERF_DESCRIPTION, SPLAT_DESCRIPTION, nerf_config, splat_config
+
+install_error_hook()  # a --data folder that cannot be used is one line, not a traceback
 
 cvd_scene_method = MethodSpecification(config=splat_config(), description=SPLAT_DESCRIPTION)
 """Gaussian splatting on a cvd-scene run folder: ``ns-train cvd-scene --data RUN_DIR``."""

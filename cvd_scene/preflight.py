@@ -1,0 +1,124 @@
+"""Checks made before the first stage of a command runs, so that bad input is refused before any work starts.
+
+``validate_stages(config, stages, run_dir)`` calls the ``validate(config, size)`` function of every stage about to
+run (each stage module has one: cross-key checks and the memory and time estimates of
+:mod:`cvd_scene.estimates`), with the plan's size taken from the config, the cameras file, the RealEstate10K
+files or the run folder's own finished plan. ``check_run_folder(stage, run_dir)`` refuses a stage command other
+than ``plan`` on a folder that is not a run folder, without creating anything. Errors are ``ValueError`` subclasses
+whose one-line message names the key, file or value. Must not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class PreflightError(ValueError):
+    """Input refused before any stage ran; the message names the key, file or value."""
+
+
+@dataclass(frozen=True)
+class PlanSize:
+    """How many videos and frames, at what size, the run's plan has (or will have)."""
+
+    videos: int
+    frames: int
+    width: int
+    height: int
+    source: str
+    """Where the numbers come from: ``plan.*`` keys, a cameras file, RealEstate10K files or ``plan/cameras.json``."""
+    keys: dict
+    """The config keys (dotted) or files that set the size, for messages."""
+
+
+def plan_size(config, run_dir: Path | None = None, planning: bool = True) -> PlanSize:
+    """The size of the run's plan. ``planning=False``: the plan stage is not part of this command, so a finished
+    ``run_dir/plan/cameras.json`` is what later stages will read."""
+    from cvd_scene.camera_io import CameraFileError, read_cameras_json, read_text_file
+
+    plan = config.plan
+    existing = Path(run_dir) / "plan" / "cameras.json" if run_dir is not None else None
+    if not planning and existing is not None and existing.is_file():
+        try:
+            cams = read_cameras_json(existing)
+        except CameraFileError as e:
+            raise PreflightError(str(e)) from None
+        return PlanSize(cams.num_videos, cams.num_frames, cams.width, cams.height, str(existing),
+                        {"plan": str(existing)})  # fmt: skip
+    if plan.cameras_file:
+        try:
+            cams = read_cameras_json(plan.cameras_file)
+        except CameraFileError as e:
+            raise PreflightError(str(e)) from None
+        return PlanSize(cams.num_videos, cams.num_frames, cams.width, cams.height, "plan.cameras_file",
+                        {"plan.cameras_file": plan.cameras_file})  # fmt: skip
+    if plan.re10k_files:
+        counts = []
+        for path in plan.re10k_files:
+            try:
+                lines = read_text_file(path, "RealEstate10K pose file").splitlines()[1:]
+            except CameraFileError as e:
+                raise PreflightError(str(e)) from None
+            counts.append(sum(1 for line in lines if line.strip()))
+        frames = min(counts) if counts else 0
+        if plan.re10k_max_frames is not None:
+            frames = min(frames, plan.re10k_max_frames)
+        videos = plan.re10k_blend_videos or len(plan.re10k_files)
+        return PlanSize(videos, frames, plan.width, plan.height, "plan.re10k_files",
+                        {"plan.re10k_files": len(plan.re10k_files), "plan.width": plan.width,
+                         "plan.height": plan.height})  # fmt: skip
+    return PlanSize(plan.num_videos, plan.num_frames, plan.width, plan.height, "plan",
+                    {"plan.num_videos": plan.num_videos, "plan.num_frames": plan.num_frames,
+                     "plan.width": plan.width, "plan.height": plan.height})  # fmt: skip
+
+
+def validate_stages(config, stages: list[str] | tuple[str, ...], run_dir: Path | None = None) -> None:
+    """Call every listed stage's ``validate(config, size)`` in run order before any of them runs."""
+    from cvd_scene.stages import STAGE_ORDER
+
+    _refuse_failed_inputs(stages, run_dir)
+    size = plan_size(config, run_dir, planning="plan" in stages)
+    for name in [s for s in STAGE_ORDER if s in stages]:
+        module = importlib.import_module(f"cvd_scene.stages.{name}")
+        try:
+            module.validate(config, size)
+        except PreflightError:
+            raise
+        except ValueError as e:
+            raise PreflightError(str(e)) from None
+
+
+def _refuse_failed_inputs(stages, run_dir: Path | None) -> None:
+    """A stage whose input stage failed (and is not run again now) is refused with that failure first: checking
+    its config against the failed stage's outputs would only point at a second problem."""
+    import json
+
+    from cvd_scene.stages import REQUIRES
+
+    if run_dir is None or not (Path(run_dir) / "run.json").is_file():
+        return
+    try:
+        records = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8")).get("stages") or {}
+    except (OSError, ValueError, AttributeError):
+        return  # the run folder itself reports an unreadable run.json
+    for name in stages:
+        for dep in REQUIRES[name]:
+            rec = records.get(dep) if isinstance(records, dict) else None
+            if dep not in stages and isinstance(rec, dict) and rec.get("status") == "failed":
+                raise PreflightError(f"stage {name!r} needs stage {dep!r}, which failed: {rec.get('message', '')}")
+
+
+def check_run_folder(stage: str, run_dir: Path) -> None:
+    """Refuse a stage command other than ``plan`` on a folder without ``run.json`` (nothing is created)."""
+    run_dir = Path(run_dir)
+    if stage == "plan" or (run_dir / "run.json").is_file():
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PreflightError(f"{run_dir} is a file, not a run folder")
+    what = "does not exist" if not run_dir.exists() else "is not a cvd-scene run folder (no run.json)"
+    raise PreflightError(
+        f"{run_dir} {what}; stage {stage!r} needs a run folder whose earlier stages ran: start one with "
+        f"`cvd-scene plan {run_dir}` or `cvd-scene run {run_dir}`"
+    )
