@@ -133,11 +133,13 @@ class EpipolarBiasConfig:
     published weights were trained with); ``ours``: +0.5 pixel centres and exactly normalised lines (models
     trained by ``cvd-scene train``); None: decided by where the weights come from (model loading resolves it;
     the geometry functions read it as ``ours``). See the module docstring."""
-    line_draw: Literal["per-pair", "per-call"] = "per-pair"
+    line_draw: Literal["per-pair", "per-call"] | None = None
     """Orientation of the zero-baseline pseudo-lines during sampling: ``per-pair``: one per (video, partner,
-    frame) per sample, shared by every level and call (the bias stays cacheable); ``per-call``: the release's
-    redraw, one new orientation at every cross-view attention call, shared by every row (frame pairs with zero
-    baseline are rebuilt at every call)."""
+    frame) per sample, shared by every level and call (the bias stays cached; how ``cvd-scene train`` trains);
+    ``per-call``: the release's redraw, one new orientation at every cross-view attention call, shared by every
+    row (how the published weights were trained; zero-baseline rows are rebuilt at every call, which measured
+    under 1 % of a UNet call on the CPU, README "Sampling"); None: the convention's own (``release`` ->
+    ``per-call``, otherwise ``per-pair``)."""
     dtype: Literal["float16", "bfloat16", "float32", "float64"] = "float16"
     """Dtype of the returned bias."""
     compute_dtype: Literal["float32", "float64"] = "float32"
@@ -158,8 +160,8 @@ class EpipolarBiasConfig:
             raise ValueError(f"band_reference_px must be positive or None, got {self.band_reference_px=}")
         if self.convention not in (None, "ours", "release"):
             raise ValueError(f"convention must be 'ours', 'release' or None, got {self.convention!r}")
-        if self.line_draw not in ("per-pair", "per-call"):
-            raise ValueError(f"line_draw must be 'per-pair' or 'per-call', got {self.line_draw!r}")
+        if self.line_draw not in (None, "per-pair", "per-call"):
+            raise ValueError(f"line_draw must be 'per-pair', 'per-call' or None, got {self.line_draw!r}")
         if not self.baseline_eps >= 0:
             raise ValueError(f"baseline_eps must be >= 0, got {self.baseline_eps=}")
         for name in ("dtype", "compute_dtype"):
@@ -183,6 +185,11 @@ class EpipolarBiasConfig:
     def is_release(self) -> bool:
         """Whether the bias is built exactly as the released builder (``convention == "release"``)."""
         return self.convention == "release"
+
+    @property
+    def effective_line_draw(self) -> str:
+        """``line_draw``, or the convention's own when it is None (release: ``per-call``; ours: ``per-pair``)."""
+        return self.line_draw or ("per-call" if self.is_release else "per-pair")
 
 
 @dataclass

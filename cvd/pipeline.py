@@ -987,7 +987,7 @@ class CVDPipeline(DiffusionPipeline):
         )  # [V, V, F]
         # The release's redraw: one angle per cross-view attention call, from one generator for the whole run.
         self._line_generator = (
-            torch.Generator("cpu").manual_seed(draw_seed + 2) if cfg.epipolar_bias.line_draw == "per-call" else None
+            torch.Generator("cpu").manual_seed(draw_seed + 2) if cfg.epipolar_bias.effective_line_draw == "per-call" else None
         )
         stats = SamplingStats(
             seed=seed,

@@ -650,3 +650,9 @@ def test_release_token_centres():
         token_centres((4, 4), (64, 64), convention="paper")
     with pytest.raises(ValueError, match="convention"):
         EpipolarBiasConfig(convention="paper")
+    # Frame-0 pseudo-lines: each convention's own draw unless chosen explicitly.
+    assert EpipolarBiasConfig(convention="release").effective_line_draw == "per-call"
+    assert EpipolarBiasConfig().effective_line_draw == "per-pair"
+    assert EpipolarBiasConfig(convention="release", line_draw="per-pair").effective_line_draw == "per-pair"
+    with pytest.raises(ValueError, match="line_draw"):
+        EpipolarBiasConfig(line_draw="per-step")
