@@ -10,6 +10,11 @@ CUDA device type (no attention scores materialised), 16 frames, weights counted 
     .venv/bin/python benchmarks/bench_memory.py            # both parts (about a minute on 2 CPU cores)
     .venv/bin/python benchmarks/bench_memory.py --quick    # fewer measured cases
     .venv/bin/python benchmarks/bench_memory.py --measure '{"config": "tiny", "videos": 2, "frames": 8, "size": 128}'
+    python benchmarks/bench_memory.py --device cuda     # GPU: each mode measured (allocator peak) at SD1.5 size
+
+On a GPU (``--device cuda``): an SD1.5-size model with random weights in fp16, one sampling call of 2 steps per
+memory mode and case, the allocator's peak (weights included) next to the estimate, and the frame-0 line draw's
+cost (``per-call``, the release's, against ``per-pair``) on the same calls.
 """
 
 from __future__ import annotations
@@ -102,12 +107,71 @@ def sd15_table(sizes=(256, 512), videos=(2, 4, 6, 8), frames: int = 16) -> list[
     return lines
 
 
+def gpu_modes(cases=((256, 2), (256, 4), (512, 2)), frames: int = 16, steps: int = 2) -> list[str]:
+    """Each memory mode measured on CUDA at SD1.5 size (random fp16 weights): allocator peak vs estimate."""
+    import dataclasses
+    import time
+
+    import torch
+
+    from cvd.model import CVDModel, build_tiny_tokenizer
+    from cvd.model_config import load_model_config
+    from cvd.pipeline import MEMORY_MODES, CVDPipeline
+
+    cfg = load_model_config(ROOT / "configs" / "model" / "sd15.yaml")
+    cfg = dataclasses.replace(cfg, epipolar_bias=dataclasses.replace(cfg.epipolar_bias, convention="release"))
+    model = CVDModel.from_config(cfg, device="cpu", dtype=torch.float16, tokenizer=build_tiny_tokenizer(77)).eval()
+    pipe = CVDPipeline.from_model(model)
+    pipe.set_progress_bar_config(disable=True)
+    head = (f"card: {torch.cuda.get_device_name(0)}   torch {torch.__version__}   sd15 fp16, random weights, "
+            f"{frames} frames, {steps} steps, guided")
+    lines = [head, "", "| mode | image | videos | rows per call | measured peak | estimated peak | est / meas | call (s) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def run(size: int, v: int, **kw):
+        K = torch.tensor([[0.84 * size, 0, size / 2], [0, 0.84 * size, size / 2], [0, 0, 1.0]], dtype=torch.float64)
+        c2w = torch.eye(4, dtype=torch.float64).repeat(v, frames, 1, 1)
+        for i in range(v):
+            c2w[i, :, 0, 3] = torch.linspace(0, 0.4, frames) * (1 if i % 2 else -1)
+            c2w[i, :, 2, 3] = torch.linspace(0, 0.2 * (i + 1), frames)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        out = pipe("a room", c2w, K, num_inference_steps=steps, height=size, width=size, seed=0, output_type="pt",
+                   **kw)
+        torch.cuda.synchronize()
+        return out, time.perf_counter() - t, torch.cuda.max_memory_allocated()
+
+    for mode in MEMORY_MODES:
+        pipe.set_memory_mode(mode, device="cuda")
+        for size, v in cases:
+            out, secs, peak = run(size, v)
+            est = pipe.estimate_peak_memory(num_videos=v, num_frames=frames, height=size, width=size)
+            lines.append(f"| {mode} | {size}² | {v} | {out.stats.max_rows_per_call} | {peak / 2**30:.2f} GiB | "
+                         f"{est.gib():.2f} GiB | {est.peak / peak:.2f} | {secs:.2f} |")
+    pipe.set_memory_mode("fast", device="cuda")
+    lines += ["", "| frame-0 line draw (fast, 256², 2 videos) | call (s) |", "| --- | ---: |"]
+    for draw in ("per-pair", "per-call"):
+        bias = dataclasses.replace(cfg.epipolar_bias, line_draw=draw)
+        pipe.unet.config = dataclasses.replace(cfg, epipolar_bias=bias)
+        run(256, 2)  # warm-up
+        _, secs, _ = run(256, 2)
+        lines.append(f"| {draw} | {secs:.2f} |")
+    pipe.unet.config = cfg
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--measure", default=None, help="measure one case in this process (JSON spec) and print JSON")
     p.add_argument("--quick", action="store_true", help="two measured cases")
     p.add_argument("--no-sd15", action="store_true", help="skip the SD1.5 estimate table")
+    p.add_argument("--device", default="cpu", help="cpu (estimator vs process memory) or cuda (modes measured)")
     args = p.parse_args(argv)
+    if args.device.startswith("cuda"):
+        print("\n".join(gpu_modes()))
+        return
     if args.measure:
         print(json.dumps(measure(json.loads(args.measure))))
         return
