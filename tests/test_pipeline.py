@@ -852,3 +852,26 @@ def test_peak_memory_estimate_orders_the_modes(pipe):
     assert [est[m].rows_per_call for m in ("fast", "balanced", "low")] == [12, 8, 4]
     assert est["fast"].peak > est["balanced"].peak > est["low"].peak
     assert est["low"].weights < est["balanced"].weights < est["fast"].weights
+
+
+def test_generate_stage_memory_modes(tmp_path, capsys):
+    """``generate.memory=low`` runs the stage with one pair per UNet call and offload, and makes the same frames
+    as ``fast`` (PNG levels); a bad mode is refused naming the key."""
+    from PIL import Image
+
+    from cvd_scene.cli import main
+
+    reports, frames = {}, {}
+    for mode in ("fast", "low"):
+        run_dir, cams = _planned_run(tmp_path / mode)
+        rc = main(["generate", str(run_dir), "--quiet", "--generator", "cvd", "--model", "tiny", "generate.steps=2",
+                   f"generate.memory={mode}"])
+        assert rc == 0
+        reports[mode] = json.loads((run_dir / "generate" / "report.json").read_text())
+        frames[mode] = np.stack([np.asarray(Image.open(p)) for p in sorted((run_dir / "generate" / "frames").rglob("*.png"))])
+    assert reports["low"]["memory_mode"] == "low" and reports["fast"]["memory_mode"] == "fast"
+    assert reports["low"]["max_rows_per_call"] == 4 < reports["fast"]["max_rows_per_call"]
+    assert np.abs(frames["low"].astype(int) - frames["fast"].astype(int)).max() <= 1
+    run_dir, _ = _planned_run(tmp_path / "bad")
+    assert main(["generate", str(run_dir), "--quiet", "--generator", "cvd", "--model", "tiny", "generate.memory=huge"]) == 2
+    assert "memory" in capsys.readouterr().err
