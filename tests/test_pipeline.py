@@ -863,7 +863,7 @@ def test_generate_stage_memory_modes(tmp_path, capsys):
 
     reports, frames = {}, {}
     for mode in ("fast", "low"):
-        run_dir, cams = _planned_run(tmp_path / mode)
+        run_dir, _ = _planned_run(tmp_path / mode)
         rc = main(["generate", str(run_dir), "--quiet", "--generator", "cvd", "--model", "tiny", "generate.steps=2",
                    f"generate.memory={mode}"])
         assert rc == 0
