@@ -448,6 +448,11 @@ def test_fp16_and_cpu_offload_on_cuda():
     p.enable_model_cpu_offload()
     off = p(PROMPT, c2w, K, num_inference_steps=2, height=SIZE, width=SIZE, seed=0)
     np.testing.assert_allclose(off.frames, out.frames, atol=2e-2)
+    assert p._offload.moves >= 4 and p.unet.device.type == "cpu"  # every model came and went
+    p.enable_sequential_cpu_offload()
+    seq = p(PROMPT, c2w, K, num_inference_steps=2, height=SIZE, width=SIZE, seed=0, max_pairs_per_call=1)
+    np.testing.assert_allclose(seq.frames, out.frames, atol=2e-2)
+    assert all(t.device.type == "cpu" for t in p.unet.parameters())
 
 
 # ---------------------------------------------------------------------------------------------- the stage
