@@ -207,7 +207,7 @@ def estimate_row_bytes(
     return num_frames * (bias + acts)
 
 
-# Calibrated on this machine's CPU (benchmarks/bench_memory.py: process memory of one sampling call of small
+# Calibrated on a 2-core CPU (benchmarks/bench_memory.py: process memory of one sampling call of small
 # models): feature maps held per UNet row-frame, in units of one finest-level map (tokens x channels), and the
 # per-call fixed overhead.
 _SKIP_MAPS = 3.0  # skip connections and the pose tokens, summed over levels with each level's size

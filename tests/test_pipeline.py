@@ -714,7 +714,7 @@ def test_pair_cap_changes_no_output(pipe):
 
 
 def _fake_placement(monkeypatch) -> dict:
-    """Record where cvd.offload puts each module instead of moving it (this machine has only a CPU: the test
+    """Record where cvd.offload puts each module instead of moving it (on a CPU-only machine the test
     checks the hook logic, i.e. which module is placed where at each call; the copies themselves are plain
     tensor moves, run on a GPU by benchmarks/gpu_check.sh)."""
     import cvd.offload
