@@ -137,8 +137,8 @@ class EpipolarBiasConfig:
     """Orientation of the zero-baseline pseudo-lines during sampling: ``per-pair``: one per (video, partner,
     frame) per sample, shared by every level and call (the bias stays cached; how ``cvd-scene train`` trains);
     ``per-call``: the release's redraw, one new orientation at every cross-view attention call, shared by every
-    row (how the published weights were trained; zero-baseline rows are rebuilt at every call, which measured
-    under 1 % of a UNet call on the CPU, README "Sampling"); None: the convention's own (``release`` ->
+    row (how the published weights were trained; zero-baseline rows are rebuilt at every call: 0.4 % of an
+    SD1.5-size UNet call on the CPU, README "Generate (2)"); None: the convention's own (``release`` ->
     ``per-call``, otherwise ``per-pair``)."""
     dtype: Literal["float16", "bfloat16", "float32", "float64"] = "float16"
     """Dtype of the returned bias."""
