@@ -5,7 +5,9 @@ levels 32², 16², 8², 4². Ours: :func:`cvd.geometry.epipolar_bias_pyramid` on
 (A→B, B→A) x F frames, fp16, shared by both guidance branches, the 8 heads and every module of a level. Baseline,
 measured in the same run: the released procedure re-implemented from its description (fp32 bias for every batch
 row, built again in each of the 20 cross-view modules x 2 attentions, repeated per head before attention, plus
-its NaN scan). Prints a Markdown table; ``rows(quick)`` feeds ``cvd-scene bench``.
+its NaN scan). Also the cost of the release's frame-0 redraw on top of ours (``line_draw="per-call"``): the
+frame-0 rows of the 4 batch rows rebuilt in each of the 40 attentions with a new angle. Prints a Markdown table;
+``rows(quick)`` feeds ``cvd-scene bench``.
 
     .venv/bin/python benchmarks/bench_epipolar.py                  # CPU
     .venv/bin/python benchmarks/bench_epipolar.py --device cuda    # GPU (peak memory measured by the allocator)
@@ -115,6 +117,24 @@ def _release_call(K, c2w, device, generator):
     return total, peak
 
 
+def _redraw_call(device, generator):
+    """The per-call redraw of one UNet call: every attention rebuilds the frame-0 rows (one per batch row, 4
+    rows) of its level with one new angle (:func:`cvd.geometry.pseudo_line_bias`); returns the bytes written."""
+    import torch
+
+    from cvd.geometry import EpipolarBiasConfig, pseudo_line_bias
+
+    cfg = EpipolarBiasConfig(convention="release", line_draw="per-call")
+    H = torch.eye(3, dtype=torch.float64, device=device).expand(4, 3, 3)  # identical cameras at frame 0
+    total = 0
+    for grid in MODULE_GRIDS:
+        for _ in range(ATTENTIONS_PER_MODULE):
+            angle = float(torch.rand((), generator=generator, dtype=torch.float64)) * math.pi
+            rows = pseudo_line_bias(H, grid, (IMAGE, IMAGE), angle, cfg)  # [4, N, N] fp16
+            total += rows.numel() * rows.element_size()
+    return total
+
+
 def _time(fn, device, repeats: int) -> tuple[float, object]:
     out = None
     times = []
@@ -144,6 +164,8 @@ def measure(device: str = "cpu", frames: int = 16, repeats: int = 3) -> dict:
     ours_bytes = sum(x.numel() * x.element_size() for x in levels)
     ours_peak = torch.cuda.max_memory_allocated(device) - base if cuda else None
     del levels
+    _redraw_call(device, generator)  # warm-up
+    redraw_s, redraw_bytes = _time(lambda: _redraw_call(device, generator), device, 5)
 
     _release_call(K, c2w[:, :2], device, generator)  # warm-up (small)
     if cuda:
@@ -158,6 +180,8 @@ def measure(device: str = "cpu", frames: int = 16, repeats: int = 3) -> dict:
         "ours_s": ours_s,
         "ours_mib": ours_bytes / MIB,
         "ours_peak_mib": None if ours_peak is None else ours_peak / MIB,
+        "redraw_s": redraw_s,
+        "redraw_mib": redraw_bytes / MIB,
         "release_s": rel_s,
         "release_total_mib": rel_total / MIB,
         "release_single_mib": rel_single / MIB,
@@ -180,6 +204,8 @@ def rows(quick: bool = False) -> list:
                  baseline_name="release: 20 modules x 2 attentions, fp32, per head", baseline=m["release_total_mib"]),
         BenchRow(**row, metric="bias build time per UNet call (s)", ours=m["ours_s"],
                  baseline_name="release: rebuilt in every attention", baseline=m["release_s"]),
+        BenchRow(**row, metric="frame-0 redraw per UNet call, 40 attentions (s)", ours=m["redraw_s"],
+                 baseline_name="ours: whole bias once per pairing", baseline=m["ours_s"]),
     ]
 
 
@@ -203,6 +229,10 @@ def main() -> None:
               f"{m['release_peak_mib'] / m['ours_peak_mib']:.1f}x |")
     print(f"| build time per UNet call (ms) | {1e3 * m['ours_s']:.1f} | {1e3 * m['release_s']:.1f} | "
           f"{m['release_s'] / m['ours_s']:.1f}x |")
+    print(f"\nFrame-0 redraw per UNet call (line_draw=per-call: 4 rows x 40 attentions, fp16): "
+          f"{1e3 * m['redraw_s']:.1f} ms, {m['redraw_mib']:.1f} MiB written; ours builds the whole bias once per "
+          f"pairing ({1e3 * m['ours_s']:.1f} ms), so the redraw costs {m['redraw_s'] / m['ours_s']:.2f}x that build at "
+          "every UNet call.")
 
 
 if __name__ == "__main__":

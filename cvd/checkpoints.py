@@ -7,7 +7,7 @@
   :class:`CheckpointError` names the file and lists the missing keys, the unexpected keys (first 20 of each,
   with counts) and the wrong shapes. Buffers the published files do not store (listed per loader) are rebuilt
   by the model, never reported missing; position tables the files do store are checked against the rebuilt
-  ones and dropped.
+  ones (at the precision the file stores them) and dropped.
 * The key layouts of the published files (AnimateDiff v3 ``v3_sd15_mm.ckpt``, CameraCtrl's
   ``pose_encoder_state_dict`` / ``attention_processor_state_dict``, CVD's ``unet_trainable_dict``) and their
   mapping onto our modules, both ways (:func:`official_state_dicts` writes our weights in the published layout).
@@ -49,6 +49,7 @@ __all__ = [
     "official_state_dicts",
     "read_state_file",
     "strip_text_model_prefix",
+    "table_tolerance",
 ]
 
 SHOW = 20
@@ -219,21 +220,40 @@ def _assign(module: nn.Module, key: str, target: Tensor, value: Tensor, device: 
         owner._buffers[attr] = new
 
 
-def check_tables(found: Mapping[str, Tensor], rebuilt: Mapping[str, Tensor], *, label: str) -> None:
+def table_tolerance(dtype: torch.dtype) -> float:
+    """How far a stored sinusoidal table may differ from ours: half a unit in the last place of the stored type
+    at 1 (its rounding of values in [-1, 1]) plus 1e-5 for float32 arithmetic on arguments up to ~32 (the
+    published files hold the exact sinusoid: float32 -> ~1e-5, float16 -> ~5e-4)."""
+    return 0.5 * torch.finfo(dtype).eps + 1e-5
+
+
+def check_tables(
+    found: Mapping[str, Tensor],
+    rebuilt: Mapping[str, Tensor],
+    *,
+    label: str,
+    rebuilt_key: Callable[[str], str] | None = None,
+) -> None:
     """Stored sinusoidal position tables ``[1, L, C]`` must agree with the ones the model rebuilds (first
-    ``min(L)`` rows, within fp16 precision); they are then dropped."""
+    ``min(L)`` rows) at the precision the file stores them (:func:`table_tolerance`); they are then dropped
+    (the model keeps its rebuilt float32 tables). ``rebuilt_key`` maps a key of ``found`` to its key in
+    ``rebuilt`` (default: the same key)."""
     for key, table in found.items():
-        ours = rebuilt[key]
+        ours = rebuilt[rebuilt_key(key) if rebuilt_key else key]
         length = min(table.shape[1], ours.shape[1])
         if table.ndim != 3 or table.shape[0] != 1 or table.shape[2] != ours.shape[2]:
             raise CheckpointError(
                 f"{label}: position table {key} has shape {list(table.shape)}, expected [1, L, {ours.shape[2]}]"
             )
-        diff = (table[:, :length].float() - ours[:, :length].float().cpu()).abs().max().item()
-        if diff > 2e-3:
+        if not table.is_floating_point():
+            raise CheckpointError(f"{label}: position table {key} has dtype {table.dtype}, expected a float type")
+        diff = (table[:, :length].double() - ours[:, :length].double().cpu()).abs().max().item()
+        tol = table_tolerance(table.dtype)
+        if not diff <= tol:
             raise CheckpointError(
-                f"{label}: position table {key} differs from the sinusoidal table by {diff:.3g}: the file was "
-                "trained with another temporal encoding"
+                f"{label}: position table {key} ({str(table.dtype).removeprefix('torch.')}) differs from the "
+                f"sinusoidal table by {diff:.3g} (tolerance {tol:.2g} at that precision): the file was trained with "
+                "another temporal encoding"
             )
 
 
@@ -287,11 +307,15 @@ def motion_key_to_official(key: str) -> str:
 
 def map_motion_state(raw: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """A motion-module (or CameraCtrl processor) state in the raw layout -> (our weights, stored position tables
-    by our table key)."""
+    by their key in the file: both attentions of a block store one, and both map to our one rebuilt
+    ``…pos_embed.pe``, :func:`motion_key_from_official`)."""
     weights, tables = {}, {}
     for k, v in raw.items():
         ours = motion_key_from_official(k)
-        (tables if is_rebuilt_buffer(ours) else weights)[ours] = v
+        if is_rebuilt_buffer(ours):
+            tables[k] = v
+        else:
+            weights[ours] = v
     return weights, tables
 
 

@@ -14,23 +14,60 @@ context can be reused by every denoising step that keeps the same rows and pairi
 values on the host when the indices are given as Python sequences or CPU tensors; device index tensors are
 checked with ``torch._assert_async`` (no host synchronisation).
 
+The release's frame-0 behaviour (``EpipolarBiasConfig.line_draw = "per-call"``): frame pairs with zero baseline
+(identical cameras) get a new pseudo-line orientation at every cross-view attention call, one angle shared by
+every row. A context with a :class:`LineRedraw` rewrites those rows of its prepared bias in place before each
+attention (:meth:`CrossViewContext.attention_bias`); the angle is drawn on the host from a CPU generator, so the
+redraw adds no host synchronisation either.
+
 Imports torch and ``cvd.geometry``; must never import ``cvd_scene``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from cvd.geometry import EpipolarBiasConfig, epipolar_bias_pyramid
+from cvd.geometry import EpipolarBiasConfig, epipolar_bias_pyramid, pseudo_line_bias
 
-__all__ = ["CrossViewContext", "epipolar_biases", "guided_rows", "level_grids", "pose_tokens"]
+__all__ = ["CrossViewContext", "LineRedraw", "epipolar_biases", "guided_rows", "level_grids", "pose_tokens"]
 
 IndexLike = Sequence[int] | Tensor
+
+
+@dataclass(eq=False)
+class LineRedraw:
+    """The release's per-call redraw of the zero-baseline pseudo-lines: which (row, frame) entries of a call have
+    zero baseline, their correspondence homographies, and the generator of the angles."""
+
+    rows: Tensor
+    """[R0] long, on the device: indices ``b·F + f`` of the (row, frame) entries whose frame pair has zero
+    baseline."""
+    H: Tensor
+    """[R0, 3, 3] float64, on the device: query pixels -> partner pixels of each entry (identity for identical
+    cameras, the released first frame)."""
+    grids: tuple[tuple[int, int], ...]
+    """Token grid of every UNet level."""
+    image_hw: tuple[int, int]
+    """Size of the generated image."""
+    config: EpipolarBiasConfig
+    """How the bias is built (mode, convention, dtype of the distances)."""
+    generator: torch.Generator
+    """CPU generator of the angles (one draw per attention call)."""
+    angles_rad: list[float] = field(default_factory=list)
+    """Every angle drawn so far (normal angle, radians), in call order (inspection, tests)."""
+    record: bool = False
+    """Keep ``angles_rad`` (off by default: a long run makes thousands of draws)."""
+
+    def draw(self) -> float:
+        angle = float(torch.rand((), generator=self.generator, dtype=torch.float64)) * math.pi
+        if self.record:
+            self.angles_rad.append(angle)
+        return angle
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +90,8 @@ class CrossViewContext:
     pose_tokens: tuple[Tensor, ...] | None
     """One per UNet level: [(B·h·w), F, C] camera features in the motion modules' token layout, or None (no
     camera conditioning)."""
+    redraw: LineRedraw | None = None
+    """The per-call redraw of zero-baseline rows (None: the prepared biases are used as they are)."""
 
     @classmethod
     def build(
@@ -68,6 +107,7 @@ class CrossViewContext:
         bias_slot: IndexLike | None = None,
         pose_features: Sequence[Tensor] | None = None,
         pose_slot: IndexLike | None = None,
+        redraw: LineRedraw | None = None,
     ) -> CrossViewContext:
         """The general constructor.
 
@@ -81,6 +121,8 @@ class CrossViewContext:
             bias_slot: [B] the bias slot of each row (None: P == B, slot = row).
             pose_features: one entry per UNet level: [V, F, C, h, w] from ``CameraPoseEncoder``.
             pose_slot: [B] the video (index into V) of each row (None: V == B).
+            redraw: the per-call redraw of zero-baseline rows (needs a bias at every level; the prepared biases
+                are then private to this context, since their redrawn rows are rewritten in place).
         """
         if num_rows <= 0 or num_frames <= 0:
             raise ValueError(f"num_rows and num_frames must be positive, got {num_rows=} {num_frames=}")
@@ -100,11 +142,21 @@ class CrossViewContext:
         if bias is not None:
             slot = None if bias_slot is None else _index("bias_slot", bias_slot, num_rows, None).to(device)
             biases = tuple(_prepare_bias(i, b, slot, num_rows, num_frames, device, dtype) for i, b in enumerate(bias))
+        if redraw is not None:
+            if not biases or any(b is None for b in biases):
+                raise ValueError("a per-call line redraw needs an epipolar bias at every level")
+            if len(redraw.grids) != len(biases):
+                raise ValueError(f"the redraw has {len(redraw.grids)} levels, the bias {len(biases)}")
+            given = {b.untyped_storage().data_ptr() for b in bias if b is not None}
+            biases = tuple(b.clone() if b.untyped_storage().data_ptr() in given else b for b in biases)
+            redraw.rows = redraw.rows.to(device)
+            redraw.H = redraw.H.to(device, torch.float64)
         tokens = None
         if pose_features is not None:
             slot = None if pose_slot is None else _index("pose_slot", pose_slot, num_rows, None).to(device)
             tokens = tuple(pose_tokens(f, slot, num_rows, num_frames).to(device=device, dtype=dtype) for f in pose_features)
-        return cls(num_rows=num_rows, num_frames=num_frames, partner_rows=partner_rows, biases=biases, pose_tokens=tokens)
+        return cls(num_rows=num_rows, num_frames=num_frames, partner_rows=partner_rows, biases=biases, pose_tokens=tokens,
+                   redraw=redraw)
 
     @classmethod
     def for_videos(
@@ -167,6 +219,20 @@ class CrossViewContext:
     def bias(self, level: int) -> Tensor | None:
         """The prepared bias of a UNet level ([B·F, 1, N, N]) or None."""
         return self.biases[level] if self.biases else None
+
+    def attention_bias(self, level: int) -> Tensor | None | Callable[[], Tensor | None]:
+        """What a CVSM of ``level`` passes to its attentions: the prepared bias, or (with a redraw) a callable
+        that rewrites the zero-baseline rows with a newly drawn angle and returns the bias, once per attention."""
+        bias = self.bias(level)
+        if self.redraw is None or bias is None or self.redraw.rows.numel() == 0:
+            return bias
+        redraw = self.redraw
+
+        def per_call() -> Tensor:
+            fresh = pseudo_line_bias(redraw.H, redraw.grids[level], redraw.image_hw, redraw.draw(), redraw.config)
+            return bias.index_copy_(0, redraw.rows, fresh.to(bias.dtype)[:, None])  # [B·F, 1, N, N]
+
+        return per_call
 
     def bias_bytes(self) -> int:
         """Memory held by the prepared biases."""

@@ -5,7 +5,9 @@ normalises each frame (GroupNorm), projects to tokens, runs ``num_attentions`` s
 (pre-LayerNorm, residual) and a GEGLU feed-forward (pre-LayerNorm, residual), projects back with a
 zero-initialised ``proj_out`` and adds the input. In a cross-view attention the queries are the tokens of frame
 ``k`` of batch row ``b``, the keys and values the tokens of frame ``k`` of its partner row, and the logits get an
-additive epipolar bias shared by every head (one tensor per UNet level, built once per pairing).
+additive epipolar bias shared by every head (one tensor per UNet level, built once per pairing). The bias may
+also be given as a zero-argument callable, called once per cross-view attention (the release's per-call redraw
+of the zero-baseline pseudo-lines, :class:`cvd.context.LineRedraw`).
 
 Parameter names follow the published ``CVD.ckpt`` (``epi_transformer.norm``, ``proj_in``,
 ``transformer_blocks.0.attention_blocks.{i}.{to_q,to_k,to_v,to_out.0}``, ``transformer_blocks.0.norms.{i}``,
@@ -17,6 +19,8 @@ Imports torch and diffusers; must never import ``cvd_scene``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +82,10 @@ def cross_view_attention_reference(
     return to_out(out.to(x.dtype))
 
 
+BiasLike = Tensor | None | Callable[[], Tensor | None]
+"""[R, 1, N, N] additive bias, None, or a callable returning one per attention call."""
+
+
 class CrossViewAttention(nn.Module):
     """One cross-view attention: queries from a (row, frame), keys/values from its partner's same frame."""
 
@@ -112,9 +120,9 @@ class CrossViewTransformerBlock(nn.Module):
         self.ff = FeedForward(channels, mult=ff_mult, dropout=0.0, activation_fn="geglu")
         self.ff_norm = nn.LayerNorm(channels)
 
-    def forward(self, x: Tensor, partner_rows: Tensor, bias: Tensor | None) -> Tensor:  # [R, N, C] -> [R, N, C]
+    def forward(self, x: Tensor, partner_rows: Tensor, bias: BiasLike) -> Tensor:  # [R, N, C] -> [R, N, C]
         for attention, norm in zip(self.attention_blocks, self.norms):
-            x = attention(norm(x), partner_rows, bias) + x
+            x = attention(norm(x), partner_rows, bias() if callable(bias) else bias) + x
         return self.ff(self.ff_norm(x)) + x
 
 
@@ -134,7 +142,7 @@ class CrossViewTransformer(nn.Module):
         self,
         x: Tensor,  # [(B F), C, h, w]: every frame is its own GroupNorm sample, hence per-frame normalisation
         partner_rows: Tensor,  # [(B F)] long
-        bias: Tensor | None,  # [(B F), 1, h·w, h·w] or None
+        bias: BiasLike,  # [(B F), 1, h·w, h·w], None, or a callable returning one per attention call
     ) -> Tensor:  # [(B F), C, h, w]
         r, c, h, w = x.shape
         tokens = self.norm(x).permute(0, 2, 3, 1).reshape(r, h * w, c)  # [(B F), h·w, C]
@@ -153,8 +161,8 @@ class CVSM(nn.Module):
         super().__init__()
         self.epi_transformer = CrossViewTransformer(channels, heads, num_attentions, ff_mult, groups, eps)
 
-    def forward(self, x: Tensor, partner_rows: Tensor, bias: Tensor | None) -> Tensor:  # [(B F), C, h, w]
-        if bias is not None and bias.shape[-1] != x.shape[-1] * x.shape[-2]:
+    def forward(self, x: Tensor, partner_rows: Tensor, bias: BiasLike) -> Tensor:  # [(B F), C, h, w]
+        if isinstance(bias, Tensor) and bias.shape[-1] != x.shape[-1] * x.shape[-2]:
             raise ValueError(
                 f"epipolar bias {tuple(bias.shape)} does not match the {x.shape[-2]}x{x.shape[-1]} token grid of "
                 "this UNet level: build the context for this image size"

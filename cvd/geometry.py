@@ -12,16 +12,28 @@ an ``H x W`` image sits at pixel ``((j+0.5)·W/w, (i+0.5)·H/h)``; tokens are fl
 
 * ``"soft"`` (default; what the released weights were trained with): ``d`` = pixel distance of each key token to
   the query's epipolar line, ``band = band_px / (S/2) · max d`` (max over every query-key entry of that frame
-  pair, ``S`` = ``band_reference_px`` or the longer image side), ``bias = -max(0, d - band) · decay / band``.
-  On a square 256² image this is the released formula (its ``S // 2`` equals our ``S / 2``) up to one
-  regulariser: the release divides by ``|(a, b)| + 1e-6`` for its unnormalised F (entries ~1e-5, so distances
-  move by up to ~1 %); we normalise lines exactly. ``max d`` is read at the grid's four corner tokens (both
+  pair), ``bias = -max(0, d - band) · decay / band``. ``max d`` is read at the grid's four corner tokens (both
   distances are convex in the key position), so no reduction over the full matrix is needed.
-* ``"binary"`` (the paper): 0 where ``d <= band_px`` pixels, :data:`MASKED_BIAS` elsewhere. The band is widened
+* ``"binary"`` (the paper)* ``"binary"`` (the paper): 0 where ``d <= band_px`` pixels, :data:`MASKED_BIAS` elsewhere. The band is widened
   to half a token-cell diagonal when the grid is coarser than that (otherwise a line through the image could
   catch no token centre at 8x8); a row whose line still catches no key (the line misses the image) gets no
   constraint (all zeros) and is counted in :class:`EpipolarBiasStats`, so no row is ever all-masked.
 * ``"none"``: an all-zero bias (a zero-stride view, no memory); callers may skip the bias entirely instead.
+
+Two conventions (``EpipolarBiasConfig.convention``), recorded per model with the weights trained on it:
+
+* ``"release"`` (the published weights): exactly the released builder. Token ``(i, j)`` sits at
+  ``(s_x·j + (s_x-1)/2, s_y·i + (s_y-1)/2)`` with ``s_x = W/w``, ``s_y = H/h`` (integer pixel centres: 3.5 px for
+  the first token at 32² on 256², half a pixel before ours); ``F = K_k^{-T} [t]x R K_q^{-1}`` from the relative
+  pose exactly as given (no normalisation of ``t`` or ``F``: the regulariser below acts at the scale of the
+  poses); ``l = F p``, ``d = |l·p'| / (|(l1, l2)| + 1e-6)``; ``S`` = the image height; soft bias
+  ``-max(0, d - band) · decay / (band + 1e-6)``. The release handles square images only; on a non-square image
+  we keep its per-axis token formula and ``S`` = height (so the band is relative to the height, as its code
+  reads it).
+* ``"ours"`` (models trained by ``cvd-scene train``): token centres ``((j+0.5)·W/w, (i+0.5)·H/h)`` in the
+  project's +0.5 pixel convention, lines normalised exactly (``F`` scale-free, so the result does not depend on
+  the pose units), ``S`` = the longer image side, ``decay / band`` with the band floored at 1e-6 px.
+  ``None`` reads as ``"ours"`` here; model loading resolves it from where the weights come from.
 
 Zero baseline (identical cameras, pure rotation: relative translation norm below ``baseline_eps``, in the pose
 units given) makes the fundamental matrix vanish. It is detected per pair and replaced by the infinite
@@ -68,6 +80,7 @@ __all__ = [
     "homography_bias_pyramid",
     "infinite_homography",
     "plucker_embedding",
+    "pseudo_line_bias",
     "relative_pose",
     "token_centres",
 ]
@@ -84,6 +97,9 @@ _DTYPES = {
 # Relative tolerance under which a line (a, b) or a homogeneous w counts as zero.
 _DEGENERATE_REL = 1e-9
 _MIN_BAND_PX = 1e-6
+# The released builder's regularisers: |(l1, l2)| + 1e-6 under the line distance, band + 1e-6 under the slope.
+_RELEASE_LINE_EPS = 1e-6
+_RELEASE_BAND_EPS = 1e-6
 
 
 @dataclass(kw_only=True)
@@ -100,8 +116,8 @@ class EpipolarBiasConfig:
     decay: float = 3.0
     """soft: bias slope, in units of ``-decay`` per band width beyond the band (released: 3)."""
     band_reference_px: float | None = None
-    """soft: the image side ``S`` of the relative band; None uses the longer side of the image (256 at 256²
-    reproduces the release)."""
+    """soft: the image side ``S`` of the relative band; None uses the longer side of the image (``ours``) or its
+    height (``release``); both are 256 at 256², as released."""
     binary_widen_to_token_cell: bool = True
     """binary: widen tau to half the token-cell diagonal when the grid is coarser (so a line crossing the image
     always catches at least one key token)."""
@@ -112,6 +128,18 @@ class EpipolarBiasConfig:
     baseline_eps: float = 1e-5
     """Relative-translation norm (in the units of the poses given, model units for the model) below which a
     frame pair counts as zero baseline (identical cameras or pure rotation)."""
+    convention: Literal["ours", "release"] | None = None
+    """``release``: token centres, line distance, band side and slope exactly as the released builder (what the
+    published weights were trained with); ``ours``: +0.5 pixel centres and exactly normalised lines (models
+    trained by ``cvd-scene train``); None: decided by where the weights come from (model loading resolves it;
+    the geometry functions read it as ``ours``). See the module docstring."""
+    line_draw: Literal["per-pair", "per-call"] | None = None
+    """Orientation of the zero-baseline pseudo-lines during sampling: ``per-pair``: one per (video, partner,
+    frame) per sample, shared by every level and call (the bias stays cached; how ``cvd-scene train`` trains);
+    ``per-call``: the release's redraw, one new orientation at every cross-view attention call, shared by every
+    row (how the published weights were trained; zero-baseline rows are rebuilt at every call: 0.4 % of an
+    SD1.5-size UNet call on the CPU, README "Generate (2)"); None: the convention's own (``release`` ->
+    ``per-call``, otherwise ``per-pair``)."""
     dtype: Literal["float16", "bfloat16", "float32", "float64"] = "float16"
     """Dtype of the returned bias."""
     compute_dtype: Literal["float32", "float64"] = "float32"
@@ -130,6 +158,10 @@ class EpipolarBiasConfig:
             raise ValueError(f"decay must be >= 0, got {self.decay=}")
         if self.band_reference_px is not None and not self.band_reference_px > 0:
             raise ValueError(f"band_reference_px must be positive or None, got {self.band_reference_px=}")
+        if self.convention not in (None, "ours", "release"):
+            raise ValueError(f"convention must be 'ours', 'release' or None, got {self.convention!r}")
+        if self.line_draw not in (None, "per-pair", "per-call"):
+            raise ValueError(f"line_draw must be 'per-pair', 'per-call' or None, got {self.line_draw!r}")
         if not self.baseline_eps >= 0:
             raise ValueError(f"baseline_eps must be >= 0, got {self.baseline_eps=}")
         for name in ("dtype", "compute_dtype"):
@@ -148,6 +180,16 @@ class EpipolarBiasConfig:
     @property
     def torch_compute_dtype(self) -> torch.dtype:
         return _DTYPES[self.compute_dtype]
+
+    @property
+    def is_release(self) -> bool:
+        """Whether the bias is built exactly as the released builder (``convention == "release"``)."""
+        return self.convention == "release"
+
+    @property
+    def effective_line_draw(self) -> str:
+        """``line_draw``, or the convention's own when it is None (release: ``per-call``; ours: ``per-pair``)."""
+        return self.line_draw or ("per-call" if self.is_release else "per-pair")
 
 
 @dataclass
@@ -321,13 +363,19 @@ def token_centres(
     *,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    convention: str | None = None,
 ) -> Tensor:  # [h*w, 3]
     """Homogeneous pixel centres ``(x, y, 1)`` of the tokens of an ``h x w`` grid on an ``H x W`` image:
-    token ``(i, j)`` (row-major index ``i·w + j``) sits at ``((j+0.5)·W/w, (i+0.5)·H/h)``."""
+    token ``(i, j)`` (row-major index ``i·w + j``) sits at ``((j+0.5)·W/w, (i+0.5)·H/h)``; with
+    ``convention="release"`` at ``(s_x·j + (s_x-1)/2, s_y·i + (s_y-1)/2)``, ``s_x = W/w``, ``s_y = H/h`` (half a
+    pixel less: the released builder's integer pixel centres)."""
     h, w = _check_hw("grid_hw", grid_hw)
     H, W = _check_hw("image_hw", image_hw)
-    ys = (torch.arange(h, dtype=torch.float64, device=device) + 0.5) * (H / h)  # [h]
-    xs = (torch.arange(w, dtype=torch.float64, device=device) + 0.5) * (W / w)  # [w]
+    if convention not in (None, "ours", "release"):
+        raise ValueError(f"convention must be 'ours', 'release' or None, got {convention!r}")
+    shift = -0.5 if convention == "release" else 0.0
+    ys = (torch.arange(h, dtype=torch.float64, device=device) + 0.5) * (H / h) + shift  # [h]
+    xs = (torch.arange(w, dtype=torch.float64, device=device) + 0.5) * (W / w) + shift  # [w]
     y, x = torch.meshgrid(ys, xs, indexing="ij")  # [h, w] each
     pts = torch.stack([x, y, torch.ones_like(x)], dim=-1).reshape(h * w, 3)  # [h*w, 3]
     return pts.to(dtype)
@@ -341,10 +389,11 @@ def token_centres(
 class _PairGeometry:
     """Per frame pair: how a query pixel maps into the partner image (all float64)."""
 
-    F: Tensor  # [..., 3, 3] query pixel -> epipolar line in the key image (scale-normalised)
+    F: Tensor  # [..., 3, 3] query pixel -> epipolar line in the key image (ours: scale-normalised; release: as is)
     H: Tensor  # [..., 3, 3] query pixel -> correspondence at infinity in the key image
     zero_baseline: Tensor  # [...] bool
     angle_rad: Tensor  # [...] float64 normal angle of pseudo-lines
+    release: bool = False  # the released line distance |l.p| / (|(l1, l2)| + 1e-6)
 
     @property
     def batch_shape(self) -> torch.Size:
@@ -395,19 +444,23 @@ def _camera_geometry(
     R, t = T[..., :3, :3], T[..., :3, 3]  # [..., 3, 3], [..., 3]
     t_norm = torch.linalg.vector_norm(t, dim=-1)  # [...]
     zero = t_norm <= config.baseline_eps
-    t_hat = t / torch.where(zero, torch.ones_like(t_norm), t_norm)[..., None]
     K_q_inv = torch.linalg.inv(K_q64)
-    F = torch.linalg.inv(K_k64).transpose(-1, -2) @ _skew(t_hat) @ R @ K_q_inv  # [..., 3, 3]
-    F = F / torch.linalg.matrix_norm(F).clamp_min(1e-300)[..., None, None]
+    if config.is_release:  # F from the relative pose exactly as given: the +1e-6 of the line norm acts at its scale
+        F = torch.linalg.inv(K_k64).transpose(-1, -2) @ _skew(t) @ R @ K_q_inv  # [..., 3, 3]
+    else:
+        t_hat = t / torch.where(zero, torch.ones_like(t_norm), t_norm)[..., None]
+        F = torch.linalg.inv(K_k64).transpose(-1, -2) @ _skew(t_hat) @ R @ K_q_inv  # [..., 3, 3]
+        F = F / torch.linalg.matrix_norm(F).clamp_min(1e-300)[..., None, None]
     H = K_k64 @ R @ K_q_inv  # [..., 3, 3]
     angle = _draw_angles(batch, T.device, generator, line_angle_rad)
-    return _PairGeometry(F=F, H=H, zero_baseline=zero, angle_rad=angle)
+    return _PairGeometry(F=F, H=H, zero_baseline=zero, angle_rad=angle, release=config.is_release)
 
 
 def _homography_geometry(
     H: Tensor,
     generator: torch.Generator | None,
     line_angle_rad: Tensor | float | None,
+    config: EpipolarBiasConfig,
 ) -> _PairGeometry:
     H = _check_square("H", H, 3)
     _check_finite("H", H)
@@ -415,15 +468,16 @@ def _homography_geometry(
     batch = H64.shape[:-2]
     zero = torch.ones(batch, dtype=torch.bool, device=H64.device)
     angle = _draw_angles(batch, H64.device, generator, line_angle_rad)
-    return _PairGeometry(F=torch.zeros_like(H64), H=H64, zero_baseline=zero, angle_rad=angle)
+    return _PairGeometry(F=torch.zeros_like(H64), H=H64, zero_baseline=zero, angle_rad=angle, release=config.is_release)
 
 
 def _lines_and_points(
     geom: _PairGeometry,
     queries: Tensor,  # [Q, 3] or [..., Q, 3] float64 homogeneous query pixels
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Normalised lines ``(a, b, c)`` with ``a² + b² = 1`` in the key image for every query, the dehomogenised
-    correspondence ``H·p``, and validity of each.
+    """Normalised lines ``(a, b, c)`` with ``a² + b² = 1`` in the key image for every query (release: divided by
+    ``|(a, b)| + 1e-6`` instead, every epipolar line valid), the dehomogenised correspondence ``H·p``, and validity
+    of each.
 
     Returns lines [..., Q, 3], line_valid [..., Q], points [..., Q, 2], point_valid [..., Q] (float64/bool).
     """
@@ -431,8 +485,12 @@ def _lines_and_points(
     # Epipolar lines l = F p.
     epi = queries @ geom.F.transpose(-1, -2)  # [..., Q, 3]
     epi_ab = torch.linalg.vector_norm(epi[..., :2], dim=-1)  # [..., Q]
-    epi_valid = epi_ab > _DEGENERATE_REL * p_norm
-    epi = epi / torch.where(epi_valid, epi_ab, torch.ones_like(epi_ab))[..., None]
+    if geom.release:
+        epi_valid = torch.ones_like(epi_ab, dtype=torch.bool)
+        epi = epi / (epi_ab + _RELEASE_LINE_EPS)[..., None]
+    else:
+        epi_valid = epi_ab > _DEGENERATE_REL * p_norm
+        epi = epi / torch.where(epi_valid, epi_ab, torch.ones_like(epi_ab))[..., None]
     # Correspondences at infinity x = H p, valid when in front of the key camera (w > 0).
     hp = queries @ geom.H.transpose(-1, -2)  # [..., Q, 3]
     w = hp[..., 2]
@@ -443,6 +501,8 @@ def _lines_and_points(
     normal = torch.stack([torch.cos(geom.angle_rad), torch.sin(geom.angle_rad)], dim=-1)[..., None, :]  # [..., 1, 2]
     pseudo_c = -(points * normal).sum(-1, keepdim=True)  # [..., Q, 1]
     pseudo = torch.cat([normal.expand_as(points), pseudo_c], dim=-1)  # [..., Q, 3]
+    if geom.release:
+        pseudo = pseudo / (1.0 + _RELEASE_LINE_EPS)
     zero = geom.zero_baseline[..., None]  # [..., 1]
     lines = torch.where(zero[..., None], pseudo, epi)
     line_valid = torch.where(zero, point_valid, epi_valid)
@@ -503,7 +563,7 @@ def _bias_one_level(
         return bias, stats
 
     cdt = config.torch_compute_dtype
-    tokens = token_centres(grid_hw, image_hw, device=device)  # [n, 3] float64
+    tokens = token_centres(grid_hw, image_hw, device=device, convention=config.convention)  # [n, 3] float64
     corners = tokens[[0, w - 1, n - w, n - 1]]  # [4, 3] the grid's corner tokens
     lines, line_valid, points, point_valid = _lines_and_points(geom, tokens)  # [..., Q, 3], [..., Q], ...
     use_points = config.zero_baseline == "homography-point"
@@ -533,9 +593,14 @@ def _bias_one_level(
         return dist
 
     if config.mode == "soft":
-        side = float(config.band_reference_px or max(H_img, W_img))
-        band = ((config.band_px / (side / 2.0)) * max_dist).clamp_min(_MIN_BAND_PX)  # [...]
-        scale = config.decay / band  # [...]
+        if config.is_release:  # S = the image height; slope decay / (band + 1e-6)
+            side = float(config.band_reference_px or H_img)
+            band = (config.band_px / (side / 2.0)) * max_dist  # [...]
+            scale = config.decay / (band + _RELEASE_BAND_EPS)  # [...]
+        else:
+            side = float(config.band_reference_px or max(H_img, W_img))
+            band = ((config.band_px / (side / 2.0)) * max_dist).clamp_min(_MIN_BAND_PX)  # [...]
+            scale = config.decay / band  # [...]
         # bias = -max(0, d - band)·decay/band = min(0, s·band - s·d) with s = decay/band, in two passes.
         dist = distances(scale)  # [..., Q, K]
         bias = torch.sub((scale * band).to(cdt)[..., None, None], dist, out=dist)
@@ -560,6 +625,30 @@ def _bias_one_level(
         line_angle_rad=geom.angle_rad,
     )
     return bias, stats
+
+
+@torch.no_grad()
+def pseudo_line_bias(
+    H: Tensor,  # [..., 3, 3] float64 query pixels -> partner pixels (identity for identical cameras)
+    grid_hw: tuple[int, int],
+    image_hw: tuple[int, int],
+    angle_rad: float,
+    config: EpipolarBiasConfig,
+) -> Tensor:  # [..., h*w, h*w] in config.dtype
+    """The zero-baseline bias of one cross-view attention call under the release's redraw: every query is
+    constrained to the line of normal angle ``angle_rad`` (one angle for every pair of the call) through ``H·p``,
+    with the soft/binary formula of ``config``. Equal to :func:`homography_bias` with ``line_angle_rad=angle_rad``
+    but with no validation and no host reads, so it can run inside a UNet call: ``H`` must already be a finite
+    float64 tensor on the device and the sizes checked by the caller."""
+    batch = H.shape[:-2]
+    geom = _PairGeometry(
+        F=torch.zeros_like(H),
+        H=H,
+        zero_baseline=torch.ones(batch, dtype=torch.bool, device=H.device),
+        angle_rad=torch.full(batch, float(angle_rad), dtype=torch.float64, device=H.device),
+        release=config.is_release,
+    )
+    return _bias_one_level(geom, grid_hw, image_hw, config)[0]
 
 
 def _check_grids(grids: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
@@ -637,7 +726,7 @@ def homography_bias_pyramid(
     config = config or EpipolarBiasConfig()
     image_hw = _check_hw("image_hw", image_hw)
     grids = _check_grids(grids)
-    geom = _homography_geometry(H, generator, line_angle_rad)
+    geom = _homography_geometry(H, generator, line_angle_rad, config)
     results = [_bias_one_level(geom, g, image_hw, config) for g in grids]
     biases = [b for b, _ in results]
     return (biases, [s for _, s in results]) if return_stats else biases
@@ -661,6 +750,6 @@ def homography_bias(
     config = config or EpipolarBiasConfig()
     grid_hw = _check_hw("grid_hw", grid_hw)
     image_hw = _check_hw("image_hw", image_hw)
-    geom = _homography_geometry(H, generator, line_angle_rad)
+    geom = _homography_geometry(H, generator, line_angle_rad, config)
     bias, stats = _bias_one_level(geom, grid_hw, image_hw, config)
     return (bias, stats) if return_stats else bias

@@ -15,11 +15,19 @@ Entry points:
 * :meth:`CVDModel.encode_cameras` (Plücker rays -> pose features, once per sample) and
   :meth:`CVDModel.encode_text`.
 
+The epipolar-bias convention (``config.epipolar_bias.convention``) belongs to the weights: the published files
+were trained with the release's builder, our trainer's models with ours. A config that leaves it None gets it
+from the source: ``release`` from the published files, ``ours`` for random weights (what our trainer starts
+from), and for a saved folder the value in its ``cvd_model.json``, or, in a file written before the field
+existed, ``release`` when its ``sources`` name the published files (``cvd-scene convert``) and ``ours``
+otherwise (:func:`convention_from_sources`). ``save_pretrained`` always writes the resolved value.
+
 Imports torch, diffusers, transformers, safetensors, accelerate; must never import ``cvd_scene``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -42,6 +50,7 @@ from cvd.checkpoints import (
     map_motion_state,
     map_pose_encoder_state,
     modern_vae_names,
+    motion_key_from_official,
     read_state_file,
     strip_text_model_prefix,
 )
@@ -52,7 +61,15 @@ from cvd.unet import CVDUNet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODEL_FORMAT", "MODEL_FORMAT_VERSION", "CVDModel", "OfficialFiles", "build_tiny_tokenizer"]
+__all__ = [
+    "MODEL_FORMAT",
+    "MODEL_FORMAT_VERSION",
+    "CVDModel",
+    "OfficialFiles",
+    "build_tiny_tokenizer",
+    "convention_from_sources",
+    "with_bias_convention",
+]
 
 MODEL_FORMAT = "cvd-scene/cvd-model"
 MODEL_FORMAT_VERSION = 1
@@ -94,6 +111,20 @@ class OfficialFiles:
     trust_pickle: bool = False
     """Unpickle ``.ckpt`` files fully instead of ``weights_only=True`` (only for files from a trusted source, e.g.
     old Lightning checkpoints that pickle training objects)."""
+
+
+def convention_from_sources(sources: dict | None) -> str:
+    """The bias convention of saved weights whose ``cvd_model.json`` does not record one: ``release`` when the
+    provenance names the published files (``cvd-scene convert`` stores ``cvd`` and ``cameractrl`` paths),
+    ``ours`` otherwise (models trained by ``cvd-scene train``)."""
+    return "release" if sources and {"cvd", "cameractrl"} <= set(sources) else "ours"
+
+
+def with_bias_convention(config: CVDModelConfig, convention: str) -> CVDModelConfig:
+    """``config`` with ``epipolar_bias.convention`` set to ``convention`` if it is None (else unchanged)."""
+    if config.epipolar_bias.convention is not None:
+        return config
+    return dataclasses.replace(config, epipolar_bias=dataclasses.replace(config.epipolar_bias, convention=convention))
 
 
 def build_tiny_tokenizer(max_length: int = 77):
@@ -141,6 +172,7 @@ class CVDModel:
     ) -> CVDModel:
         """Random weights (``seed``: deterministic, without touching the global RNG). The tokenizer is built in
         code for ``config.tokenizer == "tiny"``; a ``folder`` config needs ``tokenizer`` passed in."""
+        config = with_bias_convention(config, "ours")
         tok = tokenizer if tokenizer is not None else _tokenizer_for(config, None)
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
@@ -159,7 +191,9 @@ class CVDModel:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> CVDModel:
-        """The model from the published files, every key accounted for (see :class:`OfficialFiles`)."""
+        """The model from the published files, every key accounted for (see :class:`OfficialFiles`). A config
+        whose bias convention is None gets the release's, the one these weights were trained with."""
+        config = with_bias_convention(config, "release")
         sd15 = Path(files.sd15)
         if not sd15.is_dir():
             raise FileNotFoundError(f"--sd15: the Stable Diffusion 1.5 diffusers folder {sd15} does not exist")
@@ -209,7 +243,7 @@ class CVDModel:
         raw = read_state_file(files.motion, unwrap="state_dict", label="motion module", trust_pickle=trust)
         weights, tables = map_motion_state(raw)
         label = f"motion module ({files.motion})"
-        check_tables(tables, dict(inner.named_buffers()), label=label)
+        check_tables(tables, dict(inner.named_buffers()), label=label, rebuilt_key=motion_key_from_official)
         load_exact(inner, weights, label=label, device=device,
                    expected=lambda k: ".motion_modules." in k and ".processor." not in k)
         # 4. CameraCtrl: pose encoder and the pose-injection merges.
@@ -264,11 +298,12 @@ class CVDModel:
             self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
             self.scheduler.save_config(str(tmp / "scheduler"))
             stored = dtype or self.unet.dtype
+            config = with_bias_convention(self.config, convention_from_sources(sources))
             _write_json(tmp / "cvd_model.json", {
                 "format": MODEL_FORMAT,
                 "version": MODEL_FORMAT_VERSION,
                 "dtype": str(stored).removeprefix("torch."),
-                "config": config_to_dict(self.config),
+                "config": config_to_dict(config),
                 "sources": sources or {},
             })
             if path.exists():
@@ -290,7 +325,8 @@ class CVDModel:
     ) -> CVDModel:
         """Load a folder written by :meth:`save_pretrained` (every key of every component accounted for).
         ``dtype``: default the stored one. ``config``: override the stored config (same shapes, other settings
-        such as the bias mode or pose-injection scale)."""
+        such as the bias mode or pose-injection scale). A bias convention left None (in the file or in
+        ``config``) is the file's, else :func:`convention_from_sources` of its provenance."""
         path = Path(path)
         meta_path = path / "cvd_model.json"
         if not meta_path.is_file():
@@ -300,7 +336,9 @@ class CVDModel:
             raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {MODEL_FORMAT!r}")
         if meta.get("version") != MODEL_FORMAT_VERSION:
             raise ValueError(f"{meta_path}: version {meta.get('version')!r}, this code reads {MODEL_FORMAT_VERSION}")
-        config = config or config_from_dict(CVDModelConfig, meta["config"])
+        stored = config_from_dict(CVDModelConfig, meta["config"])
+        convention = stored.epipolar_bias.convention or convention_from_sources(meta.get("sources"))
+        config = with_bias_convention(config or stored, convention)
         dtype = dtype or getattr(torch, meta.get("dtype", "float32"))
         parts = _build_empty(config, dtype)
         for name, module in parts.items():

@@ -19,6 +19,13 @@ translations times ``model_units_per_metre`` (CameraCtrl); the epipolar bias use
 so a plan whose videos do not share their first camera still gets its true fundamental matrices at frame 0
 (with a warning: the model was trained on pairs that share it).
 
+Memory (the diffusers-style switches, each also set by :meth:`CVDPipeline.set_memory_mode`):
+:meth:`~CVDPipeline.enable_model_cpu_offload` (one model on the device at a time, :class:`cvd.offload.ModelOffload`),
+:meth:`~CVDPipeline.enable_sequential_cpu_offload` (one layer at a time), :meth:`~CVDPipeline.enable_vae_slicing`
+(one frame per VAE call), :meth:`~CVDPipeline.enable_vae_tiling` (diffusers' overlapping tiles inside the VAE)
+and ``max_pairs_per_call`` (pairs per UNet call; pairs are independent rows, so the cap changes no result).
+:func:`estimate_peak_memory` predicts the peak of each mode.
+
 One video (or a model built without synchronization modules) is plain camera-controlled video: every video is
 run alone, its CVSMs skipped (exactly CameraCtrl on AnimateDiff), one evaluation per step.
 
@@ -47,8 +54,8 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
-from cvd.context import CrossViewContext, level_grids
-from cvd.geometry import epipolar_bias_pyramid, plucker_embedding
+from cvd.context import CrossViewContext, LineRedraw, level_grids
+from cvd.geometry import epipolar_bias_pyramid, infinite_homography, plucker_embedding, relative_pose
 from cvd.model_config import CVDModelConfig
 from cvd.pairing import (
     DEFAULT_PRESET,
@@ -63,11 +70,15 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
+    "MEMORY_MODES",
     "CVDPipeline",
     "CVDPipelineOutput",
+    "MemoryEstimate",
     "SamplingStats",
+    "estimate_peak_memory",
     "estimate_row_bytes",
     "model_poses",
+    "model_weight_bytes",
     "shares_first_camera",
 ]
 
@@ -75,6 +86,16 @@ DEFAULT_NEGATIVE_PROMPT = "worst quality, low quality, letterboxed"
 """The release's negative prompt."""
 
 _SHARED_FIRST_TOL = 1e-4
+
+MEMORY_MODES = {
+    "fast": {"offload": None, "vae_slicing": False, "vae_tiling": False, "max_pairs_per_call": None},
+    "balanced": {"offload": "model", "vae_slicing": True, "vae_tiling": False, "max_pairs_per_call": 2},
+    "low": {"offload": "sequential", "vae_slicing": True, "vae_tiling": True, "max_pairs_per_call": 1},
+}
+"""What each memory mode switches on. ``fast``: every model resident, every pair of an evaluation in one UNet
+call (or as many as the device's free memory allows), 16 frames per VAE call. ``balanced``: one model on the
+device at a time, at most 2 pairs per UNet call, one frame per VAE call. ``low``: one layer's weights on the device
+at a time, one pair per UNet call, one frame per VAE call in overlapping tiles."""
 
 
 @dataclass
@@ -186,6 +207,123 @@ def estimate_row_bytes(
     return num_frames * (bias + acts)
 
 
+# Calibrated on a 2-core CPU (benchmarks/bench_memory.py: process memory of one sampling call of small
+# models): feature maps held per UNet row-frame, in units of one finest-level map (tokens x channels), and the
+# per-call fixed overhead.
+_SKIP_MAPS = 3.0  # skip connections and the pose tokens, summed over levels with each level's size
+_PEAK_MAPS = 24.0  # the largest transient (GEGLU feed-forward, resnet temporaries) at the finest level
+_VAE_PEAK_MAPS = 12.0  # VAE decoding, in units of the full-resolution map of its first level's channels
+_CPU_CALL_OVERHEAD = 28 * 2**20  # process memory a CPU sampling call adds whatever its size (text, scheduler, ...)
+
+
+@dataclass
+class MemoryEstimate:
+    """Predicted peak memory of one :class:`CVDPipeline` call (bytes), and where it comes from."""
+
+    mode: str
+    """Memory mode (``fast``, ``balanced``, ``low``)."""
+    rows_per_call: int
+    """UNet rows of the largest call."""
+    weights: int
+    """Weights on the device during the denoising loop."""
+    activations: int
+    """UNet activations of the largest call (incl. materialised attention scores on the CPU)."""
+    bias: int
+    """Epipolar bias: the call's prepared per-row copy plus the cached per-pair biases."""
+    decode: int
+    """The decoding phase: weights on the device then plus the VAE's activations."""
+    peak: int
+    """max(denoising phase, decoding phase)."""
+
+    def gib(self) -> float:
+        return self.peak / 2**30
+
+
+def estimate_peak_memory(
+    config: CVDModelConfig,
+    weight_bytes: Mapping[str, int],
+    largest_layer_bytes: Mapping[str, int],
+    *,
+    num_videos: int,
+    num_frames: int,
+    height: int,
+    width: int,
+    mode: str = "fast",
+    dtype: torch.dtype = torch.float16,
+    guided: bool = True,
+    device_type: str = "cuda",
+    max_pairs_per_call: int | None = None,
+    decode: bool = True,
+) -> MemoryEstimate:
+    """Predicted peak memory of one sampling call in a memory mode (:data:`MEMORY_MODES`).
+
+    ``weight_bytes``/``largest_layer_bytes``: per model (``text_encoder``, ``pose_encoder``, ``unet``, ``vae``),
+    all its weights and its largest single module's own weights, in the dtype it runs in. The denoising phase holds
+    the resident weights, the largest UNet call's activations (rows = videos in pairs of the call x guidance
+    branches; all pairs of an evaluation in ``fast`` mode, assuming N/2 pairs), its prepared bias and the cached
+    per-pair biases (2 partners per video); the decoding phase the resident weights and one VAE call. On a CPU
+    (``device_type="cpu"``) masked attention holds one float32 score matrix per row-frame at the finest level and
+    a call adds a fixed ~28 MiB of process memory; on CUDA, SDPA's fused kernels materialise no scores. A model
+    for planning, calibrated against process memory on the CPU (benchmarks/bench_memory.py); not a guarantee.
+    """
+    if mode not in MEMORY_MODES:
+        raise ValueError(f"mode must be one of {sorted(MEMORY_MODES)}, got {mode!r}")
+    spec = MEMORY_MODES[mode]
+    size = torch.empty((), dtype=dtype).element_size()
+    branches = 2 if guided else 1
+    pairs = max(1, num_videos // 2)
+    cap = max_pairs_per_call if max_pairs_per_call is not None else spec["max_pairs_per_call"]
+    if cap is not None:
+        pairs = min(pairs, cap)
+    rows = 2 * pairs * branches if num_videos > 1 else branches
+    rf = rows * num_frames
+    f = config.vae_scale_factor
+    grids = level_grids((height // f, width // f), config.num_levels)
+    tokens = [h * w for h, w in grids]
+    channels = config.unet.block_out_channels
+    maps = sum(n * c for n, c in zip(tokens, channels))
+    acts = rf * size * (_SKIP_MAPS * maps + _PEAK_MAPS * tokens[0] * channels[0])
+    if device_type == "cpu":  # one float32 [N, N] per row-frame at the finest level (masked SDPA), fixed overhead
+        acts += rf * tokens[0] ** 2 * 4 + _CPU_CALL_OVERHEAD
+    cross = num_videos > 1 and config.cvsm.enabled and config.epipolar_bias.mode != "none"
+    bias = 0
+    if cross:
+        per_frame = sum(n * n for n in tokens)
+        bias = rf * per_frame * size + 2 * num_videos * num_frames * per_frame * config.epipolar_bias.torch_dtype.itemsize
+    vae_maps = _VAE_PEAK_MAPS * height * width * config.vae.block_out_channels[0] * size
+    frames_per_decode = 1 if spec["vae_slicing"] else min(16, num_videos * num_frames)
+    if spec["vae_tiling"]:
+        tile = config.vae.sample_size
+        vae_maps = vae_maps * min(1.0, (tile * tile) / (height * width))
+    vae_act = int(vae_maps * frames_per_decode)
+    if spec["offload"] is None:
+        resident = sum(weight_bytes.values())
+        w_denoise, w_decode = resident, resident
+    elif spec["offload"] == "model":
+        w_denoise, w_decode = weight_bytes["unet"], weight_bytes["vae"]
+    else:
+        w_denoise, w_decode = largest_layer_bytes["unet"], largest_layer_bytes["vae"]
+    denoise = w_denoise + int(acts) + bias
+    dec = w_decode + vae_act if decode else 0
+    return MemoryEstimate(
+        mode=mode, rows_per_call=rows, weights=w_denoise, activations=int(acts), bias=bias, decode=dec,
+        peak=max(denoise, dec),
+    )
+
+
+def model_weight_bytes(models: Mapping[str, nn.Module]) -> tuple[dict[str, int], dict[str, int]]:
+    """Per model: all its weights and its largest module's own weights, in bytes (works on the meta device)."""
+    total, largest = {}, {}
+    for name, model in models.items():
+        own = [
+            sum(t.numel() * t.element_size() for t in (*m._parameters.values(), *m._buffers.values()) if t is not None)
+            for m in model.modules()
+        ]
+        total[name] = sum(own)
+        largest[name] = max(own)
+    return total, largest
+
+
 class _LRU:
     """Least-recently-used cache bounded by bytes (values report their size through ``nbytes``)."""
 
@@ -254,6 +392,11 @@ class CVDPipeline(DiffusionPipeline):
             scheduler=scheduler,
         )
         self._bias_cache: _LRU | None = None
+        self._line_generator: torch.Generator | None = None
+        self._offload = None  # cvd.offload.ModelOffload | SequentialOffload | None
+        self._vae_slicing = False
+        self._max_pairs_per_call: int | None = None
+        self.memory_mode = "fast"
 
     # ------------------------------------------------------------------------------------------------ build
 
@@ -306,6 +449,104 @@ class CVDPipeline(DiffusionPipeline):
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
 
+    @property
+    def _execution_device(self) -> torch.device:  # where the models run (under offload: not where they wait)
+        return self._offload.device if self._offload is not None else self.unet.device
+
+    # ------------------------------------------------------------------------------------------------ memory
+
+    def _offload_models(self) -> dict[str, nn.Module]:
+        return {"text_encoder": self.text_encoder, "pose_encoder": self.pose_encoder, "unet": self.unet, "vae": self.vae}
+
+    def enable_model_cpu_offload(  # type: ignore[override]
+        self, gpu_id: int | None = None, device: torch.device | str = "cuda", *, offload_device: torch.device | str = "cpu"
+    ) -> None:
+        """Keep every model on the CPU until it runs; at most one model's weights on ``device`` at a time (the
+        UNet for the whole denoising loop). Saves the text encoder's, pose encoder's and VAE's weights on the
+        device (about 1.0 GiB at SD1.5 size in fp16) for one move of each model per call. ``offload_device``:
+        where the models wait."""
+        from cvd.offload import ModelOffload
+
+        self.disable_cpu_offload()
+        device = torch.device(device)
+        if gpu_id is not None and device.index is None:
+            device = torch.device(device.type, gpu_id)
+        self._offload = ModelOffload(
+            self._offload_models(), device, offload_device, hooked=("text_encoder", "pose_encoder", "unet")
+        )
+
+    def enable_sequential_cpu_offload(  # type: ignore[override]
+        self, gpu_id: int | None = None, device: torch.device | str = "cuda", *, offload_device: torch.device | str = "cpu"
+    ) -> None:
+        """Keep every weight on the CPU; each layer brings its own to ``device`` for its forward only. The least
+        device memory (weights: one layer) and the slowest (every weight crosses the bus at every UNet call)."""
+        from cvd.offload import SequentialOffload
+
+        self.disable_cpu_offload()
+        device = torch.device(device)
+        if gpu_id is not None and device.index is None:
+            device = torch.device(device.type, gpu_id)
+        self._offload = SequentialOffload(self._offload_models(), device, offload_device)
+
+    def disable_cpu_offload(self) -> None:
+        """Remove the offload hooks; the models stay on the CPU (move the pipeline's models yourself)."""
+        if self._offload is not None:
+            self._offload.remove()
+            self._offload.offload_all()
+            self._offload = None
+
+    def estimate_peak_memory(
+        self, *, num_videos: int, num_frames: int, height: int, width: int, mode: str | None = None,
+        guided: bool = True, decode: bool = True, device_type: str | None = None,
+    ) -> MemoryEstimate:
+        """:func:`estimate_peak_memory` for this pipeline's models and dtype (default: its current mode and
+        execution device)."""
+        total, largest = model_weight_bytes(self._offload_models())
+        return estimate_peak_memory(
+            self.model_config, total, largest, num_videos=num_videos, num_frames=num_frames, height=height,
+            width=width, mode=mode or self.memory_mode, dtype=self.unet.dtype, guided=guided,
+            device_type=device_type or self._execution_device.type, decode=decode,
+        )
+
+    def enable_vae_slicing(self) -> None:  # type: ignore[override]
+        """Decode (and encode) one frame per VAE call instead of 16."""
+        self._vae_slicing = True
+
+    def disable_vae_slicing(self) -> None:  # type: ignore[override]
+        self._vae_slicing = False
+
+    def enable_vae_tiling(self) -> None:  # type: ignore[override]
+        """Decode large frames in overlapping tiles (diffusers' ``AutoencoderKL`` tiling: tiles of the VAE's
+        ``sample_size``, blended over a quarter tile): memory bounded by the tile, small seams."""
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:  # type: ignore[override]
+        self.vae.disable_tiling()
+
+    def set_memory_mode(self, mode: str, device: torch.device | str | None = None) -> None:
+        """Switch to a memory mode of :data:`MEMORY_MODES` (``fast``, ``balanced``, ``low``). ``device``: the
+        execution device of the offloading modes (default: CUDA when available, else the CPU)."""
+        if mode not in MEMORY_MODES:
+            raise ValueError(f"memory mode must be one of {sorted(MEMORY_MODES)}, got {mode!r}")
+        spec = MEMORY_MODES[mode]
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else self.unet.device
+        self.disable_cpu_offload()
+        if spec["offload"] == "model":
+            self.enable_model_cpu_offload(device=device)
+        elif spec["offload"] == "sequential":
+            self.enable_sequential_cpu_offload(device=device)
+        else:
+            for m in self._offload_models().values():
+                nn.Module.to(m, device=device)
+        self._vae_slicing = spec["vae_slicing"]
+        if spec["vae_tiling"]:
+            self.enable_vae_tiling()
+        else:
+            self.disable_vae_tiling()
+        self._max_pairs_per_call = spec["max_pairs_per_call"]
+        self.memory_mode = mode
+
     # ------------------------------------------------------------------------------------------------ inputs
 
     def check_inputs(
@@ -332,6 +573,7 @@ class CVDPipeline(DiffusionPipeline):
         output_type: Any,
         callback_on_step_end_tensor_inputs: Any,
         scheduler: Any,
+        max_pairs_per_call: Any = None,
     ) -> None:
         """Validate every argument; each error names the argument and its value."""
         cfg = self.model_config
@@ -472,6 +714,12 @@ class CVDPipeline(DiffusionPipeline):
                     f"max_rows_per_call must be an integer >= 4 (one guided pair), 'auto' or None, "
                     f"got max_rows_per_call={max_rows_per_call!r}"
                 )
+        if max_pairs_per_call is not None and (
+            not isinstance(max_pairs_per_call, int) or isinstance(max_pairs_per_call, bool) or max_pairs_per_call < 1
+        ):
+            raise ValueError(
+                f"max_pairs_per_call must be a positive integer or None, got max_pairs_per_call={max_pairs_per_call!r}"
+            )
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got output_type={output_type!r}")
         bad_inputs = [k for k in callback_on_step_end_tensor_inputs if k != "latents"]
@@ -515,7 +763,11 @@ class CVDPipeline(DiffusionPipeline):
     def decode_latents(
         self, latents: Tensor, chunk_frames: int = 16
     ) -> Tensor:  # [V, C, F, h, w] -> [V, F, H, W, 3]
-        """VAE decoding, ``chunk_frames`` frames at a time, to float32 in [0, 1] on the CPU."""
+        """VAE decoding, ``chunk_frames`` frames at a time (one with VAE slicing), to float32 in [0, 1] on the CPU."""
+        if self._offload is not None:
+            self._offload.use("vae")
+        if self._vae_slicing:
+            chunk_frames = 1
         V, C, F, h, w = latents.shape
         flat = latents.permute(0, 2, 1, 3, 4).reshape(V * F, C, h, w)  # [(V F), C, h, w]
         scale = self.vae.config.scaling_factor
@@ -530,9 +782,13 @@ class CVDPipeline(DiffusionPipeline):
     @torch.no_grad()
     def encode_frames(self, frames: Tensor, device: torch.device) -> Tensor:  # [F, H, W, 3] -> [C, F, h, w]
         """Latents of frames in [0, 1] (the posterior mean, scaled as the UNet expects)."""
+        if self._offload is not None:
+            self._offload.use("vae")
         vae_dtype = next(self.vae.parameters()).dtype
         x = frames.to(device, vae_dtype).permute(0, 3, 1, 2) * 2 - 1  # [F, 3, H, W]
-        z = self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor  # [F, C, h, w]
+        step = 1 if self._vae_slicing else len(x)
+        z = torch.cat([self.vae.encode(x[i : i + step]).latent_dist.mean for i in range(0, len(x), step)])
+        z = z * self.vae.config.scaling_factor  # [F, C, h, w]
         return z.float().permute(1, 0, 2, 3)  # [C, F, h, w]
 
     # ------------------------------------------------------------------------------------------------ call
@@ -562,6 +818,7 @@ class CVDPipeline(DiffusionPipeline):
         fixed_frames: Mapping[int, Tensor] | None = None,
         fixed_latents: Mapping[int, Tensor] | None = None,
         max_rows_per_call: int | str | None = "auto",
+        max_pairs_per_call: int | None = None,
         output_type: str = "np",
         return_dict: bool = True,
         callback_on_step_end: Callable[[CVDPipeline, int, int, dict], dict] | None = None,
@@ -593,6 +850,9 @@ class CVDPipeline(DiffusionPipeline):
             fixed_latents: {video: [C, F, h, w]} the same, as latents.
             max_rows_per_call: Rows per UNet call at most (pairs are never split); ``auto``: everything in one call
                 on a CPU, a memory-budget estimate on a GPU; None: no limit.
+            max_pairs_per_call: Pairs per UNet call at most (each pair is 2 rows per guidance branch); None: the
+                memory mode's cap (``balanced``: 2, ``low``: 1, ``fast``: none). Pairs are independent, so the
+                cap changes no result, only the peak memory and the number of calls.
             output_type: ``np``, ``pt`` or ``latent``.
             return_dict: Return :class:`CVDPipelineOutput` (else a tuple ``(frames, stats)``).
             callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict`` after every step; a
@@ -634,6 +894,7 @@ class CVDPipeline(DiffusionPipeline):
             output_type=output_type,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             scheduler=scheduler,
+            max_pairs_per_call=max_pairs_per_call,
         )
         V, F = c2w.shape[:2]
         if isinstance(pairing, PairingSchedule):
@@ -715,12 +976,19 @@ class CVDPipeline(DiffusionPipeline):
         # 6. Denoising loop.
         rows_cap = self._rows_cap(max_rows_per_call, F, height, width, dtype, device)
         max_pairs = None if rows_cap is None else max(1, rows_cap // (2 * branches))
+        pairs_cap = max_pairs_per_call if max_pairs_per_call is not None else self._max_pairs_per_call
+        if pairs_cap is not None:
+            max_pairs = pairs_cap if max_pairs is None else min(max_pairs, pairs_cap)
         grids = level_grids((h, w), cfg.num_levels)
         self._bias_cache = _LRU(self._cache_budget(device))
         plans = _LRU(self._cache_budget(device))
         angles = torch.from_numpy(
             np.random.default_rng(draw_seed + 1).uniform(0, math.pi, (V, V, F))
         )  # [V, V, F]
+        # The release's redraw: one angle per cross-view attention call, from one generator for the whole run.
+        self._line_generator = (
+            torch.Generator("cpu").manual_seed(draw_seed + 2) if cfg.epipolar_bias.effective_line_draw == "per-call" else None
+        )
         stats = SamplingStats(
             seed=seed,
             pairing={"preset": pairing if isinstance(pairing, str) else None, **schedule.describe()},
@@ -797,6 +1065,9 @@ class CVDPipeline(DiffusionPipeline):
         stats.peak_memory_mb, stats.memory_kind = _peak_memory_mb(device)
         stats.wall_time_s = time.perf_counter() - t_start
         self._bias_cache = None
+        self._line_generator = None
+        if self._offload is not None:
+            self._offload.offload_all()
         self.maybe_free_model_hooks()
         if not return_dict:
             return frames, stats
@@ -882,6 +1153,37 @@ class CVDPipeline(DiffusionPipeline):
                 cache.put(p, found[p], sum(x.numel() * x.element_size() for x in found[p] if x is not None))
         return [found[p] for p in directed]
 
+    def _line_redraw(
+        self,
+        directed: list[tuple[int, int]],
+        branches: int,
+        K: Tensor,  # [V, F, 3, 3] float64, host
+        world: Tensor,  # [V, F, 4, 4] float64, host, model units
+        image_hw: tuple[int, int],
+        grids: list[tuple[int, int]],
+        num_frames: int,
+    ) -> LineRedraw | None:
+        """The per-call redraw of a call's zero-baseline (row, frame) entries (None unless ``line_draw`` is
+        ``per-call``). Row ``s·branches + br`` holds slot ``s`` = directed pair ``directed[s]``."""
+        cfg = self.model_config.epipolar_bias
+        if self._line_generator is None or cfg.mode == "none":
+            return None
+        a = torch.tensor([p[0] for p in directed])
+        b = torch.tensor([p[1] for p in directed])
+        t = relative_pose(world[a], world[b])[..., :3, 3]  # [S, F, 3] key_from_query translation
+        zero = torch.linalg.vector_norm(t, dim=-1) <= cfg.baseline_eps  # [S, F]
+        slots, frames = zero.nonzero(as_tuple=True)
+        rows = [(int(s) * branches + br) * num_frames + int(f) for s, f in zip(slots, frames) for br in range(branches)]
+        H = infinite_homography(K[a[slots], frames], world[a[slots], frames], K[b[slots], frames], world[b[slots], frames])
+        return LineRedraw(
+            rows=torch.tensor(rows, dtype=torch.long),
+            H=H.repeat_interleave(branches, dim=0),  # [R0, 3, 3] in the order of rows
+            grids=tuple(grids),
+            image_hw=image_hw,
+            config=cfg,
+            generator=self._line_generator,
+        )
+
     def _call_plan(
         self,
         group: PairSet,
@@ -921,6 +1223,7 @@ class CVDPipeline(DiffusionPipeline):
             partner = None
             bias = None
             bias_slot = None
+            redraw = None
         else:
             slots = group.pairs.reshape(-1).tolist()  # [a0, b0, a1, b1, ...]: video of each (pair, side)
             weights = group.weights.reshape(-1).tolist()
@@ -933,6 +1236,7 @@ class CVDPipeline(DiffusionPipeline):
                 for lv in range(len(grids))
             ]
             bias_slot = [s for s in range(n) for _ in range(branches)]
+            redraw = self._line_redraw(directed, branches, K, world, image_hw, grids, num_frames)
         row_video = [v for v in slots for _ in range(branches)]
         row_branch = [br for _ in slots for br in range(branches)]
         context = CrossViewContext.build(
@@ -946,6 +1250,7 @@ class CVDPipeline(DiffusionPipeline):
             bias_slot=bias_slot,
             pose_features=features,
             pose_slot=row_video,
+            redraw=redraw if bias is not None and all(b is not None for b in bias) else None,
         )
         mix = torch.zeros(V, len(slots), dtype=torch.float32)
         for s, (v, wgt) in enumerate(zip(slots, weights)):

@@ -85,7 +85,7 @@ class _CVSMHook:
         context = self.slot.context
         if context is None or context.partner_rows is None:
             return None  # no cross-view attention in this call: the motion module's output stands
-        bias = context.bias(self.level)
+        bias = context.attention_bias(self.level)
         if self.checkpoint and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 

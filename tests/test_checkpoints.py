@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from cvd.checkpoints import (
     CheckpointError,
+    check_tables,
     compare_keys,
     fuse_animatediff_lora,
     is_rebuilt_buffer,
@@ -25,6 +26,7 @@ from cvd.checkpoints import (
     motion_key_to_official,
     read_state_file,
 )
+from cvd.geometry import EpipolarBiasConfig
 from cvd.model import CVDModel, _build_empty
 from cvd.model_config import load_model_config
 from tests.cvd_testing import (
@@ -53,11 +55,17 @@ def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 # ---------------------------------------------------------------------------------------------- the real layouts
 
 
-def test_sd15_on_meta_device_matches_every_published_key(data_dir):
+@pytest.fixture(scope="module")
+def sd15_parts() -> dict:
+    """The sd15 components on the meta device (buffers real)."""
+    return _build_empty(load_model_config(CONFIGS / "sd15.yaml"), torch.float32)
+
+
+def test_sd15_on_meta_device_matches_every_published_key(data_dir, sd15_parts):
     """Every key of every published file maps onto a parameter of the same shape of the sd15 model: zero missing,
     zero unexpected; the stored position tables match our rebuilt buffers' shapes."""
     cfg = load_model_config(CONFIGS / "sd15.yaml")
-    parts = _build_empty(cfg, torch.float32)
+    parts = sd15_parts
     unet, pose = parts["unet"].unet, parts["pose_encoder"]
     assert all(p.is_meta for p in unet.parameters())
     ours = _shapes(unet)
@@ -74,7 +82,7 @@ def test_sd15_on_meta_device_matches_every_published_key(data_dir):
         expected = [k for k in model_shapes if responsible(k) and not is_rebuilt_buffer(k)]
         mismatch = compare_keys(model_shapes, weights, expected)
         assert not mismatch, mismatch.message(name)
-        assert all(buffers[k][2] == shape[2] for k, shape in tables.items()), name
+        assert all(buffers[motion_key_from_official(k)][2] == shape[2] for k, shape in tables.items()), name
     # the documented counts: 520 CVD keys over 20 CVSMs (417,137,600 parameters), 40 merges, 560 raw motion keys
     cvsm_params = sum(p.numel() for k, p in unet.named_parameters() if ".epi_modules." in k)
     assert cvsm_params == 417_137_600 and len(list(parts["unet"].cvsms())) == 20
@@ -303,6 +311,8 @@ def test_convert_command_round_trip(source, files, tmp_path, capsys):
     _same_weights(back, source)
     meta = json.loads((out / "cvd_model.json").read_text())
     assert meta["sources"]["cvd"]["path"] == str(files.cvd)
+    assert meta["config"]["epipolar_bias"]["convention"] == "release"
+    assert back.config.epipolar_bias.convention == "release"
     missing = [a if a != str(files.motion) else str(tmp_path / "v3_sd15_mm.ckpt") for a in args]
     missing[-1] = str(tmp_path / "other")
     assert main(missing) == 2
@@ -311,9 +321,68 @@ def test_convert_command_round_trip(source, files, tmp_path, capsys):
     assert not (tmp_path / "other").exists()
 
 
+def test_bias_convention_is_recorded_and_read_by_provenance(source, files, tmp_path):
+    """convert -> save -> load keeps the release's convention; a cvd_model.json without the field reads as the
+    release's when converted from the published files and as ours when trained here (the committed tiny-trained)."""
+    converted = CVDModel.from_official(tiny_config(), files)
+    assert converted.config.epipolar_bias.convention == "release"
+    assert converted.unet.config.epipolar_bias.convention == "release"  # what the pipeline reads
+    out = converted.save_pretrained(tmp_path / "converted", sources={"cvd": {}, "cameractrl": {}})
+    assert CVDModel.from_pretrained(out).config.epipolar_bias.convention == "release"
+    trained = source.save_pretrained(tmp_path / "trained", sources={"trained_by": "cvd.training"})
+    for folder, expected in ((out, "release"), (trained, "ours")):
+        meta = json.loads((folder / "cvd_model.json").read_text())
+        assert meta["config"]["epipolar_bias"]["convention"] == expected
+        del meta["config"]["epipolar_bias"]["convention"]  # a file written before the field existed
+        (folder / "cvd_model.json").write_text(json.dumps(meta))
+        back = CVDModel.from_pretrained(folder)
+        assert back.config.epipolar_bias.convention == expected
+        assert back.unet.config.epipolar_bias.convention == expected
+    # An explicit choice in the file or the caller's config wins over the provenance.
+    override = dataclasses.replace(tiny_config(), epipolar_bias=EpipolarBiasConfig(convention="ours"))
+    assert CVDModel.from_pretrained(out, config=override).config.epipolar_bias.convention == "ours"
+    committed = Path(__file__).parents[1] / "models" / "tiny-trained"
+    assert "convention" not in json.loads((committed / "cvd_model.json").read_text())["config"]["epipolar_bias"]
+    assert CVDModel.from_pretrained(committed).config.epipolar_bias.convention == "ours"
+
+
 def test_legacy_vae_attention_names_are_renamed():
     legacy = {"encoder.mid_block.attentions.0.query.weight": torch.zeros(1),
               "decoder.mid_block.attentions.0.proj_attn.bias": torch.zeros(1),
               "encoder.conv_in.weight": torch.zeros(1)}
     assert set(modern_vae_names(legacy)) == {"encoder.mid_block.attentions.0.to_q.weight",
                                              "decoder.mid_block.attentions.0.to_out.0.bias", "encoder.conv_in.weight"}
+
+
+def _exact_sinusoid(length: int, channels: int) -> torch.Tensor:  # [1, L, C] float64, the published formula
+    pos = torch.arange(length, dtype=torch.float64)[:, None]
+    div = torch.exp(torch.arange(0, channels, 2, dtype=torch.float64) * (-torch.log(torch.tensor(10000.0)) / channels))
+    pe = torch.zeros(1, length, channels, dtype=torch.float64)
+    pe[0, :, 0::2] = torch.sin(pos * div)
+    pe[0, :, 1::2] = torch.cos(pos * div)
+    return pe
+
+
+def test_stored_position_tables_are_checked_at_the_precision_of_the_file(data_dir, sd15_parts):
+    """The published files' pos_encoder.pe tables (keys and shapes of tests/data/official_layout) hold the exact
+    sinusoid: stored in float32 or float16 they pass; a float32 table off by 1e-4, or a float16 table off by two
+    units in its last place, does not (the former 2e-3 tolerance let both through)."""
+    checks = (
+        ("animatediff_v3_mm", map_motion_state, dict(sd15_parts["unet"].unet.named_buffers()), motion_key_from_official),
+        ("cameractrl_pose_encoder", map_pose_encoder_state, dict(sd15_parts["pose_encoder"].named_buffers()), None),
+    )
+    for name, mapping, rebuilt, rebuilt_key in checks:
+        _, shapes = mapping(_layout(data_dir, name))
+        assert len(shapes) == {"animatediff_v3_mm": 40, "cameractrl_pose_encoder": 8}[name]
+        for dtype in (torch.float32, torch.float16):
+            tables = {k: _exact_sinusoid(s[1], s[2]).to(dtype) for k, s in shapes.items()}
+            check_tables(tables, rebuilt, label=name, rebuilt_key=rebuilt_key)  # the exact sinusoid at the file's precision passes
+        key = next(iter(shapes))
+        exact = _exact_sinusoid(shapes[key][1], shapes[key][2])
+        off32 = exact.float().clone()
+        off32[0, 5, 7] += 1e-4
+        off16 = exact.half().clone()
+        off16[0, 5, 1] = off16[0, 5, 1] + 2 * torch.finfo(torch.float16).eps  # a value in [0.5, 1]: 2 ulps
+        for bad, dtype in ((off32, "float32"), (off16, "float16")):
+            with pytest.raises(CheckpointError, match=rf"{re.escape(key)} \({dtype}\) differs .* \(tolerance"):
+                check_tables({key: bad}, rebuilt, label=name, rebuilt_key=rebuilt_key)

@@ -559,3 +559,100 @@ def test_bias_on_cuda_matches_cpu():
                 assert (a - b.cpu()).abs().max() < 1e-2
             else:  # a key exactly at the band edge may flip between devices
                 assert (a != b.cpu()).float().mean() < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the release's convention on real RealEstate10K cameras
+
+RE10K_DIR = __import__("pathlib").Path(__file__).parent / "data" / "re10k_poses"
+
+
+def release_bias_reference(Kq, c2w_q, Kk, c2w_k, feat: int, size: int) -> np.ndarray:
+    """The released bias from its formula (cvd-reference.md), one query at a time, vectorised over the keys:
+    token centres s·i + (s-1)/2, F = K_k^-T [t]x R K_q^-1 from the relative pose as given, l = F p,
+    d = |l·p'| / (|(l1, l2)| + 1e-6), band = 3/(S/2)·max d, bias = -max(0, d - band)·3/(band + 1e-6)."""
+    T = np.linalg.inv(c2w_k) @ c2w_q
+    R, t = T[:3, :3], T[:3, 3]
+    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    F = np.linalg.inv(Kk).T @ tx @ R @ np.linalg.inv(Kq)
+    s = size / feat
+    c = s * np.arange(feat) + (s - 1) / 2
+    pts = np.array([[c[j], c[i], 1.0] for i in range(feat) for j in range(feat)])
+    d = np.empty((len(pts), len(pts)))
+    for q, p in enumerate(pts):
+        line = F @ p
+        d[q] = np.abs(pts @ line) / (math.hypot(line[0], line[1]) + 1e-6)
+    band = 3 / (size / 2) * d.max()
+    return -np.maximum(0.0, d - band) * 3 / (band + 1e-6)
+
+
+def folded_re10k_pair(name: str, size: int):
+    """One clip folded as the release folds its training clips: video A = frames m, m-1, ..., video B = frames
+    m, m+1, ... (m the middle frame), the file's own units; frame k of A and B share the moment k."""
+    from cvd_scene.camera_io import read_re10k
+
+    c2w, K, _ = read_re10k(RE10K_DIR / name, size, size)
+    m = len(c2w) // 2
+    n = min(m, len(c2w) - 1 - m) + 1
+    a, b = [m - k for k in range(n)], [m + k for k in range(n)]
+    return K[a], c2w[a], K[b], c2w[b]
+
+
+def epipole_inside(Kk: np.ndarray, c2w_q: np.ndarray, c2w_k: np.ndarray, size: int) -> bool:
+    t = (np.linalg.inv(c2w_k) @ c2w_q)[:3, 3]  # the query camera's centre in the key camera
+    e = Kk @ t
+    return abs(e[2]) > 1e-12 and bool(np.all((e[:2] / e[2] >= 0) & (e[:2] / e[2] <= size)))
+
+
+def test_release_convention_matches_the_released_formula_on_re10k_cameras():
+    """Every UNet level at 256², fp32 output, on folded RealEstate10K clips whose epipole lies inside the key
+    image on some frames: |ours - release| <= 1e-3 wherever the release's bias is above -10."""
+    size = 256
+    cfg = EpipolarBiasConfig(convention="release", dtype="float32")
+    frames_inside = 0
+    for name in ("0bf152ef84195293.txt", "0c11dbe781b1c11c.txt", "2c80f9eb0d3b2bb4.txt"):
+        Kq, cq, Kk, ck = folded_re10k_pair(name, size)
+        frames = range(1, len(Kq))  # frame 0: identical cameras, no baseline
+        frames_inside += sum(epipole_inside(Kk[f], cq[f], ck[f], size) for f in frames)
+        ours = epipolar_bias_pyramid(
+            *(torch.from_numpy(x[1:]) for x in (Kq, cq, Kk, ck)), (size, size),
+            grids=[(32, 32), (16, 16), (8, 8), (4, 4)], config=cfg,
+        )
+        for level, feat in enumerate((32, 16, 8, 4)):
+            for f in frames:
+                ref = release_bias_reference(Kq[f], cq[f], Kk[f], ck[f], feat, size)
+                got = ours[level][f - 1].numpy().astype(np.float64)
+                keep = ref > -10
+                assert keep.mean() > 0.05, (name, f, feat)
+                diff = np.abs(got - ref)[keep].max()
+                assert diff <= 1e-3, f"{name} frame {f} level {feat}²: max |diff| {diff:.3g}"
+    assert frames_inside >= 3, f"only {frames_inside} frames with the epipole inside the image"
+
+
+def test_release_convention_differs_from_ours_where_it_should():
+    """The half-pixel token shift and the line regulariser are what set the two conventions apart: ours differs
+    from the release by more than the test tolerance near an epipole (so the test above can fail)."""
+    size = 256
+    Kq, cq, Kk, ck = folded_re10k_pair("0bf152ef84195293.txt", size)
+    f = next(f for f in range(1, len(Kq)) if epipole_inside(Kk[f], cq[f], ck[f], size))
+    ref = release_bias_reference(Kq[f], cq[f], Kk[f], ck[f], 32, size)
+    ours = epipolar_bias(*(torch.from_numpy(x[f]) for x in (Kq, cq, Kk, ck)), (32, 32), (size, size),
+                         EpipolarBiasConfig(convention="ours", dtype="float32")).numpy()
+    keep = ref > -10
+    assert np.abs(ours - ref)[keep].max() > 1e-2
+
+
+def test_release_token_centres():
+    c = token_centres((32, 32), (256, 256), convention="release")
+    assert c[0, :2].tolist() == [3.5, 3.5] and c[33, :2].tolist() == [11.5, 11.5]
+    assert torch.equal(c[:, :2] + 0.5, token_centres((32, 32), (256, 256))[:, :2])
+    with pytest.raises(ValueError, match="convention"):
+        token_centres((4, 4), (64, 64), convention="paper")
+    with pytest.raises(ValueError, match="convention"):
+        EpipolarBiasConfig(convention="paper")
+    # Frame-0 pseudo-lines: each convention's own draw unless chosen explicitly.
+    assert EpipolarBiasConfig(convention="release").effective_line_draw == "per-call"
+    assert EpipolarBiasConfig().effective_line_draw == "per-pair"
+    assert EpipolarBiasConfig(convention="release", line_draw="per-pair").effective_line_draw == "per-pair"
+    with pytest.raises(ValueError, match="line_draw"):
+        EpipolarBiasConfig(line_draw="per-step")

@@ -80,4 +80,5 @@ def convert(
     if adapter is not None:
         sources["adapter"]["scale"] = adapter_scale
     loaded.save_pretrained(out_dir, dtype=getattr(torch, dtype), sources=sources, overwrite=overwrite)
-    log.info("wrote %s (%s)", out_dir, dtype)
+    log.info("wrote %s (%s; epipolar bias convention %s, recorded in cvd_model.json)", out_dir, dtype,
+             loaded.config.epipolar_bias.convention)

@@ -66,6 +66,11 @@ class GenerateConfig:
     memory estimate on a GPU)."""
     offload: bool = False
     """CVD generator: move each model component to the GPU only while it runs (diffusers' model CPU offload)."""
+    memory: Literal["fast", "balanced", "low"] = "fast"
+    """CVD generator: memory mode (``cvd.pipeline.MEMORY_MODES``; peaks per mode in the README). ``fast``: every
+    model on the device, all pairs of a step in one UNet call; ``balanced``: one model on the device at a time,
+    2 pairs per UNet call, one frame per VAE call; ``low``: one layer's weights on the device at a time, one pair
+    per call, tiled VAE decoding. Same videos in every mode (up to float rounding and VAE tile seams)."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -324,7 +329,8 @@ def _generate_cvd(config: RunConfig, cams: Cameras, run_dir: Path, out_dir: Path
     )
     t0 = time.perf_counter()
     model, model_info = load_cvd_model(
-        gen.model, gen.weights, device="cpu" if gen.offload else device, dtype=dtype, seed=config.seed
+        gen.model, gen.weights, device="cpu" if gen.offload or gen.memory != "fast" else device, dtype=dtype,
+        seed=config.seed,
     )
     load_s = time.perf_counter() - t0
     pipe = CVDPipeline.from_model(model)
@@ -333,6 +339,8 @@ def _generate_cvd(config: RunConfig, cams: Cameras, run_dir: Path, out_dir: Path
         if device.type != "cuda":
             raise ValueError("generate.offload needs a CUDA device (it moves components between CPU and GPU)")
         pipe.enable_model_cpu_offload(device=device)
+    if gen.memory != "fast":
+        pipe.set_memory_mode(gen.memory, device=device)
     stride = model.config.image_stride_px
     H, W = cams.height, cams.width
     Hg, Wg = -(-H // stride) * stride, -(-W // stride) * stride
@@ -375,6 +383,7 @@ def _generate_cvd(config: RunConfig, cams: Cameras, run_dir: Path, out_dir: Path
     s = out.stats
     report = {
         "model": model_info,
+        "memory_mode": gen.memory,
         "unet_calls": s.unet_calls,
         "unet_rows": s.unet_rows,
         "evaluations": s.evaluations,
