@@ -14,7 +14,7 @@ an ``H x W`` image sits at pixel ``((j+0.5)·W/w, (i+0.5)·H/h)``; tokens are fl
   the query's epipolar line, ``band = band_px / (S/2) · max d`` (max over every query-key entry of that frame
   pair), ``bias = -max(0, d - band) · decay / band``. ``max d`` is read at the grid's four corner tokens (both
   distances are convex in the key position), so no reduction over the full matrix is needed.
-* ``"binary"`` (the paper)* ``"binary"`` (the paper): 0 where ``d <= band_px`` pixels, :data:`MASKED_BIAS` elsewhere. The band is widened
+* ``"binary"`` (the paper): 0 where ``d <= band_px`` pixels, :data:`MASKED_BIAS` elsewhere. The band is widened
   to half a token-cell diagonal when the grid is coarser than that (otherwise a line through the image could
   catch no token centre at 8x8); a row whose line still catches no key (the line misses the image) gets no
   constraint (all zeros) and is counted in :class:`EpipolarBiasStats`, so no row is ever all-masked.
