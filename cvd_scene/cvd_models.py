@@ -89,14 +89,16 @@ def load_cvd_model(
     dtype: torch.dtype | None = None,
     seed: int = 0,
     models_dir: Path | None = None,
+    keep: bool = True,
 ) -> tuple[CVDModel, dict]:
     """The model and a description for the report (``name``, ``weights``: folder path or ``random``, ``dtype``).
 
-    Inside :func:`keep_models_loaded` a model loaded before with the same arguments is returned again."""
+    Inside :func:`keep_models_loaded` a model loaded before with the same arguments is returned again, and the
+    model loaded now is kept unless ``keep`` is False (for callers that attach hooks to it, such as CPU offload)."""
     global _LOADS
     key = (name, None if weights is None else str(Path(weights).resolve()), str(device), str(dtype),
            seed if weights is None and name in RANDOM_WEIGHT_MODELS else None, str(models_dir))  # fmt: skip
-    if _KEPT is not None and key in _KEPT:
+    if keep and _KEPT is not None and key in _KEPT:
         model, info = _KEPT[key]
         return model, dict(info)
     import torch
@@ -144,6 +146,6 @@ def load_cvd_model(
     info["dtype"] = str(model.unet.dtype).removeprefix("torch.")
     _LOADS += 1
     model = model.eval()
-    if _KEPT is not None:
+    if keep and _KEPT is not None:
         _KEPT[key] = (model, dict(info))
     return model, info

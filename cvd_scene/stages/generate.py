@@ -330,7 +330,7 @@ def _generate_cvd(config: RunConfig, cams: Cameras, run_dir: Path, out_dir: Path
     t0 = time.perf_counter()
     model, model_info = load_cvd_model(
         gen.model, gen.weights, device="cpu" if gen.offload or gen.memory != "fast" else device, dtype=dtype,
-        seed=config.seed,
+        seed=config.seed, keep=not gen.offload and gen.memory == "fast",  # offload hooks stay on the model
     )
     load_s = time.perf_counter() - t0
     pipe = CVDPipeline.from_model(model)
