@@ -26,6 +26,7 @@ from cvd_scene.runfolder import (
     RunFolderError,
     StageRefused,
     Stopped,
+    check_run_dir,
     clear_stop,
     describe_os_error,
     request_stop,
@@ -85,9 +86,11 @@ def resolve_config(
     ov = parse_overrides(list(overrides)) if isinstance(overrides, tuple) else overrides
     if preset is None and run_dir is not None and (run_dir / "run.json").is_file():
         run = RunFolder.read(run_dir)
-        from cvd_scene.config import from_dict, merge
+        recorded = run.state.get("config")
+        if isinstance(recorded, dict):  # a run.json no stage has finished in records no config yet
+            from cvd_scene.config import from_dict, merge
 
-        return from_dict(RunConfig, merge(run.state["config"], ov)), run.state.get("preset")
+            return from_dict(RunConfig, merge(recorded, ov)), run.state.get("preset")
     name = preset or default_preset
     return load_config(RunConfig, "run", name, ov), name
 
@@ -137,6 +140,7 @@ def run(
     missing = [s for s in stages if s not in BUILT]
     if missing:
         log.warning("not built yet in this version: %s (those stages are skipped)", ", ".join(missing))
+    check_run_dir(run_dir)  # a path that cannot hold a run is refused before the configs are checked
     validate_stages(config, [s for s in stages if s in BUILT], run_dir)
     results = run_stages(
         run_dir, config, stages, preset=preset, redo=redo_set, overwrite=overwrite, fresh=True, command=command_line()

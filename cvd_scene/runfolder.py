@@ -239,8 +239,10 @@ def _held_message(run_dir: Path, lock: Path) -> str:
     )
 
 
-def _make_run_dir(run_dir: Path) -> list[Path]:
-    """Create ``run_dir`` if missing; returns the folders created, deepest first (removed again if left empty)."""
+def check_run_dir(run_dir: str | os.PathLike) -> list[Path]:
+    """Refuse a run folder path that is a file, a broken link or under a file (creating nothing); returns the
+    folders that creating it would make, deepest first."""
+    run_dir = Path(run_dir)
     if run_dir.is_dir():
         return []
     if run_dir.is_symlink() and not run_dir.exists():
@@ -253,6 +255,14 @@ def _make_run_dir(run_dir: Path) -> list[Path]:
         p = p.parent
     if not p.is_dir():
         raise RunFolderError(f"{run_dir} cannot be created: {p} is a file, not a folder")
+    return missing
+
+
+def _make_run_dir(run_dir: Path) -> list[Path]:
+    """Create ``run_dir`` if missing; returns the folders created, deepest first (removed again if left empty)."""
+    missing = check_run_dir(run_dir)
+    if not missing:
+        return []
     try:
         run_dir.mkdir(parents=True)
     except OSError as e:

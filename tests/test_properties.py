@@ -226,7 +226,8 @@ def setup_sandbox(sandbox: Path) -> tuple[Path, dict]:
     (neighbour / "victim" / "0000.png").write_bytes(b"user data")
     (neighbour / "escaped.mp4").write_bytes(b"user video")
     run_dir = sandbox / "a" / "b" / "run"  # ../../../ from inside the run lands in the sandbox
-    RunFolder.open(run_dir, {}, None)  # an empty run folder (run.json only) ...
+    run_dir.mkdir(parents=True)
+    RunFolder.open(run_dir, {}, None).save()  # an empty run folder (run.json only) ...
     (run_dir / "notes.txt").write_text("the user's own notes")  # ... holding a file of the user's
     return run_dir, {"neighbour": files_of(neighbour), "notes": (run_dir / "notes.txt").read_bytes()}
 
