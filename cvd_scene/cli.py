@@ -38,7 +38,7 @@ log = logging.getLogger("cvd_scene.cli")
 app = SubcommandApp()
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "plan", "generate", "export", "convert", "register", "evaluate", "train", "fit", "batch", "view",
+    "plan", "generate", "export", "convert", "register", "evaluate", "train", "fit", "batch", "view", "imports",
 )
 """Modules under ``cvd_scene.commands`` that register more subcommands on :data:`app`."""
 

@@ -30,8 +30,12 @@ log = logging.getLogger(__name__)
 class GenerateConfig:
     """Which generator makes the videos, and its settings."""
 
-    generator: Literal["reference", "cvd"] = "reference"
-    """``reference``: the built-in CPU renderer of procedural scenes; ``cvd``: the Collaborative Video Diffusion model."""
+    generator: Literal["reference", "cvd", "imported"] = "reference"
+    """``reference``: the built-in CPU renderer of procedural scenes; ``cvd``: the Collaborative Video Diffusion model;
+    ``imported``: the user's own pictures from ``source`` (``cvd-scene import``)."""
+    source: str | None = None
+    """Imported: a folder of pictures (one video) or of sub-folders of pictures (one video each), in file-name
+    order; every frame the plan's size after its EXIF orientation, every video the plan's frame count."""
     scene: str | None = None
     """Reference generator: scene kind (``room``, ``courtyard``, ``table``); None picks it from the prompt's words."""
     samples_per_pixel: int = 4
@@ -117,6 +121,12 @@ def validate(config: RunConfig, size) -> None:
             f"generate.image={gen.image!r}: the {gen.generator} generator renders procedural scenes and cannot "
             "start from a picture; use generate.generator=cvd (e.g. --preset demo-learned)"
         )
+    if gen.generator == "imported":
+        if not gen.source:
+            raise ValueError("generate.generator=imported needs generate.source (cvd-scene import RUN_DIR SOURCE)")
+        if not Path(gen.source).is_dir():
+            raise ValueError(f"generate.source={gen.source!r}: no such folder")
+        return
     if gen.generator == "reference":
         keys = {**size.keys, "generate.samples_per_pixel": gen.samples_per_pixel}
         est = reference_estimate(size.videos, size.frames, size.width, size.height, gen.samples_per_pixel, keys)
@@ -154,8 +164,10 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
         frames, report = _generate_reference(config, cams, out_dir)
     elif gen.generator == "cvd":
         frames, report = _generate_cvd(config, cams, run_dir, out_dir, picture)
+    elif gen.generator == "imported":
+        frames, report = _generate_imported(config, cams)
     else:  # the config type admits only the two; a hand-made config object may not
-        raise ValueError(f"generate.generator must be 'reference' or 'cvd', got {gen.generator!r}")
+        raise ValueError(f"generate.generator must be 'reference', 'cvd' or 'imported', got {gen.generator!r}")
     generate_s = time.perf_counter() - t0
     write_s = write_generate_outputs(frames, cams, out_dir, contact_sheet_frames=gen.contact_sheet_frames)
     report = {
@@ -187,7 +199,7 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
         for k in ("generator", "videos", "frames", "width", "height", "wall_time_s")
         if k in report
     }
-    for k in ("scene_kind", "caption", "valid_fraction"):
+    for k in ("scene_kind", "caption", "valid_fraction", "source"):
         if k in report:
             summary[k] = report[k]
     if picture is not None:
@@ -475,6 +487,34 @@ def _generate_cvd(
     if s.memory_kind == "cuda-allocated":
         report["gpu_peak_memory_mb"] = round(s.peak_memory_mb, 1)
     return np.ascontiguousarray(frames.numpy(), dtype=np.float32), report
+
+
+def _generate_imported(config: RunConfig, cams: Cameras) -> tuple[np.ndarray, dict]:
+    """The user's pictures from ``generate.source`` as the videos of the plan (no ground truth): sub-folders are
+    matched to the plan's videos by id when their names are the plan's ids, else in order
+    (:func:`cvd_scene.imports.check_videos`)."""
+    from cvd_scene.imports import SourceError, check_videos, read_videos, source_videos
+    from cvd_scene.runfolder import StageRefused
+
+    source = Path(config.generate.source)
+    try:
+        found = source_videos(source)
+        videos = check_videos(found, cams.video_ids, cams.num_frames, cams.width, cams.height)
+        if [v.id for v in videos] != list(cams.video_ids):
+            log.info("import: source videos %s taken as the cameras' %s, in order", [v.id for v in videos],
+                     list(cams.video_ids))  # fmt: skip
+        frames = read_videos(videos, cams.width, cams.height)
+    except SourceError as e:
+        raise StageRefused(str(e)) from None
+    report = {
+        "model": None,
+        "unet_calls": 0,
+        "source": str(source.resolve()),
+        "source_videos": {
+            vid: [str(p.relative_to(source)) for p in v.files] for vid, v in zip(cams.video_ids, videos)
+        },
+    }
+    return frames, report
 
 
 def _plan_covisibility(run_dir: Path, cams: Cameras) -> tuple[np.ndarray | None, str | None]:
