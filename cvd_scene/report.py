@@ -185,7 +185,7 @@ def _section_generate(run_dir: Path) -> str:
         return ""
     rep = _read_json(d / "report.json") or {}
     summary = ", ".join(
-        f"{k}: {_fmt(rep[k])}" for k in ("generator", "model", "seed", "unet_calls", "wall_time_s", "peak_memory_mb") if k in rep
+        f"{k}: {_fmt(rep[k])}" for k in ("generator", "source", "model", "seed", "unet_calls", "wall_time_s", "peak_memory_mb") if k in rep
     )
     videos = []
     for mp4 in sorted((d / "videos").glob("*.mp4")):
