@@ -256,3 +256,21 @@ def test_a_missing_or_unreadable_picture_is_one_line(tmp_path, capsys, command):
         assert len(err.splitlines()) == 1, err
         assert err.startswith(f"cvd-scene: error: --image {path}: {why}")
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, nothing lost
+
+
+def test_a_plan_whose_videos_start_apart_is_refused(tmp_path, capsys):
+    save_jpeg(tmp_path / "p.jpg", quadrants(32, 32))
+    planned = tmp_path / "planned"
+    assert main(["plan", str(planned), *RUN[:2], "plan.num_videos=2", "--quiet"]) == 0
+    cams = json.loads((planned / "plan" / "cameras.json").read_text())
+    cams["videos"][1]["frames"][0]["world_from_cam"][0][3] += 0.3  # video 1 starts 0.3 m to the side
+    (tmp_path / "apart.json").write_text(json.dumps(cams))
+    run = tmp_path / "run"
+    args = ["run", str(run), "--image", str(tmp_path / "p.jpg"), *RUN, f"plan.cameras_file={tmp_path / 'apart.json'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1] == (
+        "cvd-scene: error: generate.image needs the plan's videos to start at one camera (the picture is frame 0 of "
+        "every video); their first cameras differ by up to 0.3"
+    )
+    assert not (run / "generate").exists()
