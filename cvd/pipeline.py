@@ -33,6 +33,11 @@ run alone, its CVSMs skipped (exactly CameraCtrl on AnimateDiff), one evaluation
 current timestep (with that video's initial noise, as a deterministic DDIM trajectory through the ground truth
 would be); they act as partners only. This is the toy consistency measure's "fixed ground-truth partner".
 
+``first_frame``: one picture [H, W, 3] that is frame 0 of every video (image -> scene, training-free): its latent
+is held at the encoded picture, noised to the current timestep with each video's own initial noise at every
+evaluation (as for fixed partners), and put back clean before decoding, so frame 0 decodes to the auto-encoded
+picture and the other frames are denoised around it.
+
 Imports torch, diffusers, numpy and ``cvd``; must never import ``cvd_scene``.
 """
 
@@ -571,6 +576,7 @@ class CVDPipeline(DiffusionPipeline):
         fixed_latents: Any,
         max_rows_per_call: Any,
         output_type: Any,
+        first_frame: Any = None,
         callback_on_step_end_tensor_inputs: Any,
         scheduler: Any,
         max_pairs_per_call: Any = None,
@@ -704,6 +710,16 @@ class CVDPipeline(DiffusionPipeline):
                     )
             if len(fixed) >= V:
                 raise ValueError(f"{name} fixes all {V} videos: nothing left to generate")
+        if first_frame is not None:
+            if not isinstance(first_frame, Tensor) or tuple(first_frame.shape) != (height, width, 3):
+                raise ValueError(
+                    f"first_frame must be a tensor of shape {(height, width, 3)} [H, W, 3], "
+                    f"got {getattr(first_frame, 'shape', first_frame)!r}"
+                )
+            if not bool(torch.isfinite(first_frame).all()) or bool((first_frame < 0).any() or (first_frame > 1).any()):
+                raise ValueError(
+                    f"first_frame must lie in [0, 1], got [{float(first_frame.min())}, {float(first_frame.max())}]"
+                )
         if max_rows_per_call is not None and max_rows_per_call != "auto":  # noqa: SIM102 (one check per line)
             if (
                 not isinstance(max_rows_per_call, int)
@@ -817,6 +833,7 @@ class CVDPipeline(DiffusionPipeline):
         latents: Tensor | None = None,
         fixed_frames: Mapping[int, Tensor] | None = None,
         fixed_latents: Mapping[int, Tensor] | None = None,
+        first_frame: Tensor | None = None,
         max_rows_per_call: int | str | None = "auto",
         max_pairs_per_call: int | None = None,
         output_type: str = "np",
@@ -848,6 +865,8 @@ class CVDPipeline(DiffusionPipeline):
             latents: [V, C, F, h, w] initial noise instead of drawing it.
             fixed_frames: {video: [F, H, W, 3] in [0, 1]} ground-truth partners (module docstring).
             fixed_latents: {video: [C, F, h, w]} the same, as latents.
+            first_frame: [H, W, 3] in [0, 1]: a picture held as frame 0 of every video (module docstring); the
+                videos should start at one common camera.
             max_rows_per_call: Rows per UNet call at most (pairs are never split); ``auto``: everything in one call
                 on a CPU, a memory-budget estimate on a GPU; None: no limit.
             max_pairs_per_call: Pairs per UNet call at most (each pair is 2 rows per guidance branch); None: the
@@ -895,6 +914,7 @@ class CVDPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             scheduler=scheduler,
             max_pairs_per_call=max_pairs_per_call,
+            first_frame=first_frame,
         )
         V, F = c2w.shape[:2]
         if isinstance(pairing, PairingSchedule):
@@ -912,9 +932,12 @@ class CVDPipeline(DiffusionPipeline):
                 f"recurrences={schedule.recurrences} re-noise with the DDIM formula; the scheduler is "
                 f"{type(scheduler).__name__} (use DDIMScheduler or recurrences=1)"
             )
-        if (fixed_frames or fixed_latents) and type(scheduler).__name__ != "DDIMScheduler":
+        if (fixed_frames or fixed_latents or first_frame is not None) and type(
+            scheduler
+        ).__name__ != "DDIMScheduler":
             raise ValueError(
-                f"fixed partners are noised with the DDIM formula; the scheduler is {type(scheduler).__name__}"
+                f"fixed partners and first_frame are noised with the DDIM formula; the scheduler is "
+                f"{type(scheduler).__name__}"
             )
         # DDIM steps take the host integer (no device read); other schedulers look their timestep up by value.
         ddim = type(scheduler).__name__ == "DDIMScheduler"
@@ -972,6 +995,8 @@ class CVDPipeline(DiffusionPipeline):
             fixed = {v: x.to(device, torch.float32) for v, x in fixed_latents.items()}
         elif fixed_frames:
             fixed = {v: self.encode_frames(x, device) for v, x in fixed_frames.items()}
+        held = None if first_frame is None else self.encode_frames(first_frame[None], device)[:, 0]  # [C, h, w]
+        held_videos = [v for v in range(V) if v not in fixed]
 
         # 6. Denoising loop.
         rows_cap = self._rows_cap(max_rows_per_call, F, height, width, dtype, device)
@@ -1003,6 +1028,7 @@ class CVDPipeline(DiffusionPipeline):
                 for r, evaluation in enumerate(plan[i]):
                     check_weights(evaluation)
                     self._place_fixed(latents, fixed, noise, scheduler, t)
+                    self._hold_first_frame(latents, held, held_videos, noise, scheduler, t)
                     eps = torch.zeros(
                         V, math.prod(shape[1:]), device=device, dtype=torch.float32
                     )  # [V, C·F·h·w]
@@ -1048,6 +1074,8 @@ class CVDPipeline(DiffusionPipeline):
                 progress.update()
         for v, x0 in fixed.items():
             latents[v] = x0
+        if held is not None:
+            latents[held_videos, :, 0] = held
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         stats.denoise_time_s = time.perf_counter() - t_loop
@@ -1105,6 +1133,17 @@ class CVDPipeline(DiffusionPipeline):
         a = float(scheduler.alphas_cumprod[t])
         for v, x0 in fixed.items():
             latents[v] = math.sqrt(a) * x0 + math.sqrt(1 - a) * noise[v]
+
+    @staticmethod
+    def _hold_first_frame(
+        latents: Tensor, held: Tensor | None, videos: list[int], noise: Tensor, scheduler, t: int
+    ) -> None:
+        """``first_frame``: frame 0 of ``videos`` set to the picture's latent ``held`` [C, h, w] noised to timestep
+        ``t`` with each video's own initial noise (in place)."""
+        if held is None:
+            return
+        a = float(scheduler.alphas_cumprod[t])
+        latents[videos, :, 0] = math.sqrt(a) * held + math.sqrt(1 - a) * noise[videos, :, 0]
 
     @staticmethod
     def _renoise(latents: Tensor, scheduler, t: int, num_steps: int, generator: torch.Generator) -> Tensor:

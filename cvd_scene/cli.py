@@ -39,7 +39,7 @@ log = logging.getLogger("cvd_scene.cli")
 app = SubcommandApp()
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "plan", "generate", "export", "convert", "register", "evaluate", "train", "fit", "batch", "view",
+    "plan", "generate", "export", "convert", "register", "evaluate", "train", "fit", "batch", "view", "imports",
 )
 """Modules under ``cvd_scene.commands`` that register more subcommands on :data:`app`."""
 
@@ -105,6 +105,7 @@ def run(
     overrides: Overrides = (),
     preset: str = "demo",
     prompt: str | None = None,
+    image: str | None = None,
     until: str | None = None,
     redo: str | None = None,
     overwrite: bool = False,
@@ -118,6 +119,8 @@ def run(
         overrides: Config overrides as KEY=VALUE, e.g. fit.iterations=300 plan.num_videos=6.
         preset: Run preset: a name in configs/run/ (demo, default, quality) or a path to a YAML file.
         prompt: Text prompt (also settable as prompt=...).
+        image: A picture that becomes frame 0 of every video (CVD generator, e.g. --preset demo-learned); the
+            prompt is then optional, and the plan's field of view comes from the EXIF focal length when present.
         until: Stop after this stage.
         redo: Run this stage and every stage after it again, even if finished.
         overwrite: Replace the run in RUN_DIR, removing only the files run.json records as cvd-scene's.
@@ -132,6 +135,11 @@ def run(
     if prompt is not None:
         ov["prompt"] = prompt
     config = load_config(RunConfig, "run", preset, ov)
+    if image is not None:
+        from cvd_scene.commands.generate import image_overrides
+
+        ov = image_overrides(ov, image, plan_size=(config.plan.width, config.plan.height))
+        config = load_config(RunConfig, "run", preset, ov)
     for name, value in (("--until", until), ("--redo", redo)):
         if value is not None and value not in STAGE_ORDER:
             raise CliError(f"{name} {value!r} is not a stage; stages are {', '.join(STAGE_ORDER)}")

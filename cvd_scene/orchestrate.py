@@ -14,9 +14,16 @@ log = logging.getLogger(__name__)
 
 
 def stage_config_data(config: RunConfig, name: str, run: RunFolder) -> dict:
-    """What a stage's outputs depend on: prompt, seed, its section and the config hashes of its inputs."""
+    """What a stage's outputs depend on: prompt, seed, its section and the config hashes of its inputs. A section's
+    ``HASH_OMITS_AT_DEFAULT`` keys (added after run folders existed) are left out while at their default, so a
+    stage that finished before they existed is still recognised as finished."""
     upstream = {d: (run.stage_record(d) or {}).get("config_hash") for d in REQUIRES[name]}
-    return {"prompt": config.prompt, "seed": config.seed, "section": to_dict(getattr(config, name)), "upstream": upstream}
+    section_config = getattr(config, name)
+    section = to_dict(section_config)
+    for key, default in getattr(section_config, "HASH_OMITS_AT_DEFAULT", {}).items():
+        if section.get(key) == default:
+            section.pop(key, None)
+    return {"prompt": config.prompt, "seed": config.seed, "section": section, "upstream": upstream}
 
 
 def run_stages(

@@ -185,7 +185,7 @@ def _section_generate(run_dir: Path) -> str:
         return ""
     rep = _read_json(d / "report.json") or {}
     summary = ", ".join(
-        f"{k}: {_fmt(rep[k])}" for k in ("generator", "model", "seed", "unet_calls", "wall_time_s", "peak_memory_mb") if k in rep
+        f"{k}: {_fmt(rep[k])}" for k in ("generator", "source", "model", "seed", "unet_calls", "wall_time_s", "peak_memory_mb") if k in rep
     )
     videos = []
     for mp4 in sorted((d / "videos").glob("*.mp4")):
@@ -195,9 +195,29 @@ def _section_generate(run_dir: Path) -> str:
         )
     sheet = _img(d / "contact_sheet.png", "contact sheet")
     return (
-        f"<section><h2>Generated videos</h2><p class='muted'>{_esc(summary)}</p>"
+        f"<section><h2>Generated videos</h2><p class='muted'>{_esc(summary)}</p>{_input_picture(d, rep)}"
         f"<div class='row'>{''.join(videos)}</div><h3>Contact sheet</h3>{sheet}</section>"
     )
+
+
+def _input_picture(d: Path, rep: dict) -> str:
+    """The picture every video started from (``generate --image``), as the model got it, with where it came from."""
+    image = rep.get("image")
+    if not isinstance(image, dict):
+        return ""
+    crop = d / str(image.get("crop_file", "input_crop.png"))
+    fov = image.get("fov_x_deg_exif")
+    lens = (
+        f"EXIF focal length {_fmt(image.get('focal_35mm_mm'))} mm (35 mm equivalent): {_fmt(fov, 1)}° field of view"
+        if fov is not None
+        else "no EXIF focal length"
+    )
+    size = image.get("size") or ["?", "?"]
+    caption = (
+        f"Input picture {Path(str(image.get('source', ''))).name} ({size[0]}×{size[1]}, kept as generate/"
+        f"{image.get('file', '')}), cropped as the model got it; {lens}; plan {_fmt(image.get('fov_x_deg_plan'), 1)}°"
+    )
+    return f"<h3>Input picture</h3><figure>{_img(crop, 'input picture', 192)}<figcaption>{_esc(caption)}</figcaption></figure>"
 
 
 def _med(d: object) -> object:

@@ -4,7 +4,8 @@ Both generators return frames ``[V, F, H, W, 3]`` float32 in [0, 1] (plus report
 from frames is shared (:func:`write_generate_outputs`), so ``generate/`` has one layout whichever generator made
 it: ``frames/<vid>/<NNNN>.png``, ``videos/<vid>.mp4``, ``contact_sheet.png``, ``transforms.json`` (planned poses)
 and ``report.json``. The reference generator adds ``gt/depth/<vid>/<NNNN>.npy``, ``gt/scene.glb`` and
-``gt/scene.json``. Import-light: heavy libraries are imported inside the functions.
+``gt/scene.json``. With ``image`` (CVD only) the picture is copied to ``input<ext>``, its crop to the plan's
+size is ``input_crop.png``, and it is frame 0 of every video. Import-light: heavy libraries are imported inside the functions.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,8 +30,12 @@ log = logging.getLogger(__name__)
 class GenerateConfig:
     """Which generator makes the videos, and its settings."""
 
-    generator: Literal["reference", "cvd"] = "reference"
-    """``reference``: the built-in CPU renderer of procedural scenes; ``cvd``: the Collaborative Video Diffusion model."""
+    generator: Literal["reference", "cvd", "imported"] = "reference"
+    """``reference``: the built-in CPU renderer of procedural scenes; ``cvd``: the Collaborative Video Diffusion model;
+    ``imported``: the user's own pictures from ``source`` (``cvd-scene import``)."""
+    source: str | None = None
+    """Imported: a folder of pictures (one video) or of sub-folders of pictures (one video each), in file-name
+    order; every frame the plan's size after its EXIF orientation, every video the plan's frame count."""
     scene: str | None = None
     """Reference generator: scene kind (``room``, ``courtyard``, ``table``); None picks it from the prompt's words."""
     samples_per_pixel: int = 4
@@ -77,6 +82,14 @@ class GenerateConfig:
     """Model dtype: ``auto`` is float16 on CUDA, float32 on the CPU."""
     contact_sheet_frames: int = 8
     """Frame columns of ``contact_sheet.png`` (evenly spaced over the clip)."""
+    image: str | None = None
+    """CVD generator: a picture (JPEG, PNG, ...) that becomes frame 0 of every video (the plan's videos must
+    start at one camera): EXIF orientation applied, scaled to cover the generated size and cropped at its
+    centre, its latent held at every denoising step. The stage copies it into ``generate/`` (``input<ext>``)."""
+
+    HASH_OMITS_AT_DEFAULT: ClassVar[dict[str, object]] = {"image": None, "source": None}
+    """Keys added after run folders existed: left out of the stage's config hash at their default, so a generate
+    stage that finished before them is not asked to run again."""
 
     def __post_init__(self) -> None:
         if self.samples_per_pixel < 1:
@@ -112,6 +125,17 @@ def validate(config: RunConfig, size) -> None:
     from cvd_scene.paths import check_id
 
     gen = config.generate
+    if gen.image is not None and gen.generator != "cvd":
+        raise ValueError(
+            f"generate.image={gen.image!r}: the {gen.generator} generator renders procedural scenes and cannot "
+            "start from a picture; use generate.generator=cvd (e.g. --preset demo-learned)"
+        )
+    if gen.generator == "imported":
+        if not gen.source:
+            raise ValueError("generate.generator=imported needs generate.source (cvd-scene import RUN_DIR SOURCE)")
+        if not Path(gen.source).is_dir():
+            raise ValueError(f"generate.source={gen.source!r}: no such folder")
+        return
     if gen.generator == "reference":
         keys = {**size.keys, "generate.samples_per_pixel": gen.samples_per_pixel}
         est = reference_estimate(size.videos, size.frames, size.width, size.height, gen.samples_per_pixel, keys)
@@ -143,13 +167,16 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
     validate(config, PlanSize(cams.num_videos, cams.num_frames, cams.width, cams.height, str(cams_path),
                               {"plan": str(cams_path)}))  # fmt: skip
     gen = config.generate
+    picture = _read_image(gen, cams, out_dir) if gen.image is not None else None
     t0 = time.perf_counter()
     if gen.generator == "reference":
         frames, report = _generate_reference(config, cams, out_dir)
     elif gen.generator == "cvd":
-        frames, report = _generate_cvd(config, cams, run_dir, out_dir)
+        frames, report = _generate_cvd(config, cams, run_dir, out_dir, picture)
+    elif gen.generator == "imported":
+        frames, report = _generate_imported(config, cams)
     else:  # the config type admits only the two; a hand-made config object may not
-        raise ValueError(f"generate.generator must be 'reference' or 'cvd', got {gen.generator!r}")
+        raise ValueError(f"generate.generator must be 'reference', 'cvd' or 'imported', got {gen.generator!r}")
     generate_s = time.perf_counter() - t0
     write_s = write_generate_outputs(frames, cams, out_dir, contact_sheet_frames=gen.contact_sheet_frames)
     report = {
@@ -169,6 +196,8 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
         "peak_memory_mb": round(peak_memory_mb(), 1),
         **report,
     }
+    if picture is not None:
+        report["image"] = picture[1]
     from cvd_scene.camera_io import write_json
 
     write_json(out_dir / "report.json", report)
@@ -179,9 +208,11 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
         for k in ("generator", "videos", "frames", "width", "height", "wall_time_s")
         if k in report
     }
-    for k in ("scene_kind", "caption", "valid_fraction"):
+    for k in ("scene_kind", "caption", "valid_fraction", "source"):
         if k in report:
             summary[k] = report[k]
+    if picture is not None:
+        summary["image"] = f"generate/{picture[1]['file']}"
     status, message = (
         "finished",
         f"{cams.num_videos} videos x {cams.num_frames} frames by the {gen.generator} generator",
@@ -300,13 +331,70 @@ def _generate_reference(config: RunConfig, cams: Cameras, out_dir: Path) -> tupl
     return out.rgb, report
 
 
-def _generate_cvd(config: RunConfig, cams: Cameras, run_dir: Path, out_dir: Path) -> tuple[np.ndarray, dict]:
+def _read_image(gen: GenerateConfig, cams: Cameras, out_dir: Path) -> tuple[object, dict]:
+    """``generate.image``: the picture (read upright, checked) and its report entry; copies the file into
+    ``out_dir`` as ``input<ext>`` so the run keeps what it started from. Refuses a plan whose videos do not
+    start at one camera (the picture is frame 0 of every video)."""
+    import shutil
+
+    import numpy as np
+
+    from cvd_scene import picture as pic
+    from cvd_scene.planning import common_start_error
+    from cvd_scene.runfolder import StageRefused
+
+    try:
+        picture = pic.read_picture(gen.image)
+    except pic.PictureError as e:
+        raise StageRefused(str(e).replace("--image", "generate.image", 1)) from None
+    start_error = common_start_error(cams) if cams.num_videos > 1 else 0.0
+    if start_error > 1e-4:
+        raise StageRefused(
+            f"generate.image needs the plan's videos to start at one camera (the picture is frame 0 of every "
+            f"video); their first cameras differ by up to {start_error:.3g}"
+        )
+    ext = Path(gen.image).suffix.lower()
+    ext = ext if ext and len(ext) <= 6 and ext[1:].isalnum() else f".{picture.format.lower()}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(gen.image, out_dir / f"input{ext}")
+    from PIL import Image
+
+    crop = pic.cover_crop(picture, cams.width, cams.height)  # [H, W, 3]
+    Image.fromarray(np.round(crop * 255).astype(np.uint8)).save(out_dir / "input_crop.png")
+    fov_plan = 2 * float(np.degrees(np.arctan(cams.width / (2 * cams.K[0, 0, 0, 0]))))
+    fov_exif = pic.fov_x_deg(picture, cams.width, cams.height)
+    if fov_exif is not None and abs(fov_exif - fov_plan) > 2.0:
+        log.warning(
+            "the picture's EXIF focal length (%g mm, 35 mm equivalent) gives a %.1f deg field of view at the "
+            "plan's %dx%d, the plan has %.1f deg: plan again with plan.fov_x_deg=%.1f",
+            picture.focal_35mm_mm, fov_exif, cams.width, cams.height, fov_plan, fov_exif,
+        )  # fmt: skip
+    entry = {
+        "source": str(Path(gen.image).resolve()),
+        "file": f"input{ext}",
+        "crop_file": "input_crop.png",
+        "sha256": picture.sha256,
+        "format": picture.format,
+        "size": [picture.width, picture.height],
+        "exif_orientation": picture.orientation,
+        "focal_35mm_mm": picture.focal_35mm_mm,
+        "fov_x_deg_exif": None if fov_exif is None else round(fov_exif, 2),
+        "fov_x_deg_plan": round(fov_plan, 2),
+        "crop_box_px": [round(x, 2) for x in pic.crop_box(picture.width, picture.height, cams.width, cams.height)],
+    }
+    return picture, entry
+
+
+def _generate_cvd(
+    config: RunConfig, cams: Cameras, run_dir: Path, out_dir: Path, picture: tuple[object, dict] | None = None
+) -> tuple[np.ndarray, dict]:
     """The CVD model's videos along the plan: frames [V, F, H, W, 3] float32 in [0, 1] and report entries
     (``model``, ``unet_calls``, pairing, device and timing details).
 
     The model generates at the plan's size rounded up to its stride (64 px for SD1.5), with the intrinsics scaled
     to match, and the frames are resized back to the plan's size. ``plan/covisibility.json`` (when present)
-    weights the ``covisibility`` pairing.
+    weights the ``covisibility`` pairing. ``picture`` (from :func:`_read_image`) is cover-cropped to the
+    generated size and held as frame 0 of every video.
     """
     import numpy as np
     import torch
@@ -356,6 +444,11 @@ def _generate_cvd(config: RunConfig, cams: Cameras, run_dir: Path, out_dir: Path
         )
     K = scale_intrinsics(cams.K, Wg / W, Hg / H)
     cov, cov_source = _plan_covisibility(run_dir, cams)
+    first_frame = None
+    if picture is not None:
+        from cvd_scene.picture import cover_crop
+
+        first_frame = torch.from_numpy(cover_crop(picture[0], Wg, Hg))  # [Hg, Wg, 3]
     out = pipe(
         config.prompt,
         cams.world_from_cam,
@@ -372,6 +465,7 @@ def _generate_cvd(config: RunConfig, cams: Cameras, run_dir: Path, out_dir: Path
         seed=config.seed,
         max_rows_per_call=gen.max_rows_per_call or "auto",
         output_type="pt",
+        first_frame=first_frame,
     )
     frames = out.frames  # [V, F, Hg, Wg, 3]
     if (Hg, Wg) != (H, W):
@@ -406,6 +500,34 @@ def _generate_cvd(config: RunConfig, cams: Cameras, run_dir: Path, out_dir: Path
     if s.memory_kind == "cuda-allocated":
         report["gpu_peak_memory_mb"] = round(s.peak_memory_mb, 1)
     return np.ascontiguousarray(frames.numpy(), dtype=np.float32), report
+
+
+def _generate_imported(config: RunConfig, cams: Cameras) -> tuple[np.ndarray, dict]:
+    """The user's pictures from ``generate.source`` as the videos of the plan (no ground truth): sub-folders are
+    matched to the plan's videos by id when their names are the plan's ids, else in order
+    (:func:`cvd_scene.imports.check_videos`)."""
+    from cvd_scene.imports import SourceError, check_videos, read_videos, source_videos
+    from cvd_scene.runfolder import StageRefused
+
+    source = Path(config.generate.source)
+    try:
+        found = source_videos(source)
+        videos = check_videos(found, cams.video_ids, cams.num_frames, cams.width, cams.height)
+        if [v.id for v in videos] != list(cams.video_ids):
+            log.info("import: source videos %s taken as the cameras' %s, in order", [v.id for v in videos],
+                     list(cams.video_ids))  # fmt: skip
+        frames = read_videos(videos, cams.width, cams.height)
+    except SourceError as e:
+        raise StageRefused(str(e)) from None
+    report = {
+        "model": None,
+        "unet_calls": 0,
+        "source": str(source.resolve()),
+        "source_videos": {
+            vid: [str(p.relative_to(source)) for p in v.files] for vid, v in zip(cams.video_ids, videos)
+        },
+    }
+    return frames, report
 
 
 def _plan_covisibility(run_dir: Path, cams: Cameras) -> tuple[np.ndarray | None, str | None]:

@@ -1,0 +1,85 @@
+"""``cvd-scene import``: a run whose videos are the user's own pictures (generate stage ``imported``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from cvd_scene.cli import CliError, Overrides, RunDir, app, command_line, resolve_config
+from cvd_scene.config import parse_overrides
+
+
+def import_overrides(overrides: tuple[str, ...], source: str, cameras: str | None) -> dict:
+    """The config overrides of ``cvd-scene import``: the source folder and the cameras file (absolute paths), the
+    ``imported`` generator; the folder and the cameras are read now, so bad input is one line before anything
+    is written."""
+    from cvd_scene.camera_io import CameraFileError, read_cameras_json
+    from cvd_scene.imports import SourceError, check_videos, source_videos
+
+    try:
+        videos = source_videos(source)
+    except SourceError as e:
+        raise CliError(str(e)) from None
+    if cameras is None:
+        raise CliError(
+            f"import {source}: {len(videos)} video(s) without cameras: registering pictures without poses is not "
+            "built yet; give their cameras with --cameras FILE (a cameras.json, docs/architecture.md)"
+        )
+    if not Path(cameras).is_file():
+        raise CliError(f"--cameras {cameras}: no such file")
+    try:
+        cams = read_cameras_json(cameras)
+        check_videos(videos, cams.video_ids, cams.num_frames, cams.width, cams.height)
+    except (CameraFileError, SourceError, OSError, UnicodeDecodeError) as e:
+        raise CliError(str(e)) from None
+    ov = parse_overrides(list(overrides))
+    for key in ("plan", "generate"):
+        if not isinstance(ov.setdefault(key, {}), dict):
+            raise CliError(f"override {key}={ov[key]!r} must set keys of the {key} section")
+    ov["plan"].update(cameras_file=os.path.abspath(cameras), re10k_files=[])
+    ov["generate"].update(generator="imported", source=os.path.abspath(source))
+    return ov
+
+
+@app.command(name="import")
+def import_command(
+    run_dir: RunDir,
+    source: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SOURCE")],
+    overrides: Overrides = (),
+    cameras: str | None = None,
+    preset: str = "demo",
+    redo: bool = False,
+    quiet: bool = False,
+    verbose: bool = False,
+) -> None:
+    """Start RUN_DIR from your own pictures: plan/ from --cameras, generate/ from SOURCE (frames, videos, contact
+    sheet, transforms.json; no ground truth); then register, fit and export it as any run.
+
+    Args:
+        run_dir: The run folder (created if missing).
+        source: A folder of pictures (one video) or of sub-folders of pictures (one video each), taken in file-name
+            order; every picture the cameras' size after its EXIF orientation.
+        overrides: Config overrides as KEY=VALUE (for the later stages too, e.g. fit.iterations=2000).
+        cameras: A cameras.json (docs/architecture.md schema) with one video per source video and one frame per
+            picture.
+        preset: Run preset for the later stages: a name in configs/run/ or a path to a YAML file.
+        redo: Import again even if the run already holds this import.
+        quiet: Only warnings and errors.
+        verbose: Debug logging.
+    """
+    from cvd_scene.logs import setup_logging
+    from cvd_scene.orchestrate import run_stages
+    from cvd_scene.preflight import validate_stages
+
+    setup_logging(quiet, verbose)
+    ov = import_overrides(overrides, source, cameras)
+    config, preset_name = resolve_config(None, preset, ov)
+    validate_stages(config, ["plan", "generate"], run_dir)
+    redo_set = ("plan", "generate") if redo else ()
+    results = run_stages(run_dir, config, ["plan", "generate"], preset=preset_name, redo=redo_set, command=command_line())
+    failed = [n for n, r in results.items() if r is not None and r.status == "failed"]
+    if failed:
+        raise CliError(f"stage {failed[0]} failed: {results[failed[0]].message}")

@@ -1,0 +1,146 @@
+"""Frames a user brings (``cvd-scene import``): a folder of pictures is one video, a folder of sub-folders of
+pictures is one video each; read upright (EXIF orientation) in file-name order.
+
+Pure functions over PIL and numpy; must not import torch or any stage.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+"""File name endings read as pictures (any case); other files are ignored."""
+
+
+class SourceError(ValueError):
+    """A source folder that cannot be imported; the message names the folder or file and why."""
+
+
+@dataclass(frozen=True)
+class SourceVideo:
+    """One video of a source folder."""
+
+    id: str
+    """The video id: the folder's name made safe (``[A-Za-z0-9_-]``, at most 64 characters)."""
+    folder: Path
+    """The folder its pictures are in."""
+    files: tuple[Path, ...]
+    """Its pictures in file-name order (natural order: ``2.jpg`` before ``10.jpg``)."""
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def safe_id(name: str) -> str:
+    """A folder name as a video id: characters outside ``[A-Za-z0-9_-]`` become ``_``, at most 64 characters."""
+    out = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64].strip("_")
+    return out or "video"
+
+
+def _pictures(folder: Path) -> list[Path]:
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+        key=lambda p: _natural_key(p.name),
+    )
+
+
+def source_videos(source: str | os.PathLike) -> list[SourceVideo]:
+    """The videos of ``source``: its own pictures as one video, else each sub-folder with pictures as one video
+    (in natural name order); :class:`SourceError` names the folder when there is nothing to import."""
+    source = Path(source)
+    if not source.is_dir():
+        raise SourceError(f"import source {source}: no such folder")
+    own = _pictures(source)
+    if own:
+        return [SourceVideo(safe_id(source.resolve().name), source, tuple(own))]
+    subs = sorted((p for p in source.iterdir() if p.is_dir()), key=lambda p: _natural_key(p.name))
+    videos = [SourceVideo(safe_id(p.name), p, tuple(_pictures(p))) for p in subs]
+    videos = [v for v in videos if v.files]
+    if not videos:
+        raise SourceError(
+            f"import source {source}: no pictures ({', '.join(IMAGE_SUFFIXES)}) in it or in its sub-folders"
+        )
+    seen: dict[str, Path] = {}
+    for v in videos:
+        if v.id in seen:
+            raise SourceError(
+                f"import source {source}: sub-folders {seen[v.id].name!r} and {v.folder.name!r} make the same "
+                f"video id {v.id!r}"
+            )
+        seen[v.id] = v.folder
+    return videos
+
+
+def check_videos(videos: list[SourceVideo], video_ids: tuple[str, ...] | list[str], num_frames: int, width: int,
+                 height: int) -> list[SourceVideo]:  # fmt: skip
+    """``videos`` in the cameras' order (by id when the folder names are the cameras' video ids, else as found)
+    after checking, from the files' headers, that they fit the cameras: as many videos, ``num_frames`` pictures
+    each, every one ``width`` x ``height`` upright. :class:`SourceError` names what does not fit."""
+    from PIL import Image, UnidentifiedImageError
+
+    ids = [v.id for v in videos]
+    if len(videos) != len(video_ids):
+        raise SourceError(
+            f"import: {len(videos)} source video(s) ({', '.join(ids)}), the cameras have {len(video_ids)} "
+            f"({', '.join(video_ids)})"
+        )
+    if sorted(ids) == sorted(video_ids):
+        videos = [videos[ids.index(vid)] for vid in video_ids]
+    counts = {v.id: len(v.files) for v in videos}
+    if len(set(counts.values())) > 1:
+        raise SourceError(
+            f"import: the videos have different frame counts ({', '.join(f'{k}: {n}' for k, n in counts.items())}); "
+            "every video needs the same number of frames"
+        )
+    if len(videos[0].files) != num_frames:
+        raise SourceError(
+            f"import: {len(videos[0].files)} pictures a video, the cameras have {num_frames} frames a video"
+        )
+    for video in videos:
+        for path in video.files:
+            try:
+                with Image.open(path) as img:
+                    w, h = img.size
+                    if int(img.getexif().get(0x0112, 1) or 1) in (5, 6, 7, 8):
+                        w, h = h, w
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                raise SourceError(f"import: {path}: not an image that can be read ({type(e).__name__}: {e})") from None
+            if (w, h) != (width, height):
+                raise SourceError(
+                    f"import: {path} is {w}x{h} (upright), the cameras are {width}x{height}; every frame needs "
+                    "the cameras' size"
+                )
+    return videos
+
+
+def read_videos(videos: list[SourceVideo], width: int, height: int) -> np.ndarray:
+    """[V, F, H, W, 3] float32 in [0, 1]: every picture upright (EXIF orientation), which must be ``width`` x
+    ``height`` after it (frames keep their size); every video must have the same number of frames."""
+    from cvd_scene.picture import PictureError, read_picture
+
+    counts = {v.id: len(v.files) for v in videos}
+    if len(set(counts.values())) > 1:
+        raise SourceError(
+            f"import: the videos have different frame counts ({', '.join(f'{k}: {n}' for k, n in counts.items())}); "
+            "every video needs the same number of frames"
+        )
+    out = np.empty((len(videos), len(videos[0].files), height, width, 3), np.float32)
+    for i, video in enumerate(videos):
+        for f, path in enumerate(video.files):
+            try:
+                pic = read_picture(path)
+            except PictureError as e:
+                raise SourceError(str(e).replace("--image ", "import: ", 1)) from None
+            if (pic.width, pic.height) != (width, height):
+                raise SourceError(
+                    f"import: {path} is {pic.width}x{pic.height} (upright), the cameras are {width}x{height}; "
+                    "every frame needs the cameras' size"
+                )
+            out[i, f] = pic.rgb.astype(np.float32) / 255.0
+    return out
