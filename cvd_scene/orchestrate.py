@@ -7,23 +7,44 @@ from pathlib import Path
 
 from cvd_scene.config import to_dict
 from cvd_scene.runconfig import RunConfig
-from cvd_scene.runfolder import RunFolder, StageResult, run_lock
+from cvd_scene.runfolder import RunFolder, RunFolderError, StageResult, run_lock
 from cvd_scene.stages import BUILT, REQUIRES, STAGE_ORDER, downstream, stage_function
 
 log = logging.getLogger(__name__)
 
 
-def stage_config_data(config: RunConfig, name: str, run: RunFolder) -> dict:
-    """What a stage's outputs depend on: prompt, seed, its section and the config hashes of its inputs. A section's
-    ``HASH_OMITS_AT_DEFAULT`` keys (added after run folders existed) are left out while at their default, so a
-    stage that finished before they existed is still recognised as finished."""
+def stage_config_data(config: RunConfig, name: str, run: RunFolder, data: dict | None = None) -> dict:
+    """What a stage's outputs depend on: prompt, seed, its section and the config hashes of its inputs. ``data``
+    is the run's config as recorded (:func:`recorded_form`; default: all of ``config``)."""
     upstream = {d: (run.stage_record(d) or {}).get("config_hash") for d in REQUIRES[name]}
-    section_config = getattr(config, name)
-    section = to_dict(section_config)
-    for key, default in getattr(section_config, "HASH_OMITS_AT_DEFAULT", {}).items():
-        if section.get(key) == default:
-            section.pop(key, None)
-    return {"prompt": config.prompt, "seed": config.seed, "section": section, "upstream": upstream}
+    data = to_dict(config) if data is None else data
+    return {"prompt": config.prompt, "seed": config.seed, "section": data[name], "upstream": upstream}
+
+
+def recorded_form(config: RunConfig, run_dir: Path) -> dict:
+    """``config`` as a JSON-able dict, leaving out every key the run folder's recorded config lacks while the key is
+    at its default value: keys added to cvd-scene after a run folder was made. So a run made by an earlier version
+    resumes (its stages' config hashes and recorded config still match) unless one of the new keys is set."""
+    data = to_dict(config)
+    try:
+        recorded = RunFolder.read(run_dir).state.get("config")
+    except (RunFolderError, OSError, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        return data
+    return _drop_new_defaults(data, recorded, to_dict(RunConfig()))
+
+
+def _drop_new_defaults(data: dict, recorded: dict, defaults: dict) -> dict:
+    out = {}
+    for key, value in data.items():
+        if key not in recorded:
+            if key in defaults and value == defaults[key]:
+                continue
+        elif isinstance(value, dict) and isinstance(recorded[key], dict) and isinstance(defaults.get(key), dict):
+            value = _drop_new_defaults(value, recorded[key], defaults[key])
+        out[key] = value
+    return out
 
 
 def run_stages(
@@ -47,7 +68,8 @@ def run_stages(
         raise ValueError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGE_ORDER)}")
     results: dict[str, StageResult | None] = {}
     with run_lock(run_dir, command):
-        run = RunFolder.open(run_dir, to_dict(config), preset, overwrite=overwrite, fresh=fresh)
+        data = recorded_form(config, run_dir)
+        run = RunFolder.open(run_dir, data, preset, overwrite=overwrite, fresh=fresh)
         for name in [s for s in STAGE_ORDER if s in stages]:
             if name not in BUILT:
                 log.debug("stage %s: not built yet in this version of cvd-scene; skipped", name)
@@ -58,7 +80,7 @@ def run_stages(
             result = run.run_stage(
                 name,
                 lambda out, fn=fn: fn(config, run_dir, out),
-                stage_config_data(config, name, run),
+                stage_config_data(config, name, run, data),
                 redo=name in redo,
             )
             results[name] = result

@@ -276,21 +276,3 @@ def test_a_plan_whose_videos_start_apart_is_refused(tmp_path, capsys):
     assert not (run / "generate").exists()
 
 
-def test_generate_stages_finished_before_image_and_source_existed_stay_finished():
-    """The stage hash leaves ``generate.image`` and ``generate.source`` out while unset, so a run folder whose
-    generate stage finished before they existed resumes instead of asking for --redo; set, they count."""
-    import dataclasses
-
-    from cvd_scene.orchestrate import stage_config_data
-    from cvd_scene.runconfig import RunConfig
-
-    class Run:
-        def stage_record(self, name):
-            return {"config_hash": "0123"}
-
-    config = RunConfig()
-    section = stage_config_data(config, "generate", Run())["section"]
-    assert "image" not in section and "source" not in section
-    assert "model" in section
-    picture = dataclasses.replace(config, generate=dataclasses.replace(config.generate, generator="cvd", image="/p.jpg"))
-    assert stage_config_data(picture, "generate", Run())["section"]["image"] == "/p.jpg"

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,9 +87,6 @@ class GenerateConfig:
     start at one camera): EXIF orientation applied, scaled to cover the generated size and cropped at its
     centre, its latent held at every denoising step. The stage copies it into ``generate/`` (``input<ext>``)."""
 
-    HASH_OMITS_AT_DEFAULT: ClassVar[dict[str, object]] = {"image": None, "source": None}
-    """Keys added after run folders existed: left out of the stage's config hash at their default, so a generate
-    stage that finished before them is not asked to run again."""
 
     def __post_init__(self) -> None:
         if self.samples_per_pixel < 1:
