@@ -62,24 +62,24 @@ def run_evaluate(config, run_dir: Path, out_dir: Path):
     ``config`` is the whole :class:`cvd_scene.runconfig.RunConfig`. Returns a ``StageResult``."""
     from cvd_scene.camera_io import read_cameras_json, write_json
     from cvd_scene.consistency import evaluate_consistency, format_table
+    from cvd_scene.covisibility import read_covisibility
     from cvd_scene.media import read_frames
     from cvd_scene.overlap import planned_depth
-    from cvd_scene.registration import read_covisibility
-    from cvd_scene.runfolder import StageResult
+    from cvd_scene.runfolder import RunLayout, StageResult
 
-    run_dir = Path(run_dir)
-    out_dir = Path(out_dir)
-    plan = read_cameras_json(run_dir / "plan" / "cameras.json")
-    covisibility = read_covisibility(run_dir / "plan" / "covisibility.json", plan)
-    frames = read_frames(run_dir / "generate" / "frames", plan.video_ids, plan.num_frames)  # [V, F, H, W, 3]
+    run = RunLayout(run_dir)
+    files = run.writing("evaluate", out_dir)
+    plan = read_cameras_json(run.cameras)
+    covisibility = read_covisibility(run.covisibility, plan)
+    frames = read_frames(run.frames, plan.video_ids, plan.num_frames)  # [V, F, H, W, 3]
     depth = planned_depth(run_dir, plan)
     result = evaluate_consistency(frames, plan, covisibility, config.evaluate, depth=depth, seed=config.seed)
     result["overlap_depth"] = (
         "none (fixed distances)"
         if depth is None
-        else ("ground truth" if (run_dir / "generate" / "gt" / "depth").is_dir() else "proxy scene")
+        else ("ground truth" if run.gt_depth_dir.is_dir() else "proxy scene")
     )
-    gt_depth = run_dir / "generate" / "gt" / "depth"
+    gt_depth = run.gt_depth_dir
     if gt_depth.is_dir():
         from cvd_scene.warp_consistency import read_depth, warp_consistency
 
@@ -93,9 +93,9 @@ def run_evaluate(config, run_dir: Path, out_dir: Path):
                 "warp measure against ground-truth depth: PSNR %.2f dB, SSIM %.3f over %.0f %% of the pixels",
                 warp["psnr"], warp["ssim"], 100 * warp["kept_fraction"],
             )  # fmt: skip
-    write_json(out_dir / "consistency.json", result)
+    write_json(files.consistency, result)
     table = format_table(result)
-    (out_dir / "consistency.md").write_text(table + "\n")
+    files.consistency_md.write_text(table + "\n")
     log.info("geometric consistency (SIFT, the CVD paper's protocol):\n%s", table)
     summary = {}
     for key in ("cross_video", "within_video"):

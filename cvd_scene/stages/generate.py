@@ -123,10 +123,10 @@ def validate(config: RunConfig, size) -> None:
 def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult:
     """Make the videos of the plan in ``run_dir/plan/cameras.json`` and write ``generate/`` into ``out_dir``."""
     from cvd_scene.camera_io import read_cameras_json
-    from cvd_scene.runfolder import StageRefused
+    from cvd_scene.runfolder import RunLayout, StageRefused
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    cams_path = run_dir / "plan" / "cameras.json"
+    cams_path = RunLayout(run_dir).cameras
     if not cams_path.is_file():
         raise StageRefused(
             f"stage 'generate' needs {cams_path}; run the plan stage first (cvd-scene plan {run_dir})"
@@ -166,7 +166,7 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
     }
     from cvd_scene.camera_io import write_json
 
-    write_json(out_dir / "report.json", report)
+    write_json(RunLayout.of_stage("generate", out_dir).generate_report, report)
     from cvd_scene.runfolder import StageResult
 
     summary = {
@@ -201,7 +201,7 @@ def write_generate_outputs(
 
     from cvd_scene.camera_io import write_transforms_json
     from cvd_scene.media import contact_sheet, write_frames, write_mp4
-    from cvd_scene.paths import join_inside
+    from cvd_scene.runfolder import RunLayout
 
     t0 = time.perf_counter()
     want = (cams.num_videos, cams.num_frames, cams.height, cams.width, 3)
@@ -209,8 +209,8 @@ def write_generate_outputs(
         raise ValueError(
             f"generated frames have shape {np.shape(frames)}, the plan needs {want} [V, F, H, W, 3]"
         )
-    out_dir = Path(out_dir)
-    write_frames(frames, out_dir / "frames", cams.video_ids)
+    files = RunLayout.of_stage("generate", out_dir)
+    write_frames(frames, files.frames, cams.video_ids)
     if cams.width % 2 or cams.height % 2:
         log.info(
             "generate: videos/*.mp4 are padded to %dx%d (H.264 needs even sizes, the last row/column repeated); "
@@ -221,11 +221,13 @@ def write_generate_outputs(
             cams.height,
         )
     for v, vid in enumerate(cams.video_ids):
-        write_mp4(frames[v], join_inside(out_dir / "videos", f"{vid}.mp4"), fps=cams.fps)
+        write_mp4(frames[v], files.video(vid), fps=cams.fps)
     contact_sheet(
-        frames, out_dir / "contact_sheet.png", max_frames=contact_sheet_frames, video_ids=cams.video_ids
+        frames, files.contact_sheet, max_frames=contact_sheet_frames, video_ids=cams.video_ids
     )
-    write_transforms_json(cams, out_dir / "transforms.json", "frames")
+    write_transforms_json(
+        cams, files.generate_transforms, files.relative(files.frames, files.generate_transforms.parent)
+    )
     return time.perf_counter() - t0
 
 
@@ -247,8 +249,8 @@ def _generate_reference(config: RunConfig, cams: Cameras, out_dir: Path) -> tupl
 
     from cvd_scene.camera_io import write_json
     from cvd_scene.logs import progress_enabled
-    from cvd_scene.paths import join_inside
     from cvd_scene.reference import build_scene, render
+    from cvd_scene.runfolder import RunLayout, frame_key
 
     gen = config.generate
     t0 = time.perf_counter()
@@ -263,16 +265,16 @@ def _generate_reference(config: RunConfig, cams: Cameras, out_dir: Path) -> tupl
     log.info("reference scene: %s (%s, seed %d)", scene.caption, scene.kind, config.seed)
     _warn_outside(scene, cams)
     out = render(scene, cams, samples_per_pixel=gen.samples_per_pixel, progress=progress_enabled())
-    gt = out_dir / "gt"
+    files = RunLayout.of_stage("generate", out_dir)
     for v, vid in enumerate(cams.video_ids):
-        folder = join_inside(gt / "depth", vid)
-        folder.mkdir(parents=True, exist_ok=True)
         for f in range(cams.num_frames):
-            np.save(join_inside(folder, f"{f:04d}.npy"), out.depth[v, f].astype(np.float32))
-    scene.export_glb(gt / "scene.glb")
-    write_json(gt / "scene.json", scene.describe())
+            path = files.gt_depth(vid, f)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, out.depth[v, f].astype(np.float32))
+    scene.export_glb(files.gt_scene_glb)
+    write_json(files.gt_scene_json, scene.describe())
     valid = out.mask.mean(axis=(2, 3))  # [V, F]
-    empty = [f"{cams.video_ids[v]}/{f:04d}" for v, f in zip(*np.nonzero(valid < 0.02))]
+    empty = [frame_key(cams.video_ids[v], f) for v, f in zip(*np.nonzero(valid < 0.02))]
     report = {
         "model": None,
         "unet_calls": 0,
@@ -400,21 +402,14 @@ def _generate_cvd(config: RunConfig, cams: Cameras, run_dir: Path, out_dir: Path
 
 
 def _plan_covisibility(run_dir: Path, cams: Cameras) -> tuple[np.ndarray | None, str | None]:
-    """``plan/covisibility.json`` as [V, V, F] when it describes this plan's videos, else (None, None)."""
-    import numpy as np
+    """``plan/covisibility.json`` as [V, V, F] in the plan's video order when it describes this plan's videos,
+    else (None, None); the second value names the file relative to the run folder."""
+    from cvd_scene.covisibility import read_covisibility
+    from cvd_scene.runfolder import RunLayout
 
-    from cvd_scene.camera_io import read_json
-
-    path = Path(run_dir) / "plan" / "covisibility.json"
-    if not path.is_file():
-        return None, None
-    doc = read_json(path)
-    cov = np.asarray(doc.get("covisibility"), dtype=np.float64)
-    V, F = cams.num_videos, cams.num_frames
-    if list(doc.get("videos", [])) != list(cams.video_ids) or cov.shape != (V, V, F):
-        log.warning("%s does not describe the plan's %d videos x %d frames; pairing ignores it", path, V, F)
-        return None, None
-    return cov, "plan/covisibility.json"
+    files = RunLayout(run_dir)
+    cov = read_covisibility(files.covisibility, cams)
+    return (None, None) if cov is None else (cov, files.relative(files.covisibility, files.root))
 
 
 def _warn_outside(scene, cams: Cameras) -> None:

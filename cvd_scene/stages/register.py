@@ -118,41 +118,42 @@ def run_register(config, run_dir: Path, out_dir: Path):
     """Register ``run_dir/generate/frames`` against ``run_dir/plan`` into ``out_dir`` (becomes ``run_dir/register``);
     ``config`` is the whole :class:`cvd_scene.runconfig.RunConfig`. Returns a ``StageResult``."""
     from cvd_scene.camera_io import read_cameras_json, write_json, write_transforms_json
+    from cvd_scene.covisibility import read_covisibility
     from cvd_scene.overlap import frame_overlap, planned_depth
-    from cvd_scene.registration import read_covisibility, register_frames, write_points_ply
-    from cvd_scene.runfolder import StageResult
+    from cvd_scene.registration import register_frames, write_points_ply
+    from cvd_scene.runfolder import RunLayout, StageResult
 
-    run_dir = Path(run_dir)
-    out_dir = Path(out_dir)
+    run = RunLayout(run_dir)
+    files = run.writing("register", out_dir)
     cfg: RegisterConfig = config.register
-    plan = read_cameras_json(run_dir / "plan" / "cameras.json")
-    covisibility = read_covisibility(run_dir / "plan" / "covisibility.json", plan)
+    plan = read_cameras_json(run.cameras)
+    covisibility = read_covisibility(run.covisibility, plan)
     if covisibility is None:
-        log.info("register: no usable plan/covisibility.json; matching every same-index pair across videos")
+        log.info("register: no usable %s; matching every same-index pair across videos", run.covisibility)
     overlap = frame_overlap(plan, planned_depth(run_dir, plan)) if cfg.overlap_top_k > 0 else None
     reg = register_frames(
-        run_dir / "generate" / "frames",
+        run.frames,
         plan,
-        out_dir / "colmap",
+        files.colmap_work,
         cfg,
         covisibility,
         overlap,
         seed=config.seed,
     )
     if reg.model is not None:
-        reg.model.write(out_dir / "sparse")
+        reg.model.write(files.sparse)
         if cfg.text_model:
-            reg.model.write(out_dir / "sparse_text", text=True)
-    write_points_ply(out_dir / "sparse_pc.ply", reg.points_xyz, reg.points_rgb)
+            reg.model.write(files.sparse_text, text=True)
+    write_points_ply(files.sparse_pc, reg.points_xyz, reg.points_rgb)
     if reg.registered.any():
         write_transforms_json(
             reg.cameras,
-            out_dir / "transforms.json",
-            "../generate/frames",
-            extra={"ply_file_path": "sparse_pc.ply"},
+            files.register_transforms,
+            run.relative(run.frames, run.register_transforms.parent),
+            extra={"ply_file_path": run.relative(run.sparse_pc, run.register_transforms.parent)},
             mask=reg.registered,
         )
-    write_json(out_dir / "report.json", reg.report)
+    write_json(files.register_report, reg.report)
     rep = reg.report
     summary = {
         "mode": rep["mode"],
