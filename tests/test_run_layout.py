@@ -142,14 +142,13 @@ _NAMES = {
 def _docstrings(tree: ast.AST) -> set[int]:
     ids = set()
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-        else:
+        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
+        body = node.body
         for i, stmt in enumerate(body):  # module/class/function docstrings and attribute docstrings
-            if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
-                if i == 0 or isinstance(body[i - 1], (ast.Assign, ast.AnnAssign)):
-                    ids.add(id(stmt.value))
+            text = isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
+            if text and (i == 0 or isinstance(body[i - 1], (ast.Assign, ast.AnnAssign))):
+                ids.add(id(stmt.value))
     return ids
 
 
@@ -206,3 +205,36 @@ def test_run_folder_paths_are_spelled_only_in_runfolder():
             for line, what in run_folder_paths(path.read_text(encoding="utf-8")):
                 offenders.append(f"{path.relative_to(REPO)}:{line}: {what}")
     assert not offenders, "run-folder paths outside cvd_scene/runfolder.py (use RunLayout):\n" + "\n".join(offenders)
+
+
+# ------------------------------------------------------------------------------------ export reads fit/frame.json
+
+
+def test_export_places_the_camera_path_by_the_fits_frame_json(tmp_path):
+    from cvd_scene.camera_io import read_cameras_json, read_json
+    from cvd_scene.fit.frames import nerfstudio_frame
+    from cvd_scene.runconfig import RunConfig
+    from cvd_scene.runfolder import StageRefused
+    from cvd_scene.stages.export import run_export
+    from tests.test_export import make_run
+
+    run_dir = make_run(tmp_path, with_views=False)
+    run = RunLayout(run_dir)
+    frame = nerfstudio_frame(np.array([0.5, 1.0, -0.25]), 2.5)
+    write_json(run.fit_frame, frame.to_json())
+    stale = run.stage("fit") / "nerfstudio" / "cvd-scene" / "run" / "dataparser_transforms.json"
+    write_json(stale, {"transform": np.eye(4)[:3].tolist(), "scale": 7.0})  # newest, but not the fit's frame
+    config = RunConfig()
+    config.export.formats = ["ply"]
+    out = tmp_path / "out"
+    out.mkdir()
+    run_export(config, run_dir, out)
+    doc = read_json(out / EXPORT_FILES["camera_path"])
+    assert doc["cvd_scene"]["frame"] == "nerfstudio model frame (fit/frame.json)"
+    planned = read_cameras_json(run.cameras)
+    first = np.asarray(doc["keyframes"][0]["matrix"]).reshape(4, 4)
+    np.testing.assert_allclose(first[:3, 3], frame.poses_to_ns(planned.world_from_cam[0, 0])[:3, 3], atol=1e-9)
+
+    write_json(run.fit_frame, {"transform": np.eye(4)[:3].tolist(), "scale": -1.0})
+    with pytest.raises(StageRefused, match=r"frame\.json is not a fit frame .*scale must be positive"):
+        run_export(config, run_dir, tmp_path / "out2")
