@@ -33,8 +33,8 @@ from cvd_scene.media import check_image
 from cvd_scene.overlap import frame_overlap
 from cvd_scene.pose_metrics import AUC_THRESHOLDS_DEG, Sim3, align_poses, error_stats, relative_pose
 from cvd_scene.pose_metrics import translation_direction_error_deg as _tdir_err
+from cvd_scene.registration_config import RegisterConfig
 from cvd_scene.runfolder import frame_name
-from cvd_scene.stages.register import RegisterConfig
 
 log = logging.getLogger(__name__)
 
