@@ -36,17 +36,20 @@ def make_run(run_dir: Path, overrides: dict):
 def measure(run_dir: Path, config, mode: str, pairing: str) -> dict:
     """Register the run's frames once and return the report's headline numbers."""
     from cvd_scene.camera_io import read_cameras_json
+    from cvd_scene.covisibility import read_covisibility
     from cvd_scene.overlap import frame_overlap, planned_depth
-    from cvd_scene.registration import read_covisibility, register_frames
-    from cvd_scene.stages.register import RegisterConfig
+    from cvd_scene.registration import register_frames
+    from cvd_scene.registration_config import RegisterConfig
+    from cvd_scene.runfolder import RunLayout
 
-    plan = read_cameras_json(run_dir / "plan" / "cameras.json")
-    cov = read_covisibility(run_dir / "plan" / "covisibility.json", plan)
+    run = RunLayout(run_dir)
+    plan = read_cameras_json(run.cameras)
+    cov = read_covisibility(run.covisibility, plan)
     cfg = RegisterConfig(mode=mode, pairing=pairing)
     work = run_dir / f"work-{mode}-{pairing}"
     t0 = time.perf_counter()
     overlap = frame_overlap(plan, planned_depth(run_dir, plan)) if pairing == "structured" else None
-    reg = register_frames(run_dir / "generate" / "frames", plan, work, cfg, cov, overlap, seed=config.seed)
+    reg = register_frames(run.frames, plan, work, cfg, cov, overlap, seed=config.seed)
     seconds = time.perf_counter() - t0
     shutil.rmtree(work, ignore_errors=True)
     r = reg.report

@@ -79,6 +79,8 @@ __all__ = [
     "homography_bias",
     "homography_bias_pyramid",
     "infinite_homography",
+    "invert_rigid",
+    "model_poses",
     "plucker_embedding",
     "pseudo_line_bias",
     "relative_pose",
@@ -288,15 +290,30 @@ def plucker_embedding(
     return out if dtype is None else out.to(dtype)
 
 
-def _invert_rigid(T: Tensor) -> Tensor:  # [..., 4, 4] -> [..., 4, 4]
+def invert_rigid(T):  # [..., 4, 4] -> [..., 4, 4]
+    """Inverse of rigid transforms (exact: ``R^T`` and ``-R^T t``, no general matrix inverse). ``T`` is a
+    ``torch.Tensor`` or a numpy array; the result has its type, dtype and device. The one rigid inverse of ``cvd``
+    (``cvd_scene.cameras.invert_rigid`` is the scene side's numpy twin, tested equal)."""
     R = T[..., :3, :3]
     t = T[..., :3, 3:]
-    Rt = R.transpose(-1, -2)
-    out = torch.zeros_like(T)
+    Rt = R.swapaxes(-1, -2)
+    out = T.clone() if isinstance(T, Tensor) else T.copy()
     out[..., :3, :3] = Rt
     out[..., :3, 3:] = -Rt @ t
+    out[..., 3, :3] = 0
     out[..., 3, 3] = 1
     return out
+
+
+def model_poses(world_from_cam, model_units_per_metre: float):  # [..., F, 4, 4] -> [..., F, 4, 4]
+    """The pose encoder's poses: each video relative to its own first frame (frame 0 the identity), translations
+    in model units (CameraCtrl/CVD were trained on RealEstate10K's arbitrary SLAM scale). ``torch.Tensor`` or
+    numpy array in, the same type and dtype out (``cvd_scene.cameras.to_model_poses`` is the numpy twin, tested
+    equal)."""
+    rel = invert_rigid(world_from_cam[..., :1, :, :]) @ world_from_cam  # [..., F, 4, 4]
+    rel[..., :3, 3] *= model_units_per_metre
+    return rel
+
 
 
 def relative_pose(c2w_src: Tensor, c2w_tgt: Tensor) -> Tensor:  # [..., 4, 4] x2 -> [..., 4, 4]
@@ -304,7 +321,7 @@ def relative_pose(c2w_src: Tensor, c2w_tgt: Tensor) -> Tensor:  # [..., 4, 4] x2
     c2w_src = _check_square("c2w_src", c2w_src, 4)
     c2w_tgt = _check_square("c2w_tgt", c2w_tgt, 4)
     dtype = torch.promote_types(c2w_src.dtype, c2w_tgt.dtype)
-    return _invert_rigid(c2w_tgt.to(dtype)) @ c2w_src.to(dtype)
+    return invert_rigid(c2w_tgt.to(dtype)) @ c2w_src.to(dtype)
 
 
 def _skew(t: Tensor) -> Tensor:  # [..., 3] -> [..., 3, 3] with skew(t) @ x == t x x

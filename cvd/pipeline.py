@@ -60,7 +60,13 @@ from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
 from cvd.context import CrossViewContext, LineRedraw, level_grids
-from cvd.geometry import epipolar_bias_pyramid, infinite_homography, plucker_embedding, relative_pose
+from cvd.geometry import (
+    epipolar_bias_pyramid,
+    infinite_homography,
+    model_poses,
+    plucker_embedding,
+    relative_pose,
+)
 from cvd.model_config import CVDModelConfig
 from cvd.pairing import (
     DEFAULT_PRESET,
@@ -164,23 +170,6 @@ def _as_tensor(name: str, x: Any) -> Tensor:
         except (TypeError, ValueError):
             raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}") from None
     raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
-
-
-def _invert_rigid(T: Tensor) -> Tensor:  # [..., 4, 4] -> [..., 4, 4]
-    R, t = T[..., :3, :3], T[..., :3, 3:]
-    out = torch.zeros_like(T)
-    out[..., :3, :3] = R.transpose(-1, -2)
-    out[..., :3, 3:] = -R.transpose(-1, -2) @ t
-    out[..., 3, 3] = 1
-    return out
-
-
-def model_poses(world_from_cam: Tensor, model_units_per_metre: float) -> Tensor:  # [V, F, 4, 4] float64
-    """The pose encoder's poses: each video relative to its own first frame (frame 0 the identity), translations
-    in model units (the same conversion as ``cvd_scene.cameras.to_model_poses``)."""
-    rel = _invert_rigid(world_from_cam[:, :1]) @ world_from_cam  # [V, F, 4, 4]
-    rel[..., :3, 3] *= model_units_per_metre
-    return rel
 
 
 def shares_first_camera(world_from_cam: Tensor, tol: float = _SHARED_FIRST_TOL) -> bool:

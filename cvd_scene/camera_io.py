@@ -24,7 +24,9 @@ from cvd_scene.cameras import (
     opencv_to_opengl,
     opengl_to_opencv,
 )
+from cvd_scene.jsonio import _jsonable, write_json
 from cvd_scene.paths import UnsafePathError, check_id
+from cvd_scene.runfolder import frame_name
 
 CAMERAS_FORMAT = "cvd-scene/cameras"
 CAMERAS_VERSION = 1
@@ -225,7 +227,7 @@ class TransformsFrames:
 
 def frame_file_path(prefix: str, video_id: str, index: int) -> str:
     """``<prefix>/<vid>/<NNNN>.png``, the frame naming every stage uses."""
-    return f"{prefix.rstrip('/')}/{video_id}/{index:04d}.png" if prefix else f"{video_id}/{index:04d}.png"
+    return f"{prefix.rstrip('/')}/{frame_name(video_id, index)}" if prefix else frame_name(video_id, index)
 
 
 def write_transforms_json(
@@ -453,18 +455,6 @@ def read_re10k(
 # ----------------------------------------------------------------------------------------------- json
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.floating, np.integer, np.bool_)):
-        return x.item()
-    return x
-
-
 def read_json(path: str | os.PathLike) -> dict:
     """Read a JSON file; a missing or malformed file raises an error that names it."""
     try:
@@ -480,14 +470,3 @@ def read_json(path: str | os.PathLike) -> dict:
         raise CameraFileError(f"{path}: cannot read ({e.strerror})") from None
     except RecursionError:
         raise CameraFileError(f"{path}: JSON nested too deeply") from None
-
-
-def write_json(path: str | os.PathLike, doc: dict) -> None:
-    """Write JSON atomically (temporary file then rename), so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(_jsonable(doc), fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)

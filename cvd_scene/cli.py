@@ -24,6 +24,7 @@ from cvd_scene.runconfig import RunConfig
 from cvd_scene.runfolder import (
     RunFolder,
     RunFolderError,
+    RunLayout,
     StageRefused,
     Stopped,
     check_run_dir,
@@ -84,7 +85,7 @@ def resolve_config(
     """The config a command runs with: ``--preset`` if given, else the run folder's own, else ``default_preset``;
     then the ``KEY=VALUE`` overrides (or a mapping of them)."""
     ov = parse_overrides(list(overrides)) if isinstance(overrides, tuple) else overrides
-    if preset is None and run_dir is not None and (run_dir / "run.json").is_file():
+    if preset is None and run_dir is not None and RunLayout(run_dir).run_json.is_file():
         run = RunFolder.read(run_dir)
         recorded = run.state.get("config")
         if isinstance(recorded, dict):  # a run.json no stage has finished in records no config yet

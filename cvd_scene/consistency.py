@@ -27,6 +27,7 @@ import numpy as np
 
 from cvd_scene import colmap
 from cvd_scene.cameras import Cameras, rotation_angle_deg
+from cvd_scene.consistency_config import EvaluateConfig
 from cvd_scene.overlap import frame_overlap
 from cvd_scene.pose_metrics import (
     AUC_THRESHOLDS_DEG,
@@ -36,7 +37,6 @@ from cvd_scene.pose_metrics import (
     relative_pose,
     translation_direction_error_deg,
 )
-from cvd_scene.stages.evaluate import EvaluateConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,14 @@ import torch, the model package or any stage implementation.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from cvd_scene.camera_io import read_json
 from cvd_scene.cameras import Cameras, invert_rigid
 from cvd_scene.planning import SceneLayout
 
@@ -413,3 +416,30 @@ def covisibility_to_dict(result: Covisibility, video_ids: tuple[str, ...] | list
         "depth_source": result.depth_source,
         "sample_size": list(result.sample_size),
     }
+
+
+def read_covisibility(path: str | os.PathLike, cams: Cameras) -> np.ndarray | None:
+    """``plan/covisibility.json`` as [V, V, F] in the order of ``cams.video_ids``, or None (with a warning naming
+    the file) when it is absent, unreadable or describes other videos or frames.
+
+    The file's videos may be listed in any order: rows and columns are reordered to the plan's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        doc = read_json(path)
+        ids = [str(v) for v in doc["videos"]]
+        cov = np.asarray(doc["covisibility"], np.float64)
+    except (KeyError, TypeError, ValueError) as e:  # CameraFileError is a ValueError
+        log.warning("%s is not readable (%s); ignoring it", path, e)
+        return None
+    V, F = cams.num_videos, cams.num_frames
+    if sorted(ids) != sorted(cams.video_ids) or len(set(ids)) != len(ids) or cov.shape != (V, V, F):
+        log.warning(
+            "%s does not match the plan (videos %s, shape %s; the plan has videos %s x %d frames); ignoring it",
+            path, ids, cov.shape, list(cams.video_ids), F,
+        )  # fmt: skip
+        return None
+    order = [ids.index(v) for v in cams.video_ids]
+    return cov[np.ix_(order, order)]

@@ -12,6 +12,8 @@ import html
 import json
 from pathlib import Path
 
+from cvd_scene.runfolder import RunLayout, frame_name
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;background:#f6f7f9;color:#1d2329}
 h1{font-size:22px} .grid{display:flex;flex-wrap:wrap;gap:16px}
@@ -33,7 +35,7 @@ def _first(paths) -> Path | None:
 
 def _numbers(run_dir: Path) -> list[str]:
     try:
-        state = json.loads((run_dir / "run.json").read_text())
+        state = json.loads(RunLayout(run_dir).run_json.read_text())
     except (OSError, ValueError):
         return []
     stages = state.get("stages") or {}
@@ -55,17 +57,18 @@ def card(out_dir: Path, job: dict) -> str:
     slug = str(job.get("slug", ""))
     run_dir = out_dir / slug
     status = str(job.get("status", "?"))
-    frame = _first((run_dir / "generate" / "frames").glob("*/0000.png"))
-    render = _first((run_dir / "fit" / "eval").glob("*_pred.png"))
+    run = RunLayout(run_dir)
+    frame = _first(run.frames.glob(frame_name("*", 0)))  # the first frame of the first video
+    render = _first(run.fit_eval.glob("*_pred.png"))
     imgs = "".join(
         f"<img src='{_esc(p.relative_to(out_dir).as_posix())}' alt='{_esc(alt)}' title='{_esc(alt)}'>"
         for p, alt in ((frame, "first generated frame"), (render, "fit: held-out render"))
         if p is not None
     )
     links = []
-    for rel, label in (("report.html", "report"), ("export/viewer.html", "viewer"), ("export", "exports")):
-        if (run_dir / rel).exists():
-            links.append(f"<a href='{_esc(slug)}/{rel}'>{label}</a>")
+    for path, label in ((run.report_html, "report"), (run.export_file("viewer"), "viewer"), (run.export, "exports")):
+        if path.exists():
+            links.append(f"<a href='{_esc(slug)}/{run.relative(path, run_dir)}'>{label}</a>")
     links.append(f"<a href='{_esc(job.get('log', ''))}'>log</a>")
     numbers = "".join(f"<p>{_esc(n)}</p>" for n in _numbers(run_dir))
     error = ""

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cvd_scene.paths import check_id, join_inside
+from cvd_scene.runfolder import frame_file
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 def frame_path(folder: str | os.PathLike, video_id: str, index: int) -> Path:
     """``<folder>/<vid>/<NNNN>.png``; refused (``UnsafePathError``) for an id that would leave ``folder``."""
-    return join_inside(folder, check_id(video_id), f"{index:04d}.png")
+    return frame_file(folder, video_id, index)
 
 
 class ImageFileError(ValueError):

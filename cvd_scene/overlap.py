@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 
 from cvd_scene.cameras import Cameras, invert_rigid
+from cvd_scene.runfolder import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +97,15 @@ def frame_overlap(
 def planned_depth(run_dir: str | os.PathLike, plan: Cameras, size_px: int = 48) -> np.ndarray | None:
     """z-depth [V, F, h, w] of every planned frame, for the overlap of frame pairs: the reference generator's ground
     truth (``generate/gt/depth``) when present, else the planner's proxy scene of the plan's scene kind, else None."""
-    run_dir = Path(run_dir)
-    gt = run_dir / "generate" / "gt" / "depth"
+    run = RunLayout(run_dir)
+    gt = run.gt_depth_dir
     if gt.is_dir():
         try:
             step = max(1, plan.width // size_px)
             return np.stack(
                 [
                     np.stack(
-                        [np.load(gt / vid / f"{f:04d}.npy")[::step, ::step] for f in range(plan.num_frames)]
+                        [np.load(run.gt_depth(vid, f))[::step, ::step] for f in range(plan.num_frames)]
                     )
                     for vid in plan.video_ids
                 ]

@@ -14,6 +14,8 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from cvd_scene.runfolder import RunLayout
+
 
 class PreflightError(ValueError):
     """Input refused before any stage ran; the message names the key, file or value."""
@@ -39,7 +41,7 @@ def plan_size(config, run_dir: Path | None = None, planning: bool = True) -> Pla
     from cvd_scene.camera_io import CameraFileError, read_cameras_json, read_text_file
 
     plan = config.plan
-    existing = Path(run_dir) / "plan" / "cameras.json" if run_dir is not None else None
+    existing = RunLayout(run_dir).cameras if run_dir is not None else None
     if not planning and existing is not None and existing.is_file():
         try:
             cams = read_cameras_json(existing)
@@ -97,10 +99,10 @@ def _refuse_failed_inputs(stages, run_dir: Path | None) -> None:
 
     from cvd_scene.stages import REQUIRES
 
-    if run_dir is None or not (Path(run_dir) / "run.json").is_file():
+    if run_dir is None or not RunLayout(run_dir).run_json.is_file():
         return
     try:
-        records = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8")).get("stages") or {}
+        records = json.loads(RunLayout(run_dir).run_json.read_text(encoding="utf-8")).get("stages") or {}
     except (OSError, ValueError, AttributeError):
         return  # the run folder itself reports an unreadable run.json
     for name in stages:
@@ -113,7 +115,7 @@ def _refuse_failed_inputs(stages, run_dir: Path | None) -> None:
 def check_run_folder(stage: str, run_dir: Path) -> None:
     """Refuse a stage command other than ``plan`` on a folder without ``run.json`` (nothing is created)."""
     run_dir = Path(run_dir)
-    if stage == "plan" or (run_dir / "run.json").is_file():
+    if stage == "plan" or RunLayout(run_dir).run_json.is_file():
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise PreflightError(f"{run_dir} is a file, not a run folder")

@@ -27,13 +27,14 @@ from typing import Literal
 import numpy as np
 
 from cvd_scene import colmap
-from cvd_scene.camera_io import frame_file_path, read_json
 from cvd_scene.cameras import Cameras, rotation_angle_deg
+from cvd_scene.covisibility import read_covisibility  # noqa: F401 (still importable from here)
 from cvd_scene.media import check_image
 from cvd_scene.overlap import frame_overlap
 from cvd_scene.pose_metrics import AUC_THRESHOLDS_DEG, Sim3, align_poses, error_stats, relative_pose
 from cvd_scene.pose_metrics import translation_direction_error_deg as _tdir_err
-from cvd_scene.stages.register import RegisterConfig
+from cvd_scene.registration_config import RegisterConfig
+from cvd_scene.runfolder import frame_name
 
 log = logging.getLogger(__name__)
 
@@ -134,32 +135,6 @@ def select_pairs(
     return sorted(pairs)
 
 
-def read_covisibility(path: Path, cams: Cameras) -> np.ndarray | None:
-    """``plan/covisibility.json`` as [V, V, F] in the plan's video order, or None when absent or not matching."""
-    if not path.is_file():
-        return None
-    doc = read_json(path)
-    try:
-        ids = [str(v) for v in doc["videos"]]
-        cov = np.asarray(doc["covisibility"], np.float64)
-    except (KeyError, TypeError, ValueError) as e:
-        log.warning("%s is not readable (%s); matching every same-index pair across videos", path, e)
-        return None
-    V, F = cams.num_videos, cams.num_frames
-    if sorted(ids) != sorted(cams.video_ids) or cov.shape != (V, V, F):
-        log.warning(
-            "%s does not match the plan (videos %s, shape %s; plan has %s x %d frames); ignoring it",
-            path,
-            ids,
-            cov.shape,
-            list(cams.video_ids),
-            F,
-        )
-        return None
-    order = [ids.index(v) for v in cams.video_ids]
-    return cov[np.ix_(order, order)]
-
-
 # ------------------------------------------------------------------------------------ pose errors
 
 
@@ -211,7 +186,7 @@ def pose_errors(
 
 
 def _name(cams: Cameras, v: int, f: int) -> str:
-    return frame_file_path("", cams.video_ids[v], f)
+    return frame_name(cams.video_ids[v], f)
 
 
 def register_frames(

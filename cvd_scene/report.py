@@ -15,6 +15,8 @@ import logging
 import os
 from pathlib import Path
 
+from cvd_scene.runfolder import RunLayout
+
 log = logging.getLogger(__name__)
 
 # The CVD paper's numbers (NeurIPS 2024, Table 1/2), for the consistency table.
@@ -159,16 +161,16 @@ def _covisibility_plot(cov: dict) -> str:
 
 
 def _section_plan(run_dir: Path) -> str:
-    d = run_dir / "plan"
-    if not d.is_dir():
+    run = RunLayout(run_dir)
+    if not run.stage("plan").is_dir():
         return ""
-    parts = [_img(d / "trajectories.png", "trajectories")]
-    cov = _read_json(d / "covisibility.json")
+    parts = [_img(run.trajectories_png, "trajectories")]
+    cov = _read_json(run.covisibility)
     extra = ""
     if cov and cov.get("covisibility"):
         parts.append(f'<img src="{_covisibility_plot(cov)}" alt="co-visibility matrix">')
         extra = f"<p>Coverage of the plan: <b>{_fmt(cov.get('coverage'))}</b></p>"
-    cams = _read_json(d / "cameras.json") or {}
+    cams = _read_json(run.cameras) or {}
     vids = cams.get("videos", [])
     if vids:
         fr = vids[0]["frames"][0]
@@ -180,22 +182,22 @@ def _section_plan(run_dir: Path) -> str:
 
 
 def _section_generate(run_dir: Path) -> str:
-    d = run_dir / "generate"
-    if not d.is_dir():
+    run = RunLayout(run_dir)
+    if not run.stage("generate").is_dir():
         return ""
-    rep = _read_json(d / "report.json") or {}
+    rep = _read_json(run.generate_report) or {}
     summary = ", ".join(
         f"{k}: {_fmt(rep[k])}" for k in ("generator", "source", "model", "seed", "unet_calls", "wall_time_s", "peak_memory_mb") if k in rep
     )
     videos = []
-    for mp4 in sorted((d / "videos").glob("*.mp4")):
+    for mp4 in sorted(run.videos.glob("*.mp4")):
         videos.append(
             f"<figure><video controls loop muted playsinline width='220' src='{_data_uri(mp4, 'video/mp4')}'></video>"
             f"<figcaption>{_esc(mp4.stem)}</figcaption></figure>"
         )
-    sheet = _img(d / "contact_sheet.png", "contact sheet")
+    sheet = _img(run.contact_sheet, "contact sheet")
     return (
-        f"<section><h2>Generated videos</h2><p class='muted'>{_esc(summary)}</p>{_input_picture(d, rep)}"
+        f"<section><h2>Generated videos</h2><p class='muted'>{_esc(summary)}</p>{_input_picture(run.stage("generate"), rep)}"
         f"<div class='row'>{''.join(videos)}</div><h3>Contact sheet</h3>{sheet}</section>"
     )
 
@@ -225,8 +227,7 @@ def _med(d: object) -> object:
 
 
 def _section_register(run_dir: Path) -> str:
-    d = run_dir / "register"
-    rep = _read_json(d / "report.json")
+    rep = _read_json(RunLayout(run_dir).register_report)
     if rep is None:
         return ""
     rows = []
@@ -308,14 +309,14 @@ def _pose_error_plot(rep: dict) -> str:
 
 
 def _section_fit(run_dir: Path) -> str:
-    d = run_dir / "fit"
-    metrics = _read_json(d / "metrics.json")
+    run = RunLayout(run_dir)
+    metrics = _read_json(run.fit_metrics)
     if metrics is None:
         return ""
     keys = [k for k in metrics if not isinstance(metrics[k], (dict, list))]
     table = _table(keys, [[metrics[k] for k in keys]])
     figs = []
-    for pred in sorted(d.glob("eval/*_pred.png"))[:8]:
+    for pred in sorted(run.fit_eval.glob("*_pred.png"))[:8]:
         gt = pred.with_name(pred.name.replace("_pred.png", "_gt.png"))
         figs.append(
             f"<figure>{_img(gt, 'ground truth', 192)}{_img(pred, 'render', 192)}"
@@ -333,7 +334,7 @@ def _auc_row(name: str, m: dict) -> list[object]:
 
 
 def _section_evaluate(run_dir: Path) -> str:
-    cons = _read_json(run_dir / "evaluate" / "consistency.json")
+    cons = _read_json(RunLayout(run_dir).consistency)
     if cons is None:
         return ""
     headers = ["", "rot AUC@5", "@10", "@20", "trans AUC@5", "@10", "@20", "precision", "matching score"]
@@ -355,7 +356,8 @@ def _section_evaluate(run_dir: Path) -> str:
 
 
 def _section_export(run_dir: Path) -> str:
-    d = run_dir / "export"
+    run = RunLayout(run_dir)
+    d = run.export
     if not d.is_dir():
         return ""
     rows = []
@@ -363,7 +365,7 @@ def _section_export(run_dir: Path) -> str:
         if p.is_file():
             rel = os.path.relpath(p, run_dir)
             rows.append(f"<tr><td><a href='{_esc(rel)}'>{_esc(p.name)}</a></td><td>{_human_size(p.stat().st_size)}</td></tr>")
-    rep = _read_json(d / "report.json") or {}
+    rep = _read_json(run.export_file("report")) or {}
     counts = rep.get("splats") if isinstance(rep.get("splats"), dict) else {}
     note = ", ".join(f"{k}: {v}" for k, v in counts.items())
     skipped = rep.get("skipped") if isinstance(rep.get("skipped"), dict) else {}
@@ -390,7 +392,7 @@ def _export_source(source: object) -> str:
 def build_report(run_dir: str | os.PathLike) -> str:
     """The HTML text of the report of ``run_dir``."""
     run_dir = Path(run_dir)
-    state = _read_json(run_dir / "run.json") or {}
+    state = _read_json(RunLayout(run_dir).run_json) or {}
     sections = [
         _section_overview(run_dir, state),
         _section_plan(run_dir),
@@ -414,7 +416,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     """Write ``RUN_DIR/report.html`` atomically and return its path."""
     run_dir = Path(run_dir)
     text = build_report(run_dir)
-    out = run_dir / "report.html"
+    out = RunLayout(run_dir).report_html
     tmp = out.with_name(f".report.html.tmp{os.getpid()}")
     try:
         tmp.write_text(text)

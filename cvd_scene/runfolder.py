@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Literal
 
 from cvd_scene import __version__
-from cvd_scene.camera_io import write_json
+from cvd_scene.jsonio import write_json
+from cvd_scene.paths import check_id, join_inside
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,258 @@ def _diff_keys(a: object, b: object, prefix: str = "") -> list[str]:
             out += _diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
         return out
     return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
+
+
+# ------------------------------------------------------------------------------------------- layout
+
+EXPORT_FILES = {
+    "ply": "scene.ply",
+    "splat": "scene.splat",
+    "spz": "scene.spz",
+    "spz4": "scene_v4.spz",
+    "glb": "scene_khr.glb",
+    "sog": "scene.sog",
+    "cply": "scene.compressed.ply",
+    "viewer": "viewer.html",
+    "mesh": "mesh.glb",
+    "collider": "collider.glb",
+    "points": "points.ply",
+    "camera_path": "camera_path.json",
+    "viewer_settings": "viewer_settings.json",
+    "report": "report.json",
+}
+"""File written for each export output, inside the export folder (``RUN_DIR/export`` or ``--out DIR``)."""
+
+
+def frame_key(video_id: str, index: int) -> str:
+    """``<vid>/<NNNN>``: how a frame is named everywhere (files below, metrics keys, messages)."""
+    return f"{video_id}/{index:04d}"
+
+
+def frame_name(video_id: str, index: int, suffix: str = ".png") -> str:
+    """``<vid>/<NNNN><suffix>``, a frame's file below its folder (frames, depth maps, rendered views)."""
+    return frame_key(video_id, index) + suffix
+
+
+def frame_file(folder: str | os.PathLike, video_id: str, index: int, suffix: str = ".png") -> Path:
+    """``<folder>/<vid>/<NNNN><suffix>``; refused (``UnsafePathError``) for an id that would leave ``folder``."""
+    return join_inside(folder, check_id(video_id), f"{index:04d}{suffix}")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path that passes between stages, inside one run folder (docs/architecture.md, "The run folder").
+
+    ``RunLayout(run_dir)`` names where each stage's outputs lie once it finished. A stage writes into a temporary
+    folder that is renamed into place afterwards; ``layout.writing(stage, out_dir)`` is the same layout with that
+    stage's folder at ``out_dir``, so a stage names its outputs and its inputs the same way. Paths only: nothing
+    here reads or writes.
+    """
+
+    root: Path
+    """The run folder."""
+    moved: tuple[tuple[str, Path], ...] = ()
+    """Stage folders that are elsewhere (the temporary folder a stage writes into)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    def writing(self, stage: str, folder: str | os.PathLike) -> RunLayout:
+        """This layout with the folder of ``stage`` at ``folder``."""
+        if stage not in _STAGE_NAMES:
+            raise ValueError(f"stage must be one of {', '.join(_STAGE_NAMES)}, got {stage!r}")
+        return RunLayout(self.root, (*((s, p) for s, p in self.moved if s != stage), (stage, Path(folder))))
+
+    @classmethod
+    def of_stage(cls, stage: str, folder: str | os.PathLike) -> RunLayout:
+        """The layout of a writer given only the folder of ``stage`` (the other stages' paths lie beside it)."""
+        folder = Path(folder)
+        return cls(folder.parent).writing(stage, folder)
+
+    def stage(self, name: str) -> Path:
+        """The folder of stage ``name``."""
+        if name not in _STAGE_NAMES:
+            raise ValueError(f"stage must be one of {', '.join(_STAGE_NAMES)}, got {name!r}")
+        return dict(self.moved).get(name, self.root / name)
+
+    @staticmethod
+    def relative(path: Path, start: Path) -> str:
+        """``path`` relative to the folder ``start`` (``/``-separated), as transforms.json and reports name files."""
+        return Path(os.path.relpath(path, start)).as_posix()
+
+    # run-wide
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    # plan
+    @property
+    def cameras(self) -> Path:
+        """``plan/cameras.json``: every planned camera."""
+        return self.stage("plan") / "cameras.json"
+
+    @property
+    def covisibility(self) -> Path:
+        """``plan/covisibility.json``."""
+        return self.stage("plan") / "covisibility.json"
+
+    @property
+    def covisibility_png(self) -> Path:
+        return self.stage("plan") / "covisibility.png"
+
+    @property
+    def trajectories_png(self) -> Path:
+        return self.stage("plan") / "trajectories.png"
+
+    # generate
+    @property
+    def frames(self) -> Path:
+        """``generate/frames``, holding ``<vid>/<NNNN>.png``."""
+        return self.stage("generate") / "frames"
+
+    def frame(self, video_id: str, index: int) -> Path:
+        """``generate/frames/<vid>/<NNNN>.png``."""
+        return frame_file(self.frames, video_id, index)
+
+    @property
+    def videos(self) -> Path:
+        return self.stage("generate") / "videos"
+
+    def video(self, video_id: str) -> Path:
+        """``generate/videos/<vid>.mp4``."""
+        return join_inside(self.videos, f"{check_id(video_id)}.mp4")
+
+    @property
+    def contact_sheet(self) -> Path:
+        return self.stage("generate") / "contact_sheet.png"
+
+    @property
+    def generate_transforms(self) -> Path:
+        """``generate/transforms.json``: the planned poses in nerfstudio's format."""
+        return self.stage("generate") / "transforms.json"
+
+    @property
+    def generate_report(self) -> Path:
+        return self.stage("generate") / "report.json"
+
+    @property
+    def gt(self) -> Path:
+        """``generate/gt``: the reference generator's ground truth."""
+        return self.stage("generate") / "gt"
+
+    @property
+    def gt_depth_dir(self) -> Path:
+        """``generate/gt/depth``, holding ``<vid>/<NNNN>.npy`` (float32 metres, 0 where empty)."""
+        return self.gt / "depth"
+
+    def gt_depth(self, video_id: str, index: int) -> Path:
+        """``generate/gt/depth/<vid>/<NNNN>.npy``."""
+        return frame_file(self.gt_depth_dir, video_id, index, ".npy")
+
+    @property
+    def gt_scene_glb(self) -> Path:
+        return self.gt / "scene.glb"
+
+    @property
+    def gt_scene_json(self) -> Path:
+        return self.gt / "scene.json"
+
+    # register
+    @property
+    def colmap_work(self) -> Path:
+        """``register/colmap``: COLMAP's database and scratch models."""
+        return self.stage("register") / "colmap"
+
+    @property
+    def sparse(self) -> Path:
+        """``register/sparse``: the COLMAP model."""
+        return self.stage("register") / "sparse"
+
+    @property
+    def sparse_text(self) -> Path:
+        return self.stage("register") / "sparse_text"
+
+    @property
+    def sparse_pc(self) -> Path:
+        """``register/sparse_pc.ply``: the triangulated points (named by ``ply_file_path`` in transforms.json)."""
+        return self.stage("register") / "sparse_pc.ply"
+
+    @property
+    def register_transforms(self) -> Path:
+        """``register/transforms.json``: the registered poses, the fit's input."""
+        return self.stage("register") / "transforms.json"
+
+    @property
+    def register_report(self) -> Path:
+        return self.stage("register") / "report.json"
+
+    # evaluate
+    @property
+    def consistency(self) -> Path:
+        """``evaluate/consistency.json``."""
+        return self.stage("evaluate") / "consistency.json"
+
+    @property
+    def consistency_md(self) -> Path:
+        return self.stage("evaluate") / "consistency.md"
+
+    # fit
+    @property
+    def fit_gaussians(self) -> Path:
+        """``fit/gaussians.ply``: the Gaussians in the run's world frame."""
+        return self.stage("fit") / "gaussians.ply"
+
+    @property
+    def fit_frame(self) -> Path:
+        """``fit/frame.json``: the normalisation from the run's world into the nerfstudio model's frame."""
+        return self.stage("fit") / "frame.json"
+
+    @property
+    def fit_metrics(self) -> Path:
+        """``fit/metrics.json``."""
+        return self.stage("fit") / "metrics.json"
+
+    @property
+    def fit_nerfstudio(self) -> Path:
+        """``fit/nerfstudio``: nerfstudio's own output (config.yml, checkpoints)."""
+        return self.stage("fit") / "nerfstudio"
+
+    @property
+    def fit_eval(self) -> Path:
+        """``fit/eval``: held-out frames and their renders."""
+        return self.stage("fit") / "eval"
+
+    def fit_eval_stem(self, video_id: str, index: int) -> Path:
+        """``fit/eval/<vid>_<NNNN>``, completed by ``_gt.png`` and ``_pred.png``."""
+        return join_inside(self.fit_eval, f"{check_id(video_id)}_{index:04d}")
+
+    @property
+    def fit_views(self) -> Path:
+        """``fit/views``: colour and depth rendered at every registered camera."""
+        return self.stage("fit") / "views"
+
+    def fit_view_rgb(self, video_id: str, index: int) -> Path:
+        """``fit/views/rgb/<vid>/<NNNN>.png``."""
+        return frame_file(self.fit_views / "rgb", video_id, index)
+
+    def fit_view_depth(self, video_id: str, index: int) -> Path:
+        """``fit/views/depth/<vid>/<NNNN>.npy`` (float32 metres, 0 where empty)."""
+        return frame_file(self.fit_views / "depth", video_id, index, ".npy")
+
+    # export
+    @property
+    def export(self) -> Path:
+        return self.stage("export")
+
+    def export_file(self, kind: str) -> Path:
+        """``export/<file>`` for an output kind of :data:`EXPORT_FILES` (``ply``, ``viewer``, ``report``, ...)."""
+        if kind not in EXPORT_FILES:
+            raise ValueError(f"export file kind must be one of {', '.join(EXPORT_FILES)}, got {kind!r}")
+        return self.export / EXPORT_FILES[kind]
 
 
 # ------------------------------------------------------------------------------------------- OS errors

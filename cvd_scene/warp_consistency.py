@@ -145,9 +145,8 @@ def _psnr(mse: float) -> float:
 
 def read_depth(folder, video_ids, num_frames: int) -> np.ndarray:
     """Ground-truth z-depth ``<folder>/<vid>/<NNNN>.npy`` -> [V, F, H, W] float32 metres."""
-    from pathlib import Path
+    from cvd_scene.runfolder import frame_file
 
-    folder = Path(folder)
     return np.stack(
-        [np.stack([np.load(folder / vid / f"{f:04d}.npy") for f in range(num_frames)]) for vid in video_ids]
+        [np.stack([np.load(frame_file(folder, vid, f, ".npy")) for f in range(num_frames)]) for vid in video_ids]
     ).astype(np.float32)

@@ -656,3 +656,34 @@ def test_release_token_centres():
     assert EpipolarBiasConfig(convention="release", line_draw="per-pair").effective_line_draw == "per-pair"
     with pytest.raises(ValueError, match="line_draw"):
         EpipolarBiasConfig(line_draw="per-step")
+
+
+# ------------------------------------------------------------------------------- one rigid inverse, one model pose
+
+
+def test_invert_rigid_and_model_poses_have_one_home_for_torch_and_numpy():
+    from cvd.geometry import invert_rigid, model_poses
+    from cvd.pipeline import model_poses as pipeline_model_poses
+    from cvd.training.sampling import relative_to_first
+    from cvd_scene import cameras as scene
+
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(2, 5, 4))
+    T = scene.rigid(scene.quaternion_to_rotation(q / np.linalg.norm(q, axis=-1, keepdims=True)), rng.normal(size=(2, 5, 3)))
+    inv = invert_rigid(T)  # numpy in, numpy out
+    assert isinstance(inv, np.ndarray) and inv.dtype == np.float64
+    np.testing.assert_allclose(inv @ T, np.broadcast_to(np.eye(4), T.shape), atol=1e-12)
+    np.testing.assert_array_equal(inv, scene.invert_rigid(T))  # the scene side's numpy twin
+    for dtype in (torch.float64, torch.float32):
+        t = torch.from_numpy(T).to(dtype)
+        out = invert_rigid(t)
+        assert out.dtype == dtype and torch.equal(t, torch.from_numpy(T).to(dtype))  # the input is left alone
+        np.testing.assert_allclose(out.numpy(), scene.invert_rigid(T), atol=1e-6 if dtype == torch.float32 else 1e-12)
+
+    rel = model_poses(T, 0.5)  # [2, 5, 4, 4]: frame 0 the identity, translations in model units
+    np.testing.assert_allclose(rel[:, 0], np.broadcast_to(np.eye(4), (2, 4, 4)), atol=1e-12)
+    np.testing.assert_allclose(rel.astype(np.float32), scene.to_model_poses(T, 0.5), atol=1e-6)
+    t = torch.from_numpy(T)
+    assert torch.equal(pipeline_model_poses(t, 0.5), model_poses(t, 0.5))  # the pipeline uses this one
+    assert torch.equal(relative_to_first(t, 0.5), model_poses(t, 0.5))  # and so does the trainer's sampler
+    np.testing.assert_allclose(model_poses(t, 0.5).numpy(), rel, atol=1e-12)

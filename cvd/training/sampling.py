@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from cvd.context import epipolar_biases, guided_rows
-from cvd.geometry import plucker_embedding
+from cvd.geometry import model_poses, plucker_embedding
 from cvd.training.autoencoder import frames_to_tensor
 from cvd.training.metrics import psnr, ssim
 
@@ -45,11 +45,8 @@ class PairCameras:
 
 def relative_to_first(world_from_cam: Tensor, units_per_metre: float) -> Tensor:  # [V, F, 4, 4] -> [V, F, 4, 4]
     """Each video's poses relative to its own first frame, translations in model units (what the pose encoder
-    takes)."""
-    rel = torch.linalg.inv(world_from_cam[:, :1]) @ world_from_cam
-    rel = rel.clone()
-    rel[..., :3, 3] *= units_per_metre
-    return rel
+    takes): :func:`cvd.geometry.model_poses`, the pipeline's conversion."""
+    return model_poses(world_from_cam, units_per_metre)
 
 
 @torch.no_grad()

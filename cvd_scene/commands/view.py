@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from cvd_scene.cli import CliError, RunDir, app
+from cvd_scene.runfolder import RunLayout
 
 log = logging.getLogger("cvd_scene.commands.view")
 
@@ -36,14 +36,15 @@ def view_command(
     from cvd_scene.logs import setup_logging
 
     setup_logging(quiet, verbose)
-    folder = Path(run_dir) / "export"
+    folder = RunLayout(run_dir).export
     if not folder.is_dir():
         raise CliError(f"{folder} does not exist: run `cvd-scene export {run_dir}` first")
     try:
         server = make_server(folder, host, port, cert_dir=folder / ".cert" if https else None)
     except OSError as e:
         raise CliError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
-    page = "viewer.html" if (folder / "viewer.html").is_file() else ""
+    viewer = RunLayout(run_dir).export_file("viewer")
+    page = viewer.name if viewer.is_file() else ""
     log.warning("serving %s at %s (Ctrl-C stops)", folder, server_url(server, https, page))
     try:
         server.serve_forever()

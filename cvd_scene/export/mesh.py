@@ -33,6 +33,7 @@ import numpy as np
 
 from cvd_scene.cameras import Cameras, intrinsics_from_fov, invert_rigid, look_at
 from cvd_scene.gaussians import Gaussians
+from cvd_scene.runfolder import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,12 @@ def load_fit_views(fit_dir: str | os.PathLike, cameras: Cameras) -> list[View]:
     """The views the fit rendered at ``cameras`` (``fit/views/rgb|depth/<vid>/<NNNN>``); missing frames skipped."""
     import imageio.v3 as iio
 
-    fit_dir = Path(fit_dir)
+    fit = RunLayout.of_stage("fit", fit_dir)
     views = []
     for v, vid in enumerate(cameras.video_ids):
         for f in range(cameras.num_frames):
-            rgb_path = fit_dir / "views" / "rgb" / vid / f"{f:04d}.png"
-            depth_path = fit_dir / "views" / "depth" / vid / f"{f:04d}.npy"
+            rgb_path = fit.fit_view_rgb(vid, f)
+            depth_path = fit.fit_view_depth(vid, f)
             c2w = cameras.world_from_cam[v, f]
             if not (rgb_path.is_file() and depth_path.is_file() and np.all(np.isfinite(c2w))):
                 continue

@@ -21,6 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,10 @@ from cvd_scene.cameras import Cameras
 from cvd_scene.export.axes import FRAMES, READERS, RUN, check_frame, convert
 from cvd_scene.export.budget import clean_and_budget
 from cvd_scene.gaussians import Gaussians
+from cvd_scene.runfolder import EXPORT_FILES
+
+if TYPE_CHECKING:
+    from cvd_scene.fit.frames import NerfstudioFrame
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +41,8 @@ SPLAT_FORMATS = ("ply", "splat", "spz", "glb", "sog", "cply", "viewer")
 splat-transform when it is installed)."""
 FORMATS = (*SPLAT_FORMATS, "mesh")
 """Every format name ``--formats`` accepts."""
-FILE_NAMES = {
-    "ply": "scene.ply",
-    "splat": "scene.splat",
-    "spz": "scene.spz",
-    "spz4": "scene_v4.spz",
-    "glb": "scene_khr.glb",
-    "sog": "scene.sog",
-    "cply": "scene.compressed.ply",
-    "viewer": "viewer.html",
-    "mesh": "mesh.glb",
-    "collider": "collider.glb",
-    "points": "points.ply",
-    "camera_path": "camera_path.json",
-    "viewer_settings": "viewer_settings.json",
-    "report": "report.json",
-}
-"""File written for each output, inside the export folder."""
+FILE_NAMES = EXPORT_FILES
+"""File written for each output, inside the export folder (:data:`cvd_scene.runfolder.EXPORT_FILES`)."""
 REPORT_FORMAT = "cvd-scene/export-report"
 
 
@@ -253,10 +243,10 @@ def _write_with_splat_transform(
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         src = files.get("ply") and out_dir / files["ply"]["file"]
         if not src:
-            src = write_ply(turned, Path(tmp) / "scene.ply", frame=options.frame)
+            src = write_ply(turned, Path(tmp) / FILE_NAMES["ply"], frame=options.frame)
         settings = None
         if viewer_settings is not None:
-            settings = Path(tmp) / "viewer_settings.json"
+            settings = Path(tmp) / FILE_NAMES["viewer_settings"]
             write_json(settings, viewer_settings)
         for fmt in wanted:
             extra = {"viewer_settings": settings} if fmt == "viewer" else {}
@@ -355,13 +345,13 @@ def export_views(
 
 def write_camera_path(
     out_dir: str | os.PathLike, cameras: Cameras, report: dict, fps: float, transition_s: float,
-    ns_transform: Path | None = None,
+    ns_frame: NerfstudioFrame | None = None, ns_frame_source: str = "frame.json",
 ) -> None:  # fmt: skip
-    """Write ``camera_path.json`` for ``cameras`` (in the nerfstudio model frame when ``ns_transform`` names a
-    ``dataparser_transforms.json``) and the same flythrough as SuperSplat viewer settings
+    """Write ``camera_path.json`` for ``cameras`` (in the nerfstudio model frame when ``ns_frame`` is the fit's
+    normalisation, read from ``ns_frame_source``) and the same flythrough as SuperSplat viewer settings
     (``viewer_settings.json``, in the run's world: the frame the SuperSplat viewer shows for the readers'-frame
     ``scene.ply``); record both in ``report``."""
-    from cvd_scene.camera_io import read_json, write_json
+    from cvd_scene.camera_io import write_json
     from cvd_scene.export.camera_path import (
         camera_path_json,
         nerfstudio_from_world,
@@ -369,10 +359,9 @@ def write_camera_path(
     )
 
     M, frame = None, "world"
-    if ns_transform is not None:
-        doc = read_json(ns_transform)
-        M = nerfstudio_from_world(doc["transform"], float(doc.get("scale", 1.0)))
-        frame = f"nerfstudio model frame ({ns_transform.name})"
+    if ns_frame is not None:
+        M = nerfstudio_from_world(ns_frame.transform, ns_frame.scale)
+        frame = f"nerfstudio model frame ({ns_frame_source})"
     path = Path(out_dir) / FILE_NAMES["camera_path"]
     t = time.perf_counter()
     doc = camera_path_json(cameras, fps=fps, transition_s=transition_s, ns_from_world=M, frame_name=frame)

@@ -29,6 +29,7 @@ from cvd_scene.camera_io import read_transforms_json
 from cvd_scene.fit.frames import NerfstudioFrame, nerfstudio_frame
 from cvd_scene.media import ImageFileError, check_image
 from cvd_scene.paths import UnsafePathError, join_inside
+from cvd_scene.runfolder import RunLayout, frame_key
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,11 @@ def locate_registration(data: Path) -> tuple[Path, Path]:
     data = Path(data)
     if data.is_file():
         return data.parent.parent, data
-    transforms = data / "register" / "transforms.json"
+    transforms = RunLayout(data).register_transforms
     if not transforms.is_file():
         if not data.is_dir():
             raise RunFolderDataError(f"--data {data}: no such folder (pass a cvd-scene run folder)")
-        if not (data / "run.json").is_file():
+        if not RunLayout(data).run_json.is_file():
             raise RunFolderDataError(
                 f"--data {data} is not a cvd-scene run folder (no run.json); make one with `cvd-scene run {data}`"
             )
@@ -128,7 +129,7 @@ def _register_record(run_dir: Path) -> dict | None:
     import json
 
     try:
-        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("stages", {}).get("register")
+        record = json.loads(RunLayout(run_dir).run_json.read_text(encoding="utf-8")).get("stages", {}).get("register")
     except (OSError, ValueError, AttributeError):
         return None
     return record if isinstance(record, dict) else None
@@ -207,11 +208,11 @@ class CvdSceneDataParser(DataParser):
                     path = join_inside(run_dir, str((base / tf.file_paths[v][f]).relative_to(run_dir))).resolve()
                 except (UnsafePathError, ValueError):
                     raise RunFolderDataError(
-                        f"{transforms_path}: frame {vid}/{f:04d} names {tf.file_paths[v][f]!r}, which is not inside "
+                        f"{transforms_path}: frame {frame_key(vid, f)} names {tf.file_paths[v][f]!r}, which is not inside "
                         f"the run folder {run_dir}"
                     ) from None
                 if not path.is_file():
-                    raise RunFolderDataError(f"{transforms_path}: frame {vid}/{f:04d} names {path}, which is missing")
+                    raise RunFolderDataError(f"{transforms_path}: frame {frame_key(vid, f)} names {path}, which is missing")
                 try:  # nerfstudio's loader would fail later without naming the file
                     check_image(path)
                 except ImageFileError as e:

@@ -29,7 +29,7 @@ import torch
 
 from cvd_scene.camera_io import read_transforms_json, write_json
 from cvd_scene.fit.frames import NerfstudioFrame
-from cvd_scene.paths import join_inside
+from cvd_scene.runfolder import RunLayout, frame_key
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +249,7 @@ def evaluate_heldout(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFra
     frames = dataset.metadata["cvd_frames"]
     psnrs, ssims, lpipss, depth_abs, depth_rel = [], [], [], [], []
     has_gt_depth = False
+    run, files = RunLayout(run_dir), RunLayout.of_stage("fit", out_dir)
     for i in range(len(dataset)):
         camera = dataset.cameras[i : i + 1].to(model.device)
         gt = dataset.get_image_float32(i)[..., :3].to(model.device)  # [H, W, 3]
@@ -263,10 +264,10 @@ def evaluate_heldout(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFra
             with torch.no_grad():
                 lpipss.append(float(lp(a.clamp(0, 1), b.clamp(0, 1))))
         fi = frames[i]
-        stem = out_dir / "eval" / f"{fi.video_id}_{fi.frame:04d}"
+        stem = files.fit_eval_stem(fi.video_id, fi.frame)
         _png(stem.with_name(stem.name + "_gt.png"), gt.cpu().numpy())
         _png(stem.with_name(stem.name + "_pred.png"), pred.cpu().numpy())
-        gt_depth_path = Path(run_dir) / "generate" / "gt" / "depth" / fi.video_id / f"{fi.frame:04d}.npy"
+        gt_depth_path = run.gt_depth(fi.video_id, fi.frame)
         if gt_depth_path.is_file():
             has_gt_depth = True
             gt_depth = np.load(gt_depth_path).astype(np.float64)
@@ -281,7 +282,7 @@ def evaluate_heldout(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFra
         "psnr": float(np.mean(psnrs)),
         "ssim": float(np.mean(ssims)),
         "lpips": float(np.mean(lpipss)) if lpipss else None,
-        "psnr_per_frame": {f"{f.video_id}/{f.frame:04d}": round(p, 3) for f, p in zip(frames, psnrs)},
+        "psnr_per_frame": {frame_key(f.video_id, f.frame): round(p, 3) for f, p in zip(frames, psnrs)},
     }
     if has_gt_depth:
         # Over pixels with ground-truth depth that the fit covers (alpha > 0.5); None when there are none.
@@ -297,17 +298,18 @@ def render_views(trainer, run_dir: Path, out_dir: Path, frame: NerfstudioFrame) 
 
     model = trainer.pipeline.model
     model.eval()
-    cams = read_transforms_json(Path(run_dir) / "register" / "transforms.json").cameras
+    cams = read_transforms_json(RunLayout(run_dir).register_transforms).cameras
+    files = RunLayout.of_stage("fit", out_dir)
     todo = [(v, f) for v in range(cams.num_videos) for f in range(cams.num_frames) if np.all(np.isfinite(cams.world_from_cam[v, f]))]
     world_from_cam = np.stack([cams.world_from_cam[v, f] for v, f in todo])
     ns = nerfstudio_cameras(frame, world_from_cam, np.stack([cams.K[v, f] for v, f in todo]), cams.width, cams.height)
     for i, (v, f) in enumerate(track(todo, total=len(todo), description="render views")):
         out = _render(model, ns[i : i + 1].to(model.device))
         vid = cams.video_ids[v]
-        _png(join_inside(out_dir / "views" / "rgb", vid, f"{f:04d}.png"), out["rgb"].cpu().numpy())
+        _png(files.fit_view_rgb(vid, f), out["rgb"].cpu().numpy())
         depth = (out["depth"] / frame.scale).cpu().numpy().astype(np.float32)
         depth = np.where((out["accumulation"].cpu().numpy() >= 0.5) & np.isfinite(depth), depth, 0.0).astype(np.float32)
-        path = join_inside(out_dir / "views" / "depth", vid, f"{f:04d}.npy")
+        path = files.fit_view_depth(vid, f)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, depth)
     return len(todo)
@@ -347,7 +349,8 @@ def _fit(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: Path | Non
     trainer, seconds, cpu_seconds, steps = train(run_dir, out_dir, s)
     frame: NerfstudioFrame = trainer.pipeline.datamanager.train_dataparser_outputs.metadata["cvd_frame"]
     base = trainer.config.get_base_dir()
-    write_json(out_dir / "frame.json", frame.to_json())
+    files = RunLayout.of_stage("fit", out_dir)
+    write_json(files.fit_frame, frame.to_json())
     t0 = time.perf_counter()
     metrics = evaluate_heldout(trainer, run_dir, out_dir, frame)
     metrics.update(
@@ -367,7 +370,7 @@ def _fit(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: Path | Non
         from cvd_scene.fit.frames import gaussians_to_world
 
         gaussians = gaussians_to_world(model.gaussians(), frame)
-        write_ply(gaussians, out_dir / "gaussians.ply", frame="run")
+        write_ply(gaussians, files.fit_gaussians, frame="run")
         metrics["gaussians"] = len(gaussians)
     else:
         metrics["gaussians"] = None
@@ -377,6 +380,6 @@ def _fit(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: Path | Non
     if final_out_dir is not None:
         _rewrite_config(base / "config.yml", Path(final_out_dir))
     metrics["nerfstudio_config"] = str(base.relative_to(out_dir.resolve()) / "config.yml")
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(files.fit_metrics, metrics)
     trainer.shutdown()
     return metrics

@@ -107,10 +107,22 @@ def export_options(config: ExportConfig):
     )
 
 
-def find_dataparser_transforms(fit_dir: Path) -> Path | None:
-    """The nerfstudio ``dataparser_transforms.json`` under ``fit_dir`` (the newest, if several), or None."""
-    found = sorted(fit_dir.rglob("dataparser_transforms.json"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+def read_fit_frame(run_dir: Path):
+    """The fit's normalisation into the nerfstudio model frame (``fit/frame.json``) as a
+    :class:`cvd_scene.fit.frames.NerfstudioFrame`, or None when the fit wrote none (a fit made elsewhere)."""
+    from cvd_scene.camera_io import read_json
+    from cvd_scene.fit.frames import NerfstudioFrame
+    from cvd_scene.runfolder import RunLayout, StageRefused
+
+    path = RunLayout(run_dir).fit_frame
+    if not path.is_file():
+        return None
+    try:
+        return NerfstudioFrame.from_json(read_json(path))
+    except (KeyError, TypeError, ValueError) as e:
+        raise StageRefused(
+            f"stage 'export': {path} is not a fit frame ({e}); redo the fit (cvd-scene fit {run_dir} --redo)"
+        ) from None
 
 
 GAUSSIAN_METHODS = ("cvd-scene",)
@@ -121,8 +133,10 @@ def fit_method(config, run_dir: Path) -> str:
     """The nerfstudio method the run's fit used: ``fit/metrics.json``'s ``method``, else the config's."""
     import json
 
+    from cvd_scene.runfolder import RunLayout
+
     try:
-        method = json.loads((Path(run_dir) / "fit" / "metrics.json").read_text()).get("method")
+        method = json.loads(RunLayout(run_dir).fit_metrics.read_text()).get("method")
     except (OSError, ValueError, AttributeError):
         method = None
     return method if isinstance(method, str) else config.fit.method
@@ -136,21 +150,20 @@ def run_export(config, run_dir: Path, out_dir: Path):
     from cvd_scene.export.mesh import load_fit_views
     from cvd_scene.export.pipeline import export_gaussians, export_views, write_camera_path, write_report
     from cvd_scene.export.ply import read_ply
-    from cvd_scene.runfolder import StageRefused, StageResult
+    from cvd_scene.runfolder import RunLayout, StageRefused, StageResult
 
     log = logging.getLogger("cvd_scene.stages.export")
     cfg: ExportConfig = config.export
     options = export_options(cfg)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    fit_dir = run_dir / "fit"
-    transforms = run_dir / "register" / "transforms.json"
+    run = RunLayout(run_dir)
+    fit_dir = run.stage("fit")
+    transforms = run.register_transforms
     registered = read_transforms_json(transforms).cameras if transforms.is_file() else None
-    planned_path = run_dir / "plan" / "cameras.json"
+    planned_path = run.cameras
     planned = read_cameras_json(planned_path) if planned_path.is_file() else None
-    views = (
-        load_fit_views(fit_dir, registered) if registered is not None and (fit_dir / "views").is_dir() else []
-    )
-    splats_path = fit_dir / "gaussians.ply"
+    views = load_fit_views(fit_dir, registered) if registered is not None and run.fit_views.is_dir() else []
+    splats_path = run.fit_gaussians
     path_cameras = planned or registered
     method = fit_method(config, run_dir)
     if method in GAUSSIAN_METHODS or splats_path.is_file():
@@ -162,7 +175,7 @@ def run_export(config, run_dir: Path, out_dir: Path):
         from cvd_scene.export.camera_path import supersplat_viewer_settings
 
         gaussians = read_ply(splats_path)
-        source = {"path": "fit/gaussians.ply", "splats": len(gaussians), "fit_method": method}
+        source = {"path": run.relative(splats_path, run_dir), "splats": len(gaussians), "fit_method": method}
         settings = None
         if path_cameras is not None:
             settings = supersplat_viewer_settings(path_cameras, cfg.camera_path_fps, cfg.camera_path_transition_s)
@@ -171,20 +184,20 @@ def run_export(config, run_dir: Path, out_dir: Path):
             viewer_settings=settings,
         )  # fmt: skip
     elif views:
-        source = {"path": "fit/views", "views": len(views), "fit_method": method}
+        source = {"path": run.relative(run.fit_views, run_dir), "views": len(views), "fit_method": method}
         report = export_views(views, out_dir, options, source=source)
     else:
         raise StageRefused(
             f"stage 'export': the fit (method {method!r}, a NeRF) left no depth/colour views in "
-            f"{fit_dir / 'views'}; redo the fit (cvd-scene fit {run_dir} --redo)"
+            f"{run.fit_views}; redo the fit (cvd-scene fit {run_dir} --redo)"
         )
     if path_cameras is not None:
         write_camera_path(
             out_dir, path_cameras, report, cfg.camera_path_fps, cfg.camera_path_transition_s,
-            find_dataparser_transforms(fit_dir),
+            read_fit_frame(run_dir), run.relative(run.fit_frame, run_dir),
         )  # fmt: skip
     else:
-        log.warning("no plan/cameras.json or register/transforms.json: camera_path.json not written")
+        log.warning("no %s or %s: camera_path.json not written", planned_path, transforms)
     write_report(out_dir, report)
     splats = report["splats"]
     summary = {"files": {k: v["bytes"] for k, v in report["files"].items()}}

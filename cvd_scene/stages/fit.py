@@ -85,10 +85,10 @@ def check_registration(run_dir: Path) -> None:
     """Refuse (``StageRefused``, with the reason) when the registration failed or left nothing to fit."""
     import json
 
-    from cvd_scene.runfolder import StageRefused
+    from cvd_scene.runfolder import RunLayout, StageRefused
 
     record = None
-    run_json = run_dir / "run.json"
+    run_json = RunLayout(run_dir).run_json
     if run_json.is_file():
         try:
             record = json.loads(run_json.read_text()).get("stages", {}).get("register")
@@ -96,7 +96,7 @@ def check_registration(run_dir: Path) -> None:
             record = None
     if record is not None and record.get("status") == "failed":
         raise StageRefused(f"stage 'fit' needs a registration, and it failed: {record.get('message') or 'no reason given'}")
-    transforms = run_dir / "register" / "transforms.json"
+    transforms = RunLayout(run_dir).register_transforms
     if not transforms.is_file():
         why = (record or {}).get("message") or "no frame was registered"
         raise StageRefused(f"stage 'fit' needs {transforms}, which is missing ({why}); run or redo the register stage")
@@ -111,7 +111,7 @@ def run_fit(config, run_dir: Path, out_dir: Path):
     import torch
 
     from cvd_scene.fit.train import FitSettings, fit_run_folder
-    from cvd_scene.runfolder import StageResult
+    from cvd_scene.runfolder import RunLayout, StageResult
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg: FitConfig = config.fit
@@ -141,7 +141,7 @@ def run_fit(config, run_dir: Path, out_dir: Path):
     if cfg.threads is not None and settings.device == "cpu":
         torch.set_num_threads(cfg.threads)
     try:
-        metrics = fit_run_folder(run_dir, out_dir, settings, final_out_dir=run_dir / "fit")
+        metrics = fit_run_folder(run_dir, out_dir, settings, final_out_dir=RunLayout(run_dir).stage("fit"))
     finally:
         torch.set_num_threads(threads)
     summary = {

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+
+from cvd_scene.generate_config import GenerateConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -23,96 +24,9 @@ if TYPE_CHECKING:
     from cvd_scene.runconfig import RunConfig
     from cvd_scene.runfolder import StageResult
 
+__all__ = ["GenerateConfig", "peak_memory_mb", "run_generate", "validate", "write_generate_outputs"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class GenerateConfig:
-    """Which generator makes the videos, and its settings."""
-
-    generator: Literal["reference", "cvd", "imported"] = "reference"
-    """``reference``: the built-in CPU renderer of procedural scenes; ``cvd``: the Collaborative Video Diffusion model;
-    ``imported``: the user's own pictures from ``source`` (``cvd-scene import``)."""
-    source: str | None = None
-    """Imported: a folder of pictures (one video) or of sub-folders of pictures (one video each), in file-name
-    order; every frame the plan's size after its EXIF orientation, every video the plan's frame count."""
-    scene: str | None = None
-    """Reference generator: scene kind (``room``, ``courtyard``, ``table``); None picks it from the prompt's words."""
-    samples_per_pixel: int = 4
-    """Reference generator: rays per pixel for anti-aliasing (1 = none)."""
-    moving_objects: int | None = None
-    """Reference generator: number of moving objects (0-8); None takes it from the prompt's words ("moving",
-    "spinning", ... ask for one; default none, which a static-scene fit needs)."""
-    texels_per_m: float | None = None
-    """Reference generator: base texture resolution of the scene (texels per metre; objects use multiples); None
-    uses the kind's default (room and table 90, courtyard 50). Higher: sharper close-ups, slower scene building."""
-    model: str = "tiny"
-    """CVD generator: a model name: ``tiny`` (random weights, for tests), ``tiny-trained`` (the committed small
-    model in ``models/``), ``sd15`` (needs ``weights``); ignored when ``weights`` is given."""
-    weights: str | None = None
-    """CVD generator: a local folder of converted weights (``cvd-scene convert``) or of our saved format."""
-    steps: int = 25
-    """CVD generator: denoising steps."""
-    guidance_scale: float | None = None
-    """CVD generator: classifier-free guidance scale; None: the release's 8.5 for one or two videos, 14 for more."""
-    negative_prompt: str = "worst quality, low quality, letterboxed"
-    """CVD generator: negative prompt."""
-    pairing: str = "covisibility"
-    """CVD generator: pairing schedule preset: ``covisibility`` (default: two co-visibility-weighted partners per
-    video per step, one batched call a step), ``exhaustive`` (every pair every step), ``partition`` (one
-    round-robin matching a step), ``released`` (the release's schedule for N videos), ``released-pair``,
-    ``released-4``, ``released-6``."""
-    recurrences: int | None = None
-    """CVD generator: override the preset's recurrences R per step (re-noising in between; DDIM only)."""
-    accumulations: int | None = None
-    """CVD generator: override the preset's accumulations Q (pair sets averaged per evaluation)."""
-    max_rows_per_call: int | None = None
-    """CVD generator: most UNet rows (videos x guidance branches) per call; None: automatic (all on a CPU, a
-    memory estimate on a GPU)."""
-    offload: bool = False
-    """CVD generator: move each model component to the GPU only while it runs (diffusers' model CPU offload)."""
-    memory: Literal["fast", "balanced", "low"] = "fast"
-    """CVD generator: memory mode (``cvd.pipeline.MEMORY_MODES``; peaks per mode in the README). ``fast``: every
-    model on the device, all pairs of a step in one UNet call; ``balanced``: one model on the device at a time,
-    2 pairs per UNet call, one frame per VAE call; ``low``: one layer's weights on the device at a time, one pair
-    per call, tiled VAE decoding. Same videos in every mode (up to float rounding and VAE tile seams)."""
-    device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """Model dtype: ``auto`` is float16 on CUDA, float32 on the CPU."""
-    contact_sheet_frames: int = 8
-    """Frame columns of ``contact_sheet.png`` (evenly spaced over the clip)."""
-    image: str | None = None
-    """CVD generator: a picture (JPEG, PNG, ...) that becomes frame 0 of every video (the plan's videos must
-    start at one camera): EXIF orientation applied, scaled to cover the generated size and cropped at its
-    centre, its latent held at every denoising step. The stage copies it into ``generate/`` (``input<ext>``)."""
-
-
-    def __post_init__(self) -> None:
-        if self.samples_per_pixel < 1:
-            raise ValueError(f"samples_per_pixel must be >= 1, got {self.samples_per_pixel}")
-        if self.moving_objects is not None and not 0 <= self.moving_objects <= 8:
-            raise ValueError(f"moving_objects must be in 0..8 or null, got {self.moving_objects}")
-        if self.scene is not None and self.scene not in ("room", "courtyard", "table"):
-            raise ValueError(f"scene must be room, courtyard, table or null, got {self.scene!r}")
-        if self.texels_per_m is not None and not 1.0 <= self.texels_per_m <= 2000.0:
-            raise ValueError(f"texels_per_m must be in [1, 2000] or null, got {self.texels_per_m}")
-        if self.contact_sheet_frames < 1:
-            raise ValueError(f"contact_sheet_frames must be >= 1, got {self.contact_sheet_frames}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.guidance_scale is not None and not self.guidance_scale >= 0:
-            raise ValueError(f"guidance_scale must be >= 0 or null, got {self.guidance_scale}")
-        for name in ("recurrences", "accumulations"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or null, got {value}")
-        if self.max_rows_per_call is not None and self.max_rows_per_call < 4:
-            raise ValueError(
-                f"max_rows_per_call must be >= 4 (one guided pair) or null, got {self.max_rows_per_call}"
-            )
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
 
 def validate(config: RunConfig, size) -> None:
@@ -149,10 +63,10 @@ def validate(config: RunConfig, size) -> None:
 def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult:
     """Make the videos of the plan in ``run_dir/plan/cameras.json`` and write ``generate/`` into ``out_dir``."""
     from cvd_scene.camera_io import read_cameras_json
-    from cvd_scene.runfolder import StageRefused
+    from cvd_scene.runfolder import RunLayout, StageRefused
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    cams_path = run_dir / "plan" / "cameras.json"
+    cams_path = RunLayout(run_dir).cameras
     if not cams_path.is_file():
         raise StageRefused(
             f"stage 'generate' needs {cams_path}; run the plan stage first (cvd-scene plan {run_dir})"
@@ -197,7 +111,7 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
         report["image"] = picture[1]
     from cvd_scene.camera_io import write_json
 
-    write_json(out_dir / "report.json", report)
+    write_json(RunLayout.of_stage("generate", out_dir).generate_report, report)
     from cvd_scene.runfolder import StageResult
 
     summary = {
@@ -234,7 +148,7 @@ def write_generate_outputs(
 
     from cvd_scene.camera_io import write_transforms_json
     from cvd_scene.media import contact_sheet, write_frames, write_mp4
-    from cvd_scene.paths import join_inside
+    from cvd_scene.runfolder import RunLayout
 
     t0 = time.perf_counter()
     want = (cams.num_videos, cams.num_frames, cams.height, cams.width, 3)
@@ -242,8 +156,8 @@ def write_generate_outputs(
         raise ValueError(
             f"generated frames have shape {np.shape(frames)}, the plan needs {want} [V, F, H, W, 3]"
         )
-    out_dir = Path(out_dir)
-    write_frames(frames, out_dir / "frames", cams.video_ids)
+    files = RunLayout.of_stage("generate", out_dir)
+    write_frames(frames, files.frames, cams.video_ids)
     if cams.width % 2 or cams.height % 2:
         log.info(
             "generate: videos/*.mp4 are padded to %dx%d (H.264 needs even sizes, the last row/column repeated); "
@@ -254,11 +168,13 @@ def write_generate_outputs(
             cams.height,
         )
     for v, vid in enumerate(cams.video_ids):
-        write_mp4(frames[v], join_inside(out_dir / "videos", f"{vid}.mp4"), fps=cams.fps)
+        write_mp4(frames[v], files.video(vid), fps=cams.fps)
     contact_sheet(
-        frames, out_dir / "contact_sheet.png", max_frames=contact_sheet_frames, video_ids=cams.video_ids
+        frames, files.contact_sheet, max_frames=contact_sheet_frames, video_ids=cams.video_ids
     )
-    write_transforms_json(cams, out_dir / "transforms.json", "frames")
+    write_transforms_json(
+        cams, files.generate_transforms, files.relative(files.frames, files.generate_transforms.parent)
+    )
     return time.perf_counter() - t0
 
 
@@ -280,8 +196,8 @@ def _generate_reference(config: RunConfig, cams: Cameras, out_dir: Path) -> tupl
 
     from cvd_scene.camera_io import write_json
     from cvd_scene.logs import progress_enabled
-    from cvd_scene.paths import join_inside
     from cvd_scene.reference import build_scene, render
+    from cvd_scene.runfolder import RunLayout, frame_key
 
     gen = config.generate
     t0 = time.perf_counter()
@@ -296,16 +212,16 @@ def _generate_reference(config: RunConfig, cams: Cameras, out_dir: Path) -> tupl
     log.info("reference scene: %s (%s, seed %d)", scene.caption, scene.kind, config.seed)
     _warn_outside(scene, cams)
     out = render(scene, cams, samples_per_pixel=gen.samples_per_pixel, progress=progress_enabled())
-    gt = out_dir / "gt"
+    files = RunLayout.of_stage("generate", out_dir)
     for v, vid in enumerate(cams.video_ids):
-        folder = join_inside(gt / "depth", vid)
-        folder.mkdir(parents=True, exist_ok=True)
         for f in range(cams.num_frames):
-            np.save(join_inside(folder, f"{f:04d}.npy"), out.depth[v, f].astype(np.float32))
-    scene.export_glb(gt / "scene.glb")
-    write_json(gt / "scene.json", scene.describe())
+            path = files.gt_depth(vid, f)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, out.depth[v, f].astype(np.float32))
+    scene.export_glb(files.gt_scene_glb)
+    write_json(files.gt_scene_json, scene.describe())
     valid = out.mask.mean(axis=(2, 3))  # [V, F]
-    empty = [f"{cams.video_ids[v]}/{f:04d}" for v, f in zip(*np.nonzero(valid < 0.02))]
+    empty = [frame_key(cams.video_ids[v], f) for v, f in zip(*np.nonzero(valid < 0.02))]
     report = {
         "model": None,
         "unet_calls": 0,
@@ -528,21 +444,14 @@ def _generate_imported(config: RunConfig, cams: Cameras) -> tuple[np.ndarray, di
 
 
 def _plan_covisibility(run_dir: Path, cams: Cameras) -> tuple[np.ndarray | None, str | None]:
-    """``plan/covisibility.json`` as [V, V, F] when it describes this plan's videos, else (None, None)."""
-    import numpy as np
+    """``plan/covisibility.json`` as [V, V, F] in the plan's video order when it describes this plan's videos,
+    else (None, None); the second value names the file relative to the run folder."""
+    from cvd_scene.covisibility import read_covisibility
+    from cvd_scene.runfolder import RunLayout
 
-    from cvd_scene.camera_io import read_json
-
-    path = Path(run_dir) / "plan" / "covisibility.json"
-    if not path.is_file():
-        return None, None
-    doc = read_json(path)
-    cov = np.asarray(doc.get("covisibility"), dtype=np.float64)
-    V, F = cams.num_videos, cams.num_frames
-    if list(doc.get("videos", [])) != list(cams.video_ids) or cov.shape != (V, V, F):
-        log.warning("%s does not describe the plan's %d videos x %d frames; pairing ignores it", path, V, F)
-        return None, None
-    return cov, "plan/covisibility.json"
+    files = RunLayout(run_dir)
+    cov = read_covisibility(files.covisibility, cams)
+    return (None, None) if cov is None else (cov, files.relative(files.covisibility, files.root))
 
 
 def _warn_outside(scene, cams: Cameras) -> None:

@@ -261,8 +261,9 @@ def run_plan(config, run_dir: Path, out_dir: Path):
     from cvd_scene import covisibility as covis
     from cvd_scene import planning, plots
     from cvd_scene.camera_io import write_cameras_json, write_json
-    from cvd_scene.runfolder import StageRefused, StageResult
+    from cvd_scene.runfolder import RunLayout, StageRefused, StageResult
 
+    files = RunLayout(run_dir).writing("plan", out_dir)
     plan = config.plan
     kind = scene_kind(config)
     layout = planning.scene_layout(kind)
@@ -284,7 +285,7 @@ def run_plan(config, run_dir: Path, out_dir: Path):
         cams.extras.get("pattern", cams.extras.get("source")),
         kind,
     )
-    write_cameras_json(cams, out_dir / "cameras.json")
+    write_cameras_json(cams, files.cameras)
 
     problems = []
     start_err = planning.common_start_error(cams)
@@ -316,10 +317,10 @@ def run_plan(config, run_dir: Path, out_dir: Path):
         result = covis.covisibility(
             cams, layout, sample_width_px=plan.covisibility_width_px, coverage_points=plan.coverage_points
         )
-    write_json(out_dir / "covisibility.json", covis.covisibility_to_dict(result, cams.video_ids))
+    write_json(files.covisibility, covis.covisibility_to_dict(result, cams.video_ids))
     plots.plot_trajectories(
         cams,
-        out_dir / "trajectories.png",
+        files.trajectories_png,
         layout=layout,
         look_at_m=cams.extras.get("look_at_m"),
         title=_title(cams, kind),
@@ -327,7 +328,7 @@ def run_plan(config, run_dir: Path, out_dir: Path):
     plots.plot_covisibility(
         result.mean_over_frames(),
         cams.video_ids,
-        out_dir / "covisibility.png",
+        files.covisibility_png,
         title=_matrix_title(cams, kind, result.depth_source),
     )
     mean = result.mean_over_frames()
