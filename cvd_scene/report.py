@@ -196,8 +196,9 @@ def _section_generate(run_dir: Path) -> str:
             f"<figcaption>{_esc(mp4.stem)}</figcaption></figure>"
         )
     sheet = _img(run.contact_sheet, "contact sheet")
+    picture = _input_picture(run.stage("generate"), rep)
     return (
-        f"<section><h2>Generated videos</h2><p class='muted'>{_esc(summary)}</p>{_input_picture(run.stage("generate"), rep)}"
+        f"<section><h2>Generated videos</h2><p class='muted'>{_esc(summary)}</p>{picture}"
         f"<div class='row'>{''.join(videos)}</div><h3>Contact sheet</h3>{sheet}</section>"
     )
 
