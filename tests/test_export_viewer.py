@@ -147,13 +147,64 @@ def screenshot(
 
 
 XR_STUB = """
-window.xrRequests = [];
+window.xrRequests = []; window.xrFrames = 0; window.xrPoses = 0; window.xrDraws = 0; window.xrErrors = [];
+let inXrFrame = false;
+for (const ctx of [WebGLRenderingContext, WebGL2RenderingContext]) {
+  ctx.prototype.makeXRCompatible = async () => {};
+  for (const name of ["drawArrays", "drawElements", "drawArraysInstanced", "drawElementsInstanced"]) {
+    const draw = ctx.prototype[name];
+    if (draw) ctx.prototype[name] = function (...args) { if (inXrFrame) window.xrDraws++; return draw.apply(this, args); };
+  }
+}
+const eye = (name, x) => {
+  const m = new Float32Array([1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, x, 1.6, 0, 1]);
+  const inv = new Float32Array([1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, -x, -1.6, 0, 1]);
+  const transform = { position: { x, y: 1.6, z: 0, w: 1 }, orientation: { x: 0, y: 0, z: 0, w: 1 }, matrix: m,
+                      inverse: { position: { x: -x, y: -1.6, z: 0, w: 1 }, orientation: { x: 0, y: 0, z: 0, w: 1 },
+                                 matrix: inv } };
+  const f = 1, near = 0.1, far = 1000;  // 90 degrees, as a headset's projection
+  const projectionMatrix = new Float32Array([f, 0, 0, 0, 0, f, 0, 0, 0, 0, (far + near) / (near - far), -1,
+                                             0, 0, 2 * far * near / (near - far), 0]);
+  return { eye: name, projectionMatrix, transform, recommendedViewportScale: null,
+           requestViewportScale() {} };
+};
+const space = { getOffsetReferenceSpace() { return space; }, addEventListener() {}, removeEventListener() {} };
+class StubLayer {
+  constructor(session, gl) { this.framebuffer = null; this.framebufferWidth = innerWidth;
+                             this.framebufferHeight = innerHeight; this.antialias = false; }
+  getViewport(view) { const w = innerWidth / 2;
+                      return { x: view.eye === "right" ? w : 0, y: 0, width: w, height: innerHeight }; }
+  static getNativeFramebufferScaleFactor() { return 1; }
+}
+window.XRWebGLLayer = StubLayer;
+window.XRRigidTransform ??= class { constructor(p, o) { this.position = p; this.orientation = o; } };
+class StubSession extends EventTarget {
+  renderState = { baseLayer: null, depthNear: 0.1, depthFar: 1000, inlineVerticalFieldOfView: null, layers: [] };
+  inputSources = []; visibilityState = "visible"; enabledFeatures = ["local-floor"]; environmentBlendMode = "opaque";
+  supportedFrameRates = null; frameRate = 72;
+  updateRenderState(state) { Object.assign(this.renderState, state); }
+  async requestReferenceSpace() { return space; }
+  requestAnimationFrame(callback) {  // the headset's frame loop: a pose for two eyes every 1/72 s
+    const frame = { session: this, getViewerPose: () => { window.xrPoses++;
+      return { transform: eye("none", 0).transform, views: [eye("left", -0.032), eye("right", 0.032)],
+               emulatedPosition: false }; },
+      getPose: () => null, getHitTestResults: () => [], detectedPlanes: new Set(), trackedAnchors: new Set() };
+    return setTimeout(() => { window.xrFrames++;
+      inXrFrame = true;
+      try { callback(performance.now(), frame); } catch (e) { window.xrErrors.push(String(e)); }
+      inXrFrame = false; }, 14);
+  }
+  cancelAnimationFrame(id) { clearTimeout(id); }
+  async end() { this.dispatchEvent(new Event("end")); }
+}
 const xr = new EventTarget();
 xr.isSessionSupported = async (mode) => mode === "immersive-vr";
-xr.requestSession = async (mode) => { window.xrRequests.push(mode); throw new DOMException("stub", "NotSupportedError"); };
+xr.requestSession = async (mode) => { window.xrRequests.push(mode); return new StubSession(); };
 Object.defineProperty(navigator, "xr", { value: xr, configurable: true });
 """
-"""A WebXR stand-in that offers immersive-vr and records the sessions a page requests (refusing them)."""
+"""A WebXR stand-in: offers immersive-vr, records the sessions a page requests and grants them a session whose
+frame loop hands the page a two-eye viewer pose every 14 ms (counting the frames, the poses the page asks for, the
+WebGL draw calls it makes inside the frame callbacks and the errors they throw)."""
 
 
 def splats_from_depth(run: Path, scale: float = 0.6) -> Gaussians:
@@ -210,12 +261,15 @@ def test_viewer_html_opens_upright_at_the_first_planned_camera(tmp_path):
     )  # fmt: skip
     shot = tmp_path / "shot.png"
     # WebXR stubbed: the headset offers immersive-vr; pressing the page's VR button must request that session.
-    button, before, after = screenshot(
+    console: list[str] = []
+    button, before, after, xr_loop = screenshot(
         (tmp_path / "export" / "viewer.html").as_uri() + "?noanim", shot, 192, wait_s=25, init_script=XR_STUB,
         then=(
             "document.querySelector('.sse-vrMode').className", "window.xrRequests.length",
             "document.querySelector('.sse-vrMode').click() ?? window.xrRequests",
+            "({frames: window.xrFrames, poses: window.xrPoses, draws: window.xrDraws, errors: window.xrErrors})",
         ),
+        console=console,
     )  # fmt: skip
     assert "sse-hidden" not in button, button  # the page offers VR
     screenshot((tmp_path / "export" / "viewer.html").as_uri() + "?noui&noanim", shot, 192, wait_s=25)
@@ -223,6 +277,10 @@ def test_viewer_html_opens_upright_at_the_first_planned_camera(tmp_path):
     frame = iio.imread(run / "generate" / "frames" / cams.video_ids[0] / "0000.png")[..., :3] / 255.0
     straight, turned = psnr(seen, frame), psnr(seen, np.rot90(frame, 2))
     assert (before, after) == (0, ["immersive-vr"]), (before, after)  # and asks the headset for a VR session
+    # and draws in it: the session's frame loop called the page back, which asked for the eyes' pose and drew
+    print(f"viewer.html in the stubbed VR session: {xr_loop}")
+    assert xr_loop["frames"] >= 1 and xr_loop["poses"] >= 1 and xr_loop["draws"] >= 1, (xr_loop, console)
+    assert not xr_loop["errors"], (xr_loop, console)
     print(f"viewer.html from the first planned camera: {straight:.1f} dB, turned 180 degrees {turned:.1f} dB")
     assert straight > 18.0 and straight > turned + 3.0, (straight, turned)  # measured 20.0 and 15.0 dB
 
