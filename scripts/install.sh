@@ -3,8 +3,10 @@
 #   system packages: libusb-1.0-0 (open3d), chromium (report test), nodejs/npm (independent format readers)
 #   .venv/          : torch 2.14.1 + torchvision 0.29.1, nerfstudio 1.1.5, gsplat 1.4.0, diffusers, pycolmap, open3d ...
 #                     and .venv/bin/ffmpeg (imageio-ffmpeg's binary) for ns-render when there is no system ffmpeg
-#   .tools/         : npm gltf-validator, @playcanvas/splat-transform (SOG, compressed PLY, viewer.html) and three
-#                     (the export tests draw mesh.glb with it), used when present
+#   .tools/         : npm gltf-validator, @playcanvas/splat-transform (SOG, compressed PLY, viewer.html), three
+#                     (the export tests draw mesh.glb with it), and the viewers the tests open splat files in:
+#                     @sparkjsdev/spark (on three), @babylonjs/core + @babylonjs/loaders (+ @adobe/spz, its SPZ
+#                     reader); used when present
 # Idempotent: a second run only checks. Set CVD_SCENE_PYTHON to choose the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,11 +57,17 @@ fi
 
 if command -v npm >/dev/null 2>&1; then
   if [ ! -d .tools/node_modules/gltf-validator ] || [ ! -x .tools/node_modules/.bin/splat-transform ] \
-     || [ ! -f .tools/node_modules/three/build/three.module.js ]; then
+     || [ ! -f .tools/node_modules/three/build/three.module.js ] \
+     || ! grep -q '"version": "0.180.0"' .tools/node_modules/three/package.json \
+     || [ ! -f .tools/node_modules/@sparkjsdev/spark/dist/spark.module.js ] \
+     || [ ! -f .tools/node_modules/@babylonjs/loaders/SPLAT/index.js ] \
+     || [ ! -f .tools/node_modules/@babylonjs/core/Engines/engine.js ] \
+     || [ ! -f .tools/node_modules/@adobe/spz/dist/spz.js ]; then
     mkdir -p .tools
     (cd .tools && [ -f package.json ] || echo '{"private": true}' > package.json
      npm install --silent --no-audit --no-fund gltf-validator@2.0.0-dev.3.10 @playcanvas/splat-transform@3.7.0 \
-       three@0.170.0 >/dev/null 2>&1) \
+       three@0.180.0 @sparkjsdev/spark@2.2.0 @babylonjs/core@9.28.0 @babylonjs/loaders@9.28.0 @adobe/spz@0.2.3 \
+       >/dev/null 2>&1) \
       || echo "install.sh: warning: npm tools not installed (export reader tests will skip)"
   fi
 fi

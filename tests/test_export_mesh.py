@@ -167,6 +167,6 @@ def test_mesh_glb_in_threejs_shows_the_first_view(room_run, tmp_path):
     mse = np.mean((seen[covered_px] - frame[covered_px]) ** 2)
     psnr = 10 * np.log10(1.0 / mse)
     print(f"mesh.glb in three.js: covers {100 * coverage:.1f} % of the first view, {psnr:.1f} dB there")
-    # measured 87.4 % and 21.6 dB: the misses are a band along this view's right and bottom edges, surface that only
-    # the edge of this one frustum saw, which TSDF fusion cannot close (ray casting the mesh: 89.8 %)
-    assert coverage >= 0.85 and psnr >= 18.0, (coverage, psnr)
+    # measured 92.4 % and 21.6 dB (ray casting the mesh: 94.4 %); 87.4 % before the TSDF blocks were allocated
+    # around the back-projected pixels (open3d's allocation from the depth image left the views' edges open)
+    assert coverage >= 0.90 and psnr >= 18.0, (coverage, psnr)

@@ -229,6 +229,8 @@ def fuse_tsdf(
     by one view only (91.9 % of depth pixels covered, worst view 49 %); 0.5 keeps them (97.5 %, worst 90.7 %; 2.0
     gives 79 %); a truncation band of 8 voxels instead of 4 closes more gaps (98.1 %, worst 92.8 %; 2 voxels:
     90.9 %). Voxel size (1.7 to 4 cm) and the triangle budget (50k to 200k) moved coverage by under 4 points.
+    Allocating the blocks around the back-projected pixels rather than by open3d from the depth image then closed
+    the views' edges: 99.4 %, worst view 96.8 %.
 
     Uses open3d's tensor ``VoxelBlockGrid`` on the CPU (the legacy ``ScalableTSDFVolume`` of open3d 0.20 returns
     empty volumes here).
@@ -261,9 +263,12 @@ def fuse_tsdf(
         # open3d projects u = fx x / z + cx and takes pixel floor(u): pixel centres at +0.5, as ours.
         K = o3c.Tensor(v.K, o3c.float64)
         cam_from_world = o3c.Tensor(invert_rigid(v.world_from_cam), o3c.float64)
-        blocks = grid.compute_unique_block_coordinates(
-            depth_t, K, cam_from_world, 1.0, depth_max, trunc_voxel_multiplier=trunc_voxels
-        )
+        # The blocks to integrate: around the view's back-projected pixel centres. open3d's allocation from the
+        # depth image left blocks along the views' edges out (measured on the 48 px test room: the first view's
+        # mesh covered 89.6 % of its depth pixels, the views 94.7 %; with these blocks 94.4 % and 97.3 %).
+        points, _ = backproject(v)  # [M, 3] world
+        points_t = o3d.t.geometry.PointCloud(o3c.Tensor(points.astype(np.float32), device=cpu))
+        blocks = grid.compute_unique_block_coordinates(points_t, trunc_voxel_multiplier=trunc_voxels)
         grid.integrate(
             blocks, depth_t, color_t, K, cam_from_world, 1.0, depth_max, trunc_voxel_multiplier=trunc_voxels
         )
