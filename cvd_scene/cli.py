@@ -137,9 +137,12 @@ def run(
         ov["prompt"] = prompt
     config = load_config(RunConfig, "run", preset, ov)
     if image is not None:
-        from cvd_scene.commands.generate import image_overrides
+        from cvd_scene.picture import PictureError, image_overrides
 
-        ov = image_overrides(ov, image, plan_size=(config.plan.width, config.plan.height))
+        try:
+            ov = image_overrides(ov, image, plan_size=(config.plan.width, config.plan.height))
+        except PictureError as e:
+            raise CliError(str(e)) from None
         config = load_config(RunConfig, "run", preset, ov)
     for name, value in (("--until", until), ("--redo", redo)):
         if value is not None and value not in STAGE_ORDER:

@@ -7,12 +7,15 @@ Pure functions over PIL and numpy; must not import torch or any stage.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
 """Diagonal of a 35 mm film frame: a 35 mm-equivalent focal length is defined against it."""
@@ -119,3 +122,31 @@ def fov_x_deg(picture: Picture, out_width: int, out_height: int) -> float | None
     left, _, right, _ = crop_box(W, H, out_width, out_height)
     width_mm = FULL_FRAME_DIAGONAL_MM * W / math.hypot(W, H) * (right - left) / W
     return math.degrees(2 * math.atan(width_mm / (2 * picture.focal_35mm_mm)))
+
+
+def image_overrides(ov: dict, image: str, plan_size: tuple[int, int] | None = None) -> dict:
+    """Add ``--image FILE`` (``cvd-scene run`` and ``generate``) to the overrides ``ov`` (changed in place and returned): the picture is read now, so
+    a missing or unreadable file is one line before anything runs; ``generate.image`` is its absolute path; the
+    prompt is empty unless given; with ``plan_size`` (width, height: the plan is still to be made) the plan's
+    ``fov_x_deg`` comes from the EXIF 35 mm-equivalent focal length when the picture has one and the field of view
+    was not set on the command line."""
+    picture = read_picture(image)
+    gen = ov.setdefault("generate", {})
+    if not isinstance(gen, dict):
+        raise PictureError(f"override generate={gen!r} must set keys of the generate section")
+    gen["image"] = os.path.abspath(image)
+    ov.setdefault("prompt", "")
+    if plan_size is not None:
+        plan = ov.setdefault("plan", {})
+        if not isinstance(plan, dict):
+            raise PictureError(f"override plan={plan!r} must set keys of the plan section")
+        fov = fov_x_deg(picture, *plan_size)
+        if fov is not None and "fov_x_deg" not in plan:
+            plan["fov_x_deg"] = round(fov, 2)
+            log.info(
+                "--image: %.1f deg field of view from the EXIF focal length (%g mm, 35 mm equivalent) at %dx%d",
+                fov, picture.focal_35mm_mm, *plan_size,
+            )  # fmt: skip
+        if not plan:
+            del ov["plan"]
+    return ov

@@ -3,47 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Literal
 
 from cvd_scene.cli import CliError, Overrides, RunDir, app, run_single_stage
 from cvd_scene.config import parse_overrides
+from cvd_scene.picture import PictureError, image_overrides
 
 log = logging.getLogger(__name__)
-
-
-def image_overrides(ov: dict, image: str, plan_size: tuple[int, int] | None = None) -> dict:
-    """Add ``--image FILE`` to the overrides ``ov`` (changed in place and returned): the picture is read now, so
-    a missing or unreadable file is one line before anything runs; ``generate.image`` is its absolute path; the
-    prompt is empty unless given; with ``plan_size`` (width, height: the plan is still to be made) the plan's
-    ``fov_x_deg`` comes from the EXIF 35 mm-equivalent focal length when the picture has one and the field of view
-    was not set on the command line."""
-    from cvd_scene.picture import PictureError, fov_x_deg, read_picture
-
-    try:
-        picture = read_picture(image)
-    except PictureError as e:
-        raise CliError(str(e)) from None
-    gen = ov.setdefault("generate", {})
-    if not isinstance(gen, dict):
-        raise CliError(f"override generate={gen!r} must set keys of the generate section")
-    gen["image"] = os.path.abspath(image)
-    ov.setdefault("prompt", "")
-    if plan_size is not None:
-        plan = ov.setdefault("plan", {})
-        if not isinstance(plan, dict):
-            raise CliError(f"override plan={plan!r} must set keys of the plan section")
-        fov = fov_x_deg(picture, *plan_size)
-        if fov is not None and "fov_x_deg" not in plan:
-            plan["fov_x_deg"] = round(fov, 2)
-            log.info(
-                "--image: %.1f deg field of view from the EXIF focal length (%g mm, 35 mm equivalent) at %dx%d",
-                fov, picture.focal_35mm_mm, *plan_size,
-            )  # fmt: skip
-        if not plan:
-            del ov["plan"]
-    return ov
 
 
 def generate_overrides(
@@ -110,5 +77,8 @@ def generate_command(
     """
     ov = generate_overrides(overrides, generator, model, weights, prompt)
     if image is not None:
-        image_overrides(ov, image)
+        try:
+            image_overrides(ov, image)
+        except PictureError as e:
+            raise CliError(str(e)) from None
     run_single_stage("generate", run_dir, preset, ov, redo, quiet, verbose)

@@ -123,7 +123,7 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
         if k in report:
             summary[k] = report[k]
     if picture is not None:
-        summary["image"] = f"generate/{picture[1]['file']}"
+        summary["image"] = (RunLayout(run_dir).stage("generate") / picture[1]["file"]).relative_to(run_dir).as_posix()
     status, message = (
         "finished",
         f"{cams.num_videos} videos x {cams.num_frames} frames by the {gen.generator} generator",
