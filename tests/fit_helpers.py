@@ -90,3 +90,18 @@ def make_run(
         run = RunFolder.read(run_dir)
         run.run_stage("register", lambda out: write_register_fixture(run_dir, out, points_per_frame), {"fixture": 1})
     return config
+
+
+def random_gaussians(n: int, seed: int = 0):
+    """``n`` random splats (SH degree 0) spread over a 6 m cube, for the export and input tests."""
+    from cvd_scene.gaussians import Gaussians
+
+    rng = np.random.default_rng(seed)
+    return Gaussians(
+        means=rng.uniform(-3, 3, size=(n, 3)),
+        log_scales=rng.uniform(-5, -1, size=(n, 3)),
+        quats_wxyz=rng.normal(size=(n, 4)),
+        opacity_logits=rng.normal(0, 2, size=n),
+        sh_dc=rng.uniform(-1.7, 1.7, size=(n, 3)),
+        sh_rest=np.zeros((n, 0, 3)),
+    )

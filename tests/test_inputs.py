@@ -247,18 +247,9 @@ def test_run_refuses_bad_config_before_the_first_stage(tmp_path, capsys, overrid
 
 def _gaussians_ply(path: Path, n: int) -> Path:
     from cvd_scene.export import write_ply
-    from cvd_scene.gaussians import Gaussians
+    from tests.fit_helpers import random_gaussians
 
-    rng = np.random.default_rng(0)
-    g = Gaussians(
-        means=rng.uniform(-3, 3, size=(n, 3)),
-        log_scales=rng.uniform(-5, -1, size=(n, 3)),
-        quats_wxyz=rng.normal(size=(n, 4)),
-        opacity_logits=rng.normal(0, 2, size=n),
-        sh_dc=rng.uniform(-1.7, 1.7, size=(n, 3)),
-        sh_rest=np.zeros((n, 0, 3)),
-    )
-    write_ply(g, path)
+    write_ply(random_gaussians(n), path)
     return path
 
 

@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -307,18 +306,10 @@ def generate_property(items_injected) -> None:
 def ply_files(draw):
     """(bytes of a splat PLY, what was done to it)."""
     from cvd_scene.export import write_ply
-    from cvd_scene.gaussians import Gaussians
+    from tests.fit_helpers import random_gaussians
 
     n = draw(st.integers(0, 6))
-    rng = np.random.default_rng(draw(st.integers(0, 3)))
-    g = Gaussians(
-        means=rng.uniform(-3, 3, size=(n, 3)),
-        log_scales=rng.uniform(-5, -1, size=(n, 3)),
-        quats_wxyz=rng.normal(size=(n, 4)),
-        opacity_logits=rng.normal(0, 2, size=n),
-        sh_dc=rng.uniform(-1.7, 1.7, size=(n, 3)),
-        sh_rest=np.zeros((n, 0, 3)),
-    )
+    g = random_gaussians(n, seed=draw(st.integers(0, 3)))
     if n and draw(st.booleans()):
         g.means[0, 0] = draw(st.sampled_from([math.nan, math.inf, 1e30]))
     with tempfile.TemporaryDirectory() as tmp:
