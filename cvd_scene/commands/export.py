@@ -104,6 +104,8 @@ def export_file(
             raise
     except OSError as e:
         raise CliError(f"--out {out}: cannot write ({e.strerror or e})") from None
+    except ValueError as e:  # the splats themselves cannot be exported (e.g. none left after removing NaN/Inf)
+        raise CliError(f"{source}: {e}") from None
     for entry in report["files"].values():
         log.info("wrote %s (%.1f MB)", out / entry["file"], entry["bytes"] / 1e6)
     s = report["splats"]
