@@ -238,10 +238,12 @@ def test_a_refused_or_failed_command_never_rewrites_the_run_config(run_dir, caps
 def test_a_missing_model_never_rewrites_the_run_config(run_dir, capsys):
     rj = run_dir / "run.json"
     before = rj.read_bytes()
-    argv = ["generate", str(run_dir), "--quiet", "--redo", "generate.generator=cvd", "generate.model=../../../x"]
-    assert main(argv) == 2
-    assert "'../../../x' has no weights" in error_line(capsys)
-    assert rj.read_bytes() == before
+    # A model name that would leave the models folder is refused as a name; a safe name without weights as such.
+    for model, message in (("../../../x", "'../../../x' is not allowed"), ("no-such-model", "'no-such-model' has no weights")):
+        argv = ["generate", str(run_dir), "--quiet", "--redo", "generate.generator=cvd", f"generate.model={model}"]
+        assert main(argv) == 2
+        assert message in error_line(capsys)
+        assert rj.read_bytes() == before
 
 
 def test_a_refused_command_leaves_no_run_folder_behind(tmp_path, capsys):
