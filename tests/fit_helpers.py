@@ -92,8 +92,9 @@ def make_run(
     return config
 
 
-def random_gaussians(n: int, seed: int = 0):
-    """``n`` random splats (SH degree 0) spread over a 6 m cube, for the export and input tests."""
+def random_gaussians(n: int, sh_coeffs: int = 15, seed: int = 0):
+    """Splats with every parameter in the range the lossy formats can hold (colours inside [0, 1]), spread over a
+    6 m cube; ``sh_coeffs`` rest coefficients per channel (0: SH degree 0)."""
     from cvd_scene.gaussians import Gaussians
 
     rng = np.random.default_rng(seed)
@@ -103,5 +104,5 @@ def random_gaussians(n: int, seed: int = 0):
         quats_wxyz=rng.normal(size=(n, 4)),
         opacity_logits=rng.normal(0, 2, size=n),
         sh_dc=rng.uniform(-1.7, 1.7, size=(n, 3)),
-        sh_rest=np.zeros((n, 0, 3)),
+        sh_rest=rng.uniform(-0.9, 0.9, size=(n, sh_coeffs, 3)),
     )

@@ -20,23 +20,11 @@ from cvd_scene.export.ply import PlyFormatError, read_ply, write_ply
 from cvd_scene.export.splat import SplatFormatError, read_splat, splat_order, write_splat
 from cvd_scene.export.spz import SpzFormatError, read_spz, read_spz_packed, write_spz, zstd_available
 from cvd_scene.gaussians import SH_C0, Gaussians
+from tests.fit_helpers import random_gaussians
 
 FIELDS = ("means", "log_scales", "quats_wxyz", "opacity_logits", "sh_dc", "sh_rest")
 REPO = Path(__file__).resolve().parents[1]
 NODE_MODULES = REPO / ".tools" / "node_modules"
-
-
-def random_gaussians(n: int, sh_coeffs: int = 15, seed: int = 0) -> Gaussians:
-    """Splats with every parameter in the range the lossy formats can hold (colours inside [0, 1])."""
-    rng = np.random.default_rng(seed)
-    return Gaussians(
-        means=rng.uniform(-3, 3, size=(n, 3)),
-        log_scales=rng.uniform(-5, -1, size=(n, 3)),
-        quats_wxyz=rng.normal(size=(n, 4)),
-        opacity_logits=rng.normal(0, 2, size=n),
-        sh_dc=rng.uniform(-1.7, 1.7, size=(n, 3)),
-        sh_rest=rng.uniform(-0.9, 0.9, size=(n, sh_coeffs, 3)),
-    )
 
 
 def rotation_error_deg(q_a: np.ndarray, q_b: np.ndarray) -> np.ndarray:

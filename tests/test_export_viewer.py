@@ -240,20 +240,31 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
 
 
+@pytest.fixture(scope="module")
+def depth_room(tmp_path_factory) -> Path:
+    """The splats-on-depth room of the viewer tests (2 videos x 4 frames, 96 px) exported as scene.ply,
+    scene.splat and scene.spz (v3) in the readers' frame."""
+    from tests.fit_helpers import make_run
+
+    root = tmp_path_factory.mktemp("viewers")
+    make_run(root / "run", num_videos=2, num_frames=4, size=96, points_per_frame=10)
+    options = ExportOptions(formats=("ply", "splat", "spz"), spz_versions=(3,))
+    export_gaussians(splats_from_depth(root / "run"), root / "export", options)
+    return root
+
+
 @pytest.mark.slow  # about a minute: a reference room, SOG encoding, and the viewer loading in SwiftShader
-def test_viewer_html_opens_upright_at_the_first_planned_camera(tmp_path):
+def test_viewer_html_opens_upright_at_the_first_planned_camera(depth_room, tmp_path):
     import imageio.v3 as iio
     from PIL import Image
 
     from cvd_scene.camera_io import read_cameras_json
     from cvd_scene.export.camera_path import supersplat_viewer_settings
-    from tests.fit_helpers import make_run
 
     if chromium() is None:
         pytest.skip("Chromium is not installed (scripts/install.sh installs it)")
     require_splat_transform()
-    run = tmp_path / "run"
-    make_run(run, num_videos=2, num_frames=4, size=96, points_per_frame=10)
+    run = depth_room / "run"
     cams = read_cameras_json(run / "plan" / "cameras.json")
     export_gaussians(
         splats_from_depth(run), tmp_path / "export", ExportOptions(formats=("ply", "viewer")),
@@ -287,7 +298,7 @@ def test_viewer_html_opens_upright_at_the_first_planned_camera(tmp_path):
 
 @pytest.mark.slow  # about two minutes: three pages, each SOG-encoded and loaded in SwiftShader
 @pytest.mark.parametrize("name", ["scene.ply", "scene.splat", "scene.spz"])
-def test_the_supersplat_viewer_shows_each_splat_file_upright(tmp_path, name):
+def test_the_supersplat_viewer_shows_each_splat_file_upright(depth_room, tmp_path, name):
     """The SuperSplat viewer page made by splat-transform from scene.ply, scene.splat and scene.spz as they are
     (each read in its readers' frame), with viewer_settings.json: upright at the first planned camera."""
     import imageio.v3 as iio
@@ -296,18 +307,16 @@ def test_the_supersplat_viewer_shows_each_splat_file_upright(tmp_path, name):
     from cvd_scene.camera_io import read_cameras_json, write_json
     from cvd_scene.export import splat_transform
     from cvd_scene.export.camera_path import supersplat_viewer_settings
-    from tests.fit_helpers import make_run
 
     if chromium() is None:
         pytest.skip("Chromium is not installed (scripts/install.sh installs it)")
     require_splat_transform()
-    run = tmp_path / "run"
-    make_run(run, num_videos=2, num_frames=4, size=96, points_per_frame=10)
+    run = depth_room / "run"
     cams = read_cameras_json(run / "plan" / "cameras.json")
-    out = tmp_path / "export"
-    export_gaussians(splats_from_depth(run), out, ExportOptions(formats=("ply", "splat", "spz"), spz_versions=(3,)))
-    write_json(out / "viewer_settings.json", supersplat_viewer_settings(cams))
-    page = splat_transform.convert(out / name, out / "page.html", viewer_settings=out / "viewer_settings.json")
+    write_json(tmp_path / "viewer_settings.json", supersplat_viewer_settings(cams))
+    page = splat_transform.convert(
+        depth_room / "export" / name, tmp_path / "page.html", viewer_settings=tmp_path / "viewer_settings.json"
+    )
     shot = tmp_path / "shot.png"
     screenshot(page.as_uri() + "?noui&noanim", shot, 192, wait_s=25)
     seen = np.asarray(Image.open(shot).convert("RGB").resize((96, 96), Image.BILINEAR)) / 255.0
@@ -327,19 +336,6 @@ VIEWER_PAGES = {
 """Spark: the readers' frame (x, y, z of the run turned to -x, -y, z) turned 180 degrees about x as its README
 turns a splat file shows the run's world as (-x, y, -z): upright, facing the other way. Babylon.js negates y of
 every splat file in its left-handed scene: (-x, y, z), upright and, being left-handed, not mirrored."""
-
-
-@pytest.fixture(scope="module")
-def depth_room(tmp_path_factory) -> Path:
-    """The splats-on-depth room of the SuperSplat tests (2 videos x 4 frames, 96 px) exported as scene.ply,
-    scene.splat and scene.spz (v3) in the readers' frame."""
-    from tests.fit_helpers import make_run
-
-    root = tmp_path_factory.mktemp("viewers")
-    make_run(root / "run", num_videos=2, num_frames=4, size=96, points_per_frame=10)
-    options = ExportOptions(formats=("ply", "splat", "spz"), spz_versions=(3,))
-    export_gaussians(splats_from_depth(root / "run"), root / "export", options)
-    return root
 
 
 @pytest.mark.parametrize(

@@ -249,7 +249,7 @@ def _gaussians_ply(path: Path, n: int) -> Path:
     from cvd_scene.export import write_ply
     from tests.fit_helpers import random_gaussians
 
-    write_ply(random_gaussians(n), path)
+    write_ply(random_gaussians(n, sh_coeffs=0), path)
     return path
 
 
