@@ -205,35 +205,6 @@ class BatchResources:
 # -------------------------------------------------------------------------------------- the worker side
 
 
-def clear_stale_lock(run_dir: Path, job: str) -> bool:
-    """Remove ``run_dir/.lock`` when this batch job took it on this host and its process is gone (a lost worker);
-    returns whether it did. A lock of anyone else is left alone (the stage then refuses to run, with its owner)."""
-    from cvd_scene.runfolder import LOCK_NAME, _pid_alive
-
-    lock = run_dir / LOCK_NAME
-    try:
-        info = json.loads(lock.read_text())
-    except (OSError, ValueError):
-        return False
-    if (
-        isinstance(info, dict)
-        and info.get("host") == socket.gethostname()
-        and job in (info.get("job"), _job_from_command(info.get("command")))
-        and isinstance(info.get("pid"), int)
-        and not _pid_alive(info["pid"])
-    ):
-        log.warning("%s: removing the lock of a lost worker (process %s)", run_dir, info["pid"])
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
-        return True
-    return False
-
-
-def _job_from_command(command: object) -> str | None:
-    m = re.search(r"\(job (\S+)\)$", command) if isinstance(command, str) else None
-    return m.group(1) if m else None
-
-
 def run_job_stage(previous: dict | None, run_dir: str, config: dict, preset: str, stage: str, job: str,
                   log_path: str) -> dict:  # fmt: skip
     """Run one stage of one job in this worker process (a Ray task or actor method); returns what happened.
@@ -244,7 +215,7 @@ def run_job_stage(previous: dict | None, run_dir: str, config: dict, preset: str
     """
     from cvd_scene.config import from_dict
     from cvd_scene.orchestrate import run_stages
-    from cvd_scene.runfolder import RunFolderError, StageRefused
+    from cvd_scene.runfolder import RunFolderError, StageRefused, clear_stale_lock
 
     if previous is not None and previous.get("status") not in ("finished", "partial", "skipped"):
         return {"stage": stage, "status": "blocked", "message": f"stage {previous.get('stage')} did not finish"}

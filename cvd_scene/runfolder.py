@@ -575,6 +575,29 @@ def run_lock(run_dir: Path, command: str = "") -> Iterator[None]:
         _remove_if_empty(created)
 
 
+def clear_stale_lock(run_dir: Path, job: str) -> bool:
+    """Remove ``run_dir``'s lock when scheduler job ``job`` took it on this host and its process is gone (a lost
+    worker about to be retried); returns whether it did. Anyone else's lock is left alone: the stage then refuses
+    to run, naming its owner."""
+    lock = Path(run_dir) / LOCK_NAME
+    try:
+        info = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return False
+    if (
+        isinstance(info, dict)
+        and info.get("job") == job
+        and info.get("host") == socket.gethostname()
+        and isinstance(info.get("pid"), int)
+        and not _pid_alive(info["pid"])
+    ):
+        log.warning("%s: removing the lock of a lost worker (process %s, job %s)", run_dir, info["pid"], job)
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        return True
+    return False
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
