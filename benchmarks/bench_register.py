@@ -36,10 +36,10 @@ def make_run(run_dir: Path, overrides: dict):
 def measure(run_dir: Path, config, mode: str, pairing: str) -> dict:
     """Register the run's frames once and return the report's headline numbers."""
     from cvd_scene.camera_io import read_cameras_json
-    from cvd_scene.covisibility import read_covisibility
-    from cvd_scene.overlap import frame_overlap, planned_depth
-    from cvd_scene.registration import register_frames
-    from cvd_scene.registration_config import RegisterConfig
+    from cvd_scene.plan.covisibility import read_covisibility
+    from cvd_scene.plan.overlap import frame_overlap, planned_depth
+    from cvd_scene.register.config import RegisterConfig
+    from cvd_scene.register.registration import register_frames
     from cvd_scene.runfolder import RunLayout
 
     run = RunLayout(run_dir)

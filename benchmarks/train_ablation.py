@@ -76,7 +76,7 @@ def check_environment(args) -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         fail(f"--device cuda but torch {torch.__version__} sees no CUDA device")
-    from cvd_scene.training import load_train_config, missing_inputs
+    from cvd_scene.train.training import load_train_config, missing_inputs
 
     cfg = load_train_config(args.preset, tuple(args.set))
     cfg.model.autoencoder = None
@@ -137,7 +137,7 @@ def worker(argv: list[str]) -> None:
     ap.add_argument("--set", action="append", default=[])
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from cvd_scene.training import load_train_config, run_training
+    from cvd_scene.train.training import load_train_config, run_training
 
     cfg = load_train_config(a.preset, tuple(a.set))
     result = run_training(cfg)
@@ -145,7 +145,7 @@ def worker(argv: list[str]) -> None:
 
 
 def protocol(args, work: Path, arms: list[str]) -> dict:
-    """The paper's SIFT protocol (cvd_scene.consistency) on freely generated held-out pairs of each arm, next to
+    """The paper's SIFT protocol (cvd_scene.evaluate.consistency) on freely generated held-out pairs of each arm, next to
     the ground-truth frames (the reference row)."""
     import numpy as np
     import torch
@@ -155,8 +155,8 @@ def protocol(args, work: Path, arms: list[str]) -> dict:
     from cvd.training.datasets import fit_clip_size
     from cvd.training.sampling import PairCameras, decode_latents, sample_pair
     from cvd_scene.cameras import Cameras
-    from cvd_scene.consistency import evaluate_consistency
-    from cvd_scene.training import load_train_config, resolve_path
+    from cvd_scene.evaluate.consistency import evaluate_consistency
+    from cvd_scene.train.training import load_train_config, resolve_path
 
     cfg = load_train_config(args.preset, tuple(args.set))
     held = ClipCache(resolve_path(cfg.data.held_out))
@@ -204,7 +204,7 @@ def sheets(args, work: Path, arms: list[str], out_dir: Path) -> list[str]:
     from cvd.training.cache import ClipCache
     from cvd.training.sampling import toy_consistency
     from cvd_scene.media import contact_sheet
-    from cvd_scene.training import load_train_config, resolve_path
+    from cvd_scene.train.training import load_train_config, resolve_path
 
     cfg = load_train_config(args.preset, tuple(args.set))
     held = ClipCache(resolve_path(cfg.data.held_out))

@@ -3,7 +3,7 @@
 Scheduling (the pattern that fits a throughput problem whose every worker must hold the model's weights):
 
 * **model actors** — one per GPU (``generate_gpus`` of a GPU each, ½ by default, so a fit can share the card), or
-  one CPU actor where there is no GPU; each loads a CVD model once (:func:`cvd_scene.cvd_models.keep_models_loaded`)
+  one CPU actor where there is no GPU; each loads a CVD model once (:func:`cvd_scene.generate.cvd_models.keep_models_loaded`)
   and serves the ``generate`` stage of the jobs routed to it, in order;
 * ``plan``, ``register``, ``evaluate``, ``export`` and a reference-renderer ``generate`` are CPU tasks; ``fit`` is a
   GPU task (a CPU task where the cluster has no GPU);
@@ -260,13 +260,13 @@ class ModelWorker:
     """A model actor: keeps the models it loads (one load per model per actor) and runs ``generate`` stages."""
 
     def __init__(self) -> None:
-        from cvd_scene.cvd_models import keep_models_loaded
+        from cvd_scene.generate.cvd_models import keep_models_loaded
 
         self._cache = keep_models_loaded()
         self._cache.__enter__()
 
     def run_stage(self, *args) -> dict:
-        from cvd_scene.cvd_models import model_loads
+        from cvd_scene.generate.cvd_models import model_loads
 
         out = run_job_stage(*args)
         out["actor"] = f"{socket.gethostname()}:{os.getpid()}"

@@ -8,7 +8,8 @@ from pathlib import Path
 from cvd_scene.config import to_dict
 from cvd_scene.runconfig import RunConfig
 from cvd_scene.runfolder import RunFolder, RunFolderError, StageResult, run_lock
-from cvd_scene.stages import BUILT, REQUIRES, STAGE_ORDER, downstream, stage_function
+from cvd_scene.runners import RUN
+from cvd_scene.stages import REQUIRES, STAGE_ORDER, downstream
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,8 @@ def run_stages(
         data = recorded_form(config, run_dir)
         run = RunFolder.open(run_dir, data, preset, overwrite=overwrite, fresh=fresh)
         for name in [s for s in STAGE_ORDER if s in stages]:
-            if name not in BUILT:
-                log.debug("stage %s: not built yet in this version of cvd-scene; skipped", name)
-                continue
             run.require(name, REQUIRES[name])
-            fn = stage_function(name)
+            fn = RUN[name]
             log.info("stage %s: running", name)
             result = run.run_stage(
                 name,

@@ -10,29 +10,15 @@ whose one-line message names the key, file or value. Must not import torch.
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
 from pathlib import Path
 
 from cvd_scene.runfolder import RunLayout
+from cvd_scene.runners import VALIDATE
+from cvd_scene.stages import REQUIRES, STAGE_ORDER, PlanSize
 
 
 class PreflightError(ValueError):
     """Input refused before any stage ran; the message names the key, file or value."""
-
-
-@dataclass(frozen=True)
-class PlanSize:
-    """How many videos and frames, at what size, the run's plan has (or will have)."""
-
-    videos: int
-    frames: int
-    width: int
-    height: int
-    source: str
-    """Where the numbers come from: ``plan.*`` keys, a cameras file, RealEstate10K files or ``plan/cameras.json``."""
-    keys: dict
-    """The config keys (dotted) or files that set the size, for messages."""
 
 
 def plan_size(config, run_dir: Path | None = None, planning: bool = True) -> PlanSize:
@@ -78,14 +64,11 @@ def plan_size(config, run_dir: Path | None = None, planning: bool = True) -> Pla
 
 def validate_stages(config, stages: list[str] | tuple[str, ...], run_dir: Path | None = None) -> None:
     """Call every listed stage's ``validate(config, size)`` in run order before any of them runs."""
-    from cvd_scene.stages import STAGE_ORDER
-
     _refuse_failed_inputs(stages, run_dir)
     size = plan_size(config, run_dir, planning="plan" in stages)
     for name in [s for s in STAGE_ORDER if s in stages]:
-        module = importlib.import_module(f"cvd_scene.stages.{name}")
         try:
-            module.validate(config, size)
+            VALIDATE[name](config, size)
         except PreflightError:
             raise
         except ValueError as e:
@@ -96,8 +79,6 @@ def _refuse_failed_inputs(stages, run_dir: Path | None) -> None:
     """A stage whose input stage failed (and is not run again now) is refused with that failure first: checking
     its config against the failed stage's outputs would only point at a second problem."""
     import json
-
-    from cvd_scene.stages import REQUIRES
 
     if run_dir is None or not RunLayout(run_dir).run_json.is_file():
         return

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cvd_scene.config import nonfinite_keys
-from cvd_scene.consistency_config import EvaluateConfig
-from cvd_scene.generate_config import GenerateConfig
-from cvd_scene.registration_config import RegisterConfig
-from cvd_scene.stages.export import ExportConfig
-from cvd_scene.stages.fit import FitConfig
-from cvd_scene.stages.plan import PlanConfig
+from cvd_scene.evaluate.config import EvaluateConfig
+from cvd_scene.export.config import ExportConfig
+from cvd_scene.fit.config import FitConfig
+from cvd_scene.generate.config import GenerateConfig
+from cvd_scene.plan.config import PlanConfig
+from cvd_scene.register.config import RegisterConfig
 
 
 @dataclass(kw_only=True)

@@ -7,15 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cvd_scene import colmap
 from cvd_scene.camera_io import read_cameras_json
 from cvd_scene.cameras import angle_between_deg, intrinsics_from_fov, look_at, project, rotation_angle_deg
-from cvd_scene.consistency import consistency_pairs, evaluate_consistency, format_table
+from cvd_scene.evaluate.consistency import consistency_pairs, evaluate_consistency, format_table
+from cvd_scene.evaluate.run import EvaluateConfig
 from cvd_scene.media import read_frames
-from cvd_scene.overlap import planned_depth
-from cvd_scene.pose_metrics import epipolar_error_sq, normalise_points, relative_pose
-from cvd_scene.registration import read_covisibility
-from cvd_scene.stages.evaluate import EvaluateConfig
+from cvd_scene.plan.overlap import planned_depth
+from cvd_scene.register import colmap
+from cvd_scene.register.pose_metrics import epipolar_error_sq, normalise_points, relative_pose
+from cvd_scene.register.registration import read_covisibility
 from tests.registration_runs import small_run, swap_odd_frames
 
 

@@ -840,8 +840,8 @@ def make_run(tmp_path: Path, with_views: bool = True) -> Path:
 
 
 def test_export_stage_writes_every_asset_and_the_report(tmp_path):
+    from cvd_scene.export.run import run_export
     from cvd_scene.runconfig import RunConfig
-    from cvd_scene.stages.export import run_export
 
     run = make_run(tmp_path)
     config = RunConfig()
@@ -879,9 +879,9 @@ def test_export_stage_writes_every_asset_and_the_report(tmp_path):
 
 
 def test_export_stage_refuses_without_a_fit(tmp_path):
+    from cvd_scene.export.run import run_export
     from cvd_scene.runconfig import RunConfig
     from cvd_scene.runfolder import StageRefused
-    from cvd_scene.stages.export import run_export
 
     run = make_run(tmp_path, with_views=False)
     (run / "fit" / "gaussians.ply").unlink()

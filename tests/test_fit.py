@@ -327,10 +327,10 @@ def test_fit_refuses_a_failed_registration(tmp_path, capsys):
     # The real register stage on 32 px frames: too few SIFT features, so the registration fails.
     from cvd_scene import cli
     from cvd_scene.config import from_dict
+    from cvd_scene.fit.run import run_fit
     from cvd_scene.orchestrate import run_stages
     from cvd_scene.runconfig import RunConfig
     from cvd_scene.runfolder import StageRefused
-    from cvd_scene.stages.fit import run_fit
 
     run_dir = tmp_path / "run"
     config = from_dict(RunConfig, {"plan": {"num_videos": 2, "num_frames": 3, "width": 32, "height": 32},

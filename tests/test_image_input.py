@@ -16,7 +16,7 @@ from PIL import Image
 
 from cvd.pipeline import CVDPipeline
 from cvd_scene.cli import main
-from cvd_scene.picture import crop_box, fov_x_deg, read_picture
+from cvd_scene.generate.picture import crop_box, fov_x_deg, read_picture
 from tests.cvd_testing import camera_inputs, random_model
 
 FRAMES = 12
@@ -154,7 +154,7 @@ def test_pipeline_holds_the_first_frame_latent_at_the_picture():
 def room_picture(tmp_path_factory):
     """A reference-renderer view of a room from the plan's first camera, 128x96, as a JPEG with EXIF (26 mm)."""
     from cvd_scene.cameras import look_at
-    from cvd_scene.planning import make_cameras
+    from cvd_scene.plan.planning import make_cameras
     from cvd_scene.reference import build_scene, render
 
     c2w = look_at(np.array([0.0, 1.5, 0.0]), np.array([0.0, 1.3, -1.2]))[None, None]  # [1, 1, 4, 4]
@@ -182,7 +182,7 @@ def frames_of(run) -> np.ndarray:  # [V, F, H, W, 3]
 def test_frame_0_of_every_video_is_the_auto_encoded_picture(image_runs, room_picture):
     run, _ = image_runs
     crop = read_png(run / "generate" / "input_crop.png")  # [96, 96, 3]: the picture as the model got it
-    from cvd_scene.cvd_models import load_cvd_model
+    from cvd_scene.generate.cvd_models import load_cvd_model
 
     model, _ = load_cvd_model("tiny-trained", None)
     pipe = CVDPipeline.from_model(model)

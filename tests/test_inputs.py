@@ -19,7 +19,7 @@ from cvd_scene.camera_io import CameraFileError, cameras_from_dict, cameras_to_d
 from cvd_scene.cameras import look_at
 from cvd_scene.cli import main
 from cvd_scene.paths import UnsafePathError, check_id, join_inside
-from cvd_scene.planning import make_cameras
+from cvd_scene.plan.planning import make_cameras
 
 TINY_PLAN = ["plan.num_videos=2", "plan.num_frames=2", "plan.width=24", "plan.height=16",
              "plan.covisibility_width_px=8", "plan.coverage_points=200", "plan.reference_depth=false"]  # fmt: skip

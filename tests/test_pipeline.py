@@ -557,7 +557,7 @@ def test_generate_cvd_with_saved_weights_and_missing_files(tmp_path):
     assert rep["model"]["weights"] == str(folder.resolve()) and rep["pairing"]["batching"] == "per-set"
     (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     (folder / "vae" / "diffusion_pytorch_model.safetensors").unlink()
-    from cvd_scene.cvd_models import load_cvd_model
+    from cvd_scene.generate.cvd_models import load_cvd_model
 
     with pytest.raises(FileNotFoundError, match=r"unet/diffusion_pytorch_model.safetensors.*vae/"):
         load_cvd_model("tiny", str(folder))

@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvd_scene import covisibility as C
-from cvd_scene import planning as P
 from cvd_scene.camera_io import read_cameras_json, write_cameras_json
 from cvd_scene.cameras import (
     Cameras,
@@ -22,6 +20,8 @@ from cvd_scene.cameras import (
     project,
     rotation_angle_deg,
 )
+from cvd_scene.plan import covisibility as C
+from cvd_scene.plan import planning as P
 
 RE10K = sorted((Path(__file__).parent / "data" / "re10k_poses").glob("*.txt"))
 FAN_OUT = ("look-around", "forward-fan", "spiral", "orbit", "circle", "hemisphere", "interpolate")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from cvd_scene.cameras import Cameras, axis_angle_to_rotation, intrinsics_from_fov, look_at, project, rigid
-from cvd_scene.overlap import frame_overlap
-from cvd_scene.pose_metrics import (
+from cvd_scene.plan.overlap import frame_overlap
+from cvd_scene.register.pose_metrics import (
     Sim3,
     align_poses,
     epipolar_error_sq,
@@ -20,7 +20,7 @@ from cvd_scene.pose_metrics import (
     translation_direction_error_deg,
     umeyama,
 )
-from cvd_scene.registration import select_pairs
+from cvd_scene.register.registration import select_pairs
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:

@@ -193,8 +193,8 @@ def run_cli(args: list[str]) -> tuple[int, str]:
     err = io.StringIO()
     with (
         contextlib.redirect_stderr(err),
-        mock.patch("cvd_scene.plots.plot_trajectories"),
-        mock.patch("cvd_scene.plots.plot_covisibility"),
+        mock.patch("cvd_scene.plan.plots.plot_trajectories"),
+        mock.patch("cvd_scene.plan.plots.plot_covisibility"),
     ):
         rc = main(args)
     return rc, err.getvalue()

@@ -445,9 +445,9 @@ def test_generate_stage_writes_every_file(tmp_path):
     import trimesh
 
     from cvd_scene.config import load_config
+    from cvd_scene.generate.run import run_generate
     from cvd_scene.media import read_mp4
     from cvd_scene.runconfig import RunConfig
-    from cvd_scene.stages.generate import run_generate
 
     cams = _plan(tmp_path / "run")
     gen = {"samples_per_pixel": 2, "texels_per_m": FAST_TEXELS}

@@ -11,11 +11,11 @@ from plyfile import PlyData
 from cvd_scene.camera_io import read_cameras_json, read_json, read_transforms_json
 from cvd_scene.cameras import rotation_angle_deg
 from cvd_scene.cli import main
-from cvd_scene.colmap import Model
-from cvd_scene.consistency import evaluate_consistency
+from cvd_scene.evaluate.consistency import evaluate_consistency
 from cvd_scene.media import read_frames
-from cvd_scene.overlap import planned_depth
-from cvd_scene.registration import read_covisibility
+from cvd_scene.plan.overlap import planned_depth
+from cvd_scene.register.colmap import Model
+from cvd_scene.register.registration import read_covisibility
 from cvd_scene.report import build_report
 from cvd_scene.runfolder import RunFolder, StageRefused
 from tests.registration_runs import (

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvd_scene import covisibility as C
-from cvd_scene import planning as P
 from cvd_scene.camera_io import write_json
 from cvd_scene.paths import UnsafePathError
+from cvd_scene.plan import covisibility as C
+from cvd_scene.plan import planning as P
 from cvd_scene.runfolder import EXPORT_FILES, RunLayout, frame_key, frame_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def _plan_and_covisibility():
 
 
 def test_one_covisibility_reader_takes_the_file_in_any_video_order(tmp_path):
-    from cvd_scene.stages.generate import _plan_covisibility
+    from cvd_scene.generate.run import _plan_covisibility
 
     cams, doc = _plan_and_covisibility()
     cov = np.asarray(doc["covisibility"])  # [V, V, F] in the plan's order
@@ -118,7 +118,7 @@ def test_covisibility_of_other_videos_is_ignored_with_a_warning(tmp_path, caplog
     for what, d in bad.items():
         write_json(path, d)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="cvd_scene.covisibility"):
+        with caplog.at_level(logging.WARNING, logger="cvd_scene.plan.covisibility"):
             assert C.read_covisibility(path, cams) is None, what
         assert str(path) in caplog.text and "ignoring it" in caplog.text, what
     path.write_text("{not json")
@@ -212,10 +212,10 @@ def test_run_folder_paths_are_spelled_only_in_runfolder():
 
 def test_export_places_the_camera_path_by_the_fits_frame_json(tmp_path):
     from cvd_scene.camera_io import read_cameras_json, read_json
+    from cvd_scene.export.run import run_export
     from cvd_scene.fit.frames import nerfstudio_frame
     from cvd_scene.runconfig import RunConfig
     from cvd_scene.runfolder import StageRefused
-    from cvd_scene.stages.export import run_export
     from tests.test_export import make_run
 
     run_dir = make_run(tmp_path, with_views=False)

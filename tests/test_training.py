@@ -155,7 +155,7 @@ def test_folding_31_rendered_frames_gives_pairs_the_renderer_agrees_with(tmp_pat
     pytest.importorskip("open3d")
     from cvd_scene.cameras import Cameras
     from cvd_scene.reference import build_scene, render
-    from cvd_scene.training_data import random_plan
+    from cvd_scene.train.data import random_plan
 
     scene = build_scene("a red room with two boxes", 3, kind="room", moving_objects=0, texels_per_m=40.0)
     cams = random_plan("room", np.random.default_rng(2), 1, 31, 40, 56)
@@ -500,7 +500,7 @@ def test_toy_measure_fixes_the_partner_and_depends_on_it_only_through_cross_view
 
 def test_presets_load_strictly_and_paper_names_what_is_missing(tmp_path):
     from cvd_scene.config import ConfigError
-    from cvd_scene.training import load_train_config, model_config_for, run_training
+    from cvd_scene.train.training import load_train_config, model_config_for, run_training
 
     for name in ("tiny-cpu", "small-gpu", "paper"):
         cfg = load_train_config(name)

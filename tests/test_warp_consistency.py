@@ -1,4 +1,4 @@
-"""The warp measure (:mod:`cvd_scene.warp_consistency`): exact on closed-form geometry, SSIM against an independent
+"""The warp measure (:mod:`cvd_scene.evaluate.warp_consistency`): exact on closed-form geometry, SSIM against an independent
 implementation (scikit-image), and on real reference-renderer videos it tells consistent from inconsistent videos
 at any sharpness."""
 
@@ -9,8 +9,8 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from cvd_scene.camera_io import read_cameras_json, read_json
+from cvd_scene.evaluate.warp_consistency import read_depth, ssim_map, warp_consistency, warp_pair
 from cvd_scene.media import read_frames
-from cvd_scene.warp_consistency import read_depth, ssim_map, warp_consistency, warp_pair
 from tests.registration_runs import copy_run, run_stage, small_run, swap_odd_frames
 
 K = np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])

@@ -13,5 +13,5 @@ consistency measure.
 * :mod:`cvd.training.sampling`, :mod:`cvd.training.metrics` -- the pair sampler with a fixed partner, the toy
   measure, PSNR/SSIM.
 
-Must never import ``cvd_scene`` (the reference-renderer adapter lives in ``cvd_scene.training_data``).
+Must never import ``cvd_scene`` (the reference-renderer adapter lives in ``cvd_scene.train.data``).
 """

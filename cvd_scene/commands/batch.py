@@ -7,7 +7,7 @@ from typing import Annotated
 
 import tyro
 
-from cvd_scene.cli import CliError, Overrides, app
+from cvd_scene.commands.common import CliError, Overrides, app
 from cvd_scene.config import ConfigError, parse_overrides
 
 

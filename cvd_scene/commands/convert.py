@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from cvd_scene.cli import CliError, app
+from cvd_scene.commands.common import CliError, app
 
 log = logging.getLogger("cvd_scene.commands.convert")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cvd_scene.cli import Overrides, RunDir, app, run_single_stage
+from cvd_scene.commands.common import Overrides, RunDir, app, run_single_stage
 from cvd_scene.config import parse_overrides
 
 

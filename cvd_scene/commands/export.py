@@ -9,7 +9,7 @@ from typing import Annotated
 
 import tyro
 
-from cvd_scene.cli import CliError, Overrides, app, run_single_stage
+from cvd_scene.commands.common import CliError, Overrides, app, run_single_stage
 from cvd_scene.config import parse_overrides
 
 log = logging.getLogger("cvd_scene.commands.export")
@@ -58,8 +58,9 @@ def export_file(
 ) -> dict:  # fmt: skip
     """``export --from``: convert one splat file into ``out``; refuses to replace files unless ``overwrite``."""
     from cvd_scene.config import from_dict, merge, to_dict
+    from cvd_scene.export.config import ExportConfig
     from cvd_scene.export.pipeline import export_gaussians, planned_files, write_report
-    from cvd_scene.stages.export import ExportConfig, export_options
+    from cvd_scene.export.run import export_options
 
     data = merge(to_dict(ExportConfig()), overrides.get("export", {}))
     if formats is not None:

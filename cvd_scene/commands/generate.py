@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from cvd_scene.cli import CliError, Overrides, RunDir, app, run_single_stage
+from cvd_scene.commands.common import CliError, Overrides, RunDir, app, run_single_stage
 from cvd_scene.config import parse_overrides
-from cvd_scene.picture import PictureError, image_overrides
+from cvd_scene.generate.picture import PictureError, image_overrides
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import tyro
 
-from cvd_scene.cli import CliError, Overrides, RunDir, app, command_line, resolve_config
+from cvd_scene.commands.common import CliError, Overrides, RunDir, app, command_line, resolve_config
 from cvd_scene.config import parse_overrides
 
 
@@ -17,7 +17,7 @@ def import_overrides(overrides: tuple[str, ...], source: str, cameras: str | Non
     ``imported`` generator; the folder and the cameras are read now, so bad input is one line before anything
     is written."""
     from cvd_scene.camera_io import CameraFileError, read_cameras_json
-    from cvd_scene.imports import SourceError, check_videos, source_videos
+    from cvd_scene.generate.imported import SourceError, check_videos, source_videos
 
     try:
         videos = source_videos(source)

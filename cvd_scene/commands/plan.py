@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from cvd_scene.camera_io import CameraFileError, parse_re10k, read_cameras_json, read_text_file
-from cvd_scene.cli import CliError, Overrides, RunDir, app, run_single_stage
+from cvd_scene.commands.common import CliError, Overrides, RunDir, app, run_single_stage
 from cvd_scene.config import parse_overrides
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from cvd_scene.cli import CliError, Overrides, RunDir, app, run_single_stage
+from cvd_scene.commands.common import CliError, Overrides, RunDir, app, run_single_stage
 from cvd_scene.config import parse_overrides
 
 

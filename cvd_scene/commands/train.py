@@ -16,8 +16,8 @@ from typing import Annotated
 
 import tyro
 
-from cvd_scene.cli import CliError, Overrides, app
-from cvd_scene.training import load_train_config, run_training
+from cvd_scene.commands.common import CliError, Overrides, app
+from cvd_scene.train.training import load_train_config, run_training
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def prerender_command(
         verbose: Debug logging.
     """
     from cvd_scene.logs import setup_logging, track
-    from cvd_scene.training_data import prerender_cache
+    from cvd_scene.train.data import prerender_cache
 
     setup_logging(quiet, verbose)
     if codec not in ("jpeg", "raw"):

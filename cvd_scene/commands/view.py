@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from cvd_scene.cli import CliError, RunDir, app
+from cvd_scene.commands.common import CliError, RunDir, app
 from cvd_scene.runfolder import RunLayout
 
 log = logging.getLogger("cvd_scene.commands.view")

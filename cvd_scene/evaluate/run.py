@@ -2,7 +2,7 @@
 
 Reads ``generate/frames`` and the plan, writes ``evaluate/consistency.json`` (and ``consistency.md``, the table next
 to the paper's numbers, which is also logged). Where the generator left ground-truth depth (``generate/gt/depth``)
-it also scores the warp measure (:mod:`cvd_scene.warp_consistency`), which works at any sharpness. Import-light: numpy and pycolmap are imported inside
+it also scores the warp measure (:mod:`cvd_scene.evaluate.warp_consistency`), which works at any sharpness. Import-light: numpy and pycolmap are imported inside
 :func:`run_evaluate`.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cvd_scene.consistency_config import EvaluateConfig
+from cvd_scene.evaluate.config import EvaluateConfig
 
 __all__ = ["EvaluateConfig", "run_evaluate", "validate"]
 
@@ -26,10 +26,10 @@ def run_evaluate(config, run_dir: Path, out_dir: Path):
     """Score ``run_dir/generate/frames`` against ``run_dir/plan`` into ``out_dir`` (becomes ``run_dir/evaluate``);
     ``config`` is the whole :class:`cvd_scene.runconfig.RunConfig`. Returns a ``StageResult``."""
     from cvd_scene.camera_io import read_cameras_json, write_json
-    from cvd_scene.consistency import evaluate_consistency, format_table
-    from cvd_scene.covisibility import read_covisibility
+    from cvd_scene.evaluate.consistency import evaluate_consistency, format_table
     from cvd_scene.media import read_frames
-    from cvd_scene.overlap import planned_depth
+    from cvd_scene.plan.covisibility import read_covisibility
+    from cvd_scene.plan.overlap import planned_depth
     from cvd_scene.runfolder import RunLayout, StageResult
 
     run = RunLayout(run_dir)
@@ -46,7 +46,7 @@ def run_evaluate(config, run_dir: Path, out_dir: Path):
     )
     gt_depth = run.gt_depth_dir
     if gt_depth.is_dir():
-        from cvd_scene.warp_consistency import read_depth, warp_consistency
+        from cvd_scene.evaluate.warp_consistency import read_depth, warp_consistency
 
         warp = warp_consistency(
             frames, read_depth(gt_depth, plan.video_ids, plan.num_frames), plan.world_from_cam, plan.K,

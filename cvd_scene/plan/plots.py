@@ -47,7 +47,7 @@ def plot_trajectories(
 ) -> None:
     """Write a top (x-z, looking down) and a side (z-y) view of every video's camera path, one colour per
     video, with frustums at a few frames, the common first camera, the look-at point and the outline of the
-    scene ``layout`` (a :class:`cvd_scene.planning.SceneLayout`), as a PNG."""
+    scene ``layout`` (a :class:`cvd_scene.plan.planning.SceneLayout`), as a PNG."""
     from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle

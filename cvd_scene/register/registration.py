@@ -10,7 +10,7 @@ seeds points from the matches that triangulate with them, topped up with random 
 Failures (blank frames, no matches, no initial pair) are outcomes with a status and a reason, never exceptions.
 
 Cameras follow the project convention (``world_from_cam``, OpenCV axes). pycolmap is reached only through
-:mod:`cvd_scene.colmap`. Must not import torch or nerfstudio.
+:mod:`cvd_scene.register.colmap`. Must not import torch or nerfstudio.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from typing import Literal
 
 import numpy as np
 
-from cvd_scene import colmap
 from cvd_scene.cameras import Cameras, rotation_angle_deg
-from cvd_scene.covisibility import read_covisibility  # noqa: F401 (still importable from here)
 from cvd_scene.media import check_image
-from cvd_scene.overlap import frame_overlap
-from cvd_scene.pose_metrics import AUC_THRESHOLDS_DEG, Sim3, align_poses, error_stats, relative_pose
-from cvd_scene.pose_metrics import translation_direction_error_deg as _tdir_err
-from cvd_scene.registration_config import RegisterConfig
+from cvd_scene.plan.covisibility import read_covisibility  # noqa: F401 (still importable from here)
+from cvd_scene.plan.overlap import frame_overlap
+from cvd_scene.register import colmap
+from cvd_scene.register.config import RegisterConfig
+from cvd_scene.register.pose_metrics import AUC_THRESHOLDS_DEG, Sim3, align_poses, error_stats, relative_pose
+from cvd_scene.register.pose_metrics import translation_direction_error_deg as _tdir_err
 from cvd_scene.runfolder import frame_name
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def select_pairs(
     Within a video: each frame with the next ``sequential_overlap`` frames, and (``loop_gaps``) with frames 4, 8,
     16, ... further. Across videos: frame k of two videos when they are co-visible at k (``covisibility`` [V, V, F],
     either direction at least ``covisibility_min``; every k when None), together with frames k +- 1 ..
-    ``cross_neighbours`` of the other video. With ``overlap`` [V*F, V*F] (:func:`cvd_scene.overlap.frame_overlap`):
+    ``cross_neighbours`` of the other video. With ``overlap`` [V*F, V*F] (:func:`cvd_scene.plan.overlap.frame_overlap`):
     also each frame with the ``overlap_top_k`` frames of other videos that overlap it most (the smaller of the two
     directions, at least ``covisibility_min``) -- videos that see one place at different times.
     """
@@ -202,7 +202,7 @@ def register_frames(
     """Register the frames ``image_dir/<vid>/<NNNN>.png`` of ``plan`` (see the module docstring).
 
     ``covisibility`` [V, V, F] is the plan's co-visibility (``plan/covisibility.json``), ``overlap`` [V*F, V*F] the
-    overlap of every frame pair (:func:`cvd_scene.overlap.frame_overlap`; computed from the plan at fixed distances
+    overlap of every frame pair (:func:`cvd_scene.plan.overlap.frame_overlap`; computed from the plan at fixed distances
     when None). ``work_dir`` is scratch space for COLMAP (database, pairs, mapper output); the database is deleted unless
     ``options.keep_database``. A missing frame file is a ``FileNotFoundError`` naming it; everything that can go wrong
     with the frames' content is reported in the result instead.
@@ -485,8 +485,8 @@ def _proxy_depth(plan: Cameras, size_px: int = 48) -> np.ndarray | None:
     kind = plan.extras.get("scene")
     if not kind:
         return None
-    from cvd_scene.covisibility import proxy_depth, proxy_scene, sample_cameras
-    from cvd_scene.planning import scene_layout
+    from cvd_scene.plan.covisibility import proxy_depth, proxy_scene, sample_cameras
+    from cvd_scene.plan.planning import scene_layout
 
     try:
         return proxy_depth(sample_cameras(plan, size_px), proxy_scene(scene_layout(kind)))

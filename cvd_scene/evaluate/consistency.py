@@ -13,7 +13,7 @@ decompose it into a relative pose, and compare with the plan's relative pose:
 
 Pairs whose planned baseline is (near) zero have no essential matrix and are skipped; cross-video pairs that the
 plan says do not see the same scene are skipped; both are counted. Works on any frames and cameras
-(:func:`evaluate_consistency`), so training ablations reuse it. pycolmap only through :mod:`cvd_scene.colmap`.
+(:func:`evaluate_consistency`), so training ablations reuse it. pycolmap only through :mod:`cvd_scene.register.colmap`.
 Must not import torch.
 """
 
@@ -25,11 +25,11 @@ from dataclasses import asdict
 
 import numpy as np
 
-from cvd_scene import colmap
 from cvd_scene.cameras import Cameras, rotation_angle_deg
-from cvd_scene.consistency_config import EvaluateConfig
-from cvd_scene.overlap import frame_overlap
-from cvd_scene.pose_metrics import (
+from cvd_scene.evaluate.config import EvaluateConfig
+from cvd_scene.plan.overlap import frame_overlap
+from cvd_scene.register import colmap
+from cvd_scene.register.pose_metrics import (
     AUC_THRESHOLDS_DEG,
     epipolar_error_sq,
     normalise_points,
@@ -70,7 +70,7 @@ def evaluate_consistency(
     ``cameras`` are the poses the frames should have (the plan; ``world_from_cam``, OpenCV axes, intrinsics in
     pixels of these frames). Pairs that share (almost) no view are skipped: cross-video pairs by ``covisibility``
     [V, V, F] (the plan's, optional), the others -- and cross-video pairs when it is None -- by the overlap of the
-    planned views (:func:`cvd_scene.overlap.frame_overlap`), measured at ``depth`` [V, F, h, w] (ground truth or a
+    planned views (:func:`cvd_scene.plan.overlap.frame_overlap`), measured at ``depth`` [V, F, h, w] (ground truth or a
     proxy scene's z-depth, optional; fixed distances when None).
 
     Returns a JSON-able dict with one entry per group (``within_video``, ``cross_video``): ``rot_auc`` and

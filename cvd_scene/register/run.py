@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cvd_scene.registration_config import RegisterConfig
+from cvd_scene.register.config import RegisterConfig
 
 __all__ = ["RegisterConfig", "run_register", "validate"]
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def validate(config, size) -> None:
-    """Before any stage runs: a plan ``size`` (:class:`cvd_scene.preflight.PlanSize`) registration can work on."""
+    """Before any stage runs: a plan ``size`` (:class:`cvd_scene.stages.PlanSize`) registration can work on."""
     if size.frames < 2 and (size.source == "plan" or size.videos < 2):
         key = "plan.num_frames" if size.source == "plan" else size.source
         raise ValueError(
@@ -33,9 +33,9 @@ def run_register(config, run_dir: Path, out_dir: Path):
     """Register ``run_dir/generate/frames`` against ``run_dir/plan`` into ``out_dir`` (becomes ``run_dir/register``);
     ``config`` is the whole :class:`cvd_scene.runconfig.RunConfig`. Returns a ``StageResult``."""
     from cvd_scene.camera_io import read_cameras_json, write_json, write_transforms_json
-    from cvd_scene.covisibility import read_covisibility
-    from cvd_scene.overlap import frame_overlap, planned_depth
-    from cvd_scene.registration import register_frames, write_points_ply
+    from cvd_scene.plan.covisibility import read_covisibility
+    from cvd_scene.plan.overlap import frame_overlap, planned_depth
+    from cvd_scene.register.registration import register_frames, write_points_ply
     from cvd_scene.runfolder import RunLayout, StageResult
 
     run = RunLayout(run_dir)

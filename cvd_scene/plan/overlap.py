@@ -116,8 +116,8 @@ def planned_depth(run_dir: str | os.PathLike, plan: Cameras, size_px: int = 48) 
     if not kind:
         return None
     try:
-        from cvd_scene.covisibility import proxy_depth, proxy_scene, sample_cameras
-        from cvd_scene.planning import scene_layout
+        from cvd_scene.plan.covisibility import proxy_depth, proxy_scene, sample_cameras
+        from cvd_scene.plan.planning import scene_layout
 
         return proxy_depth(sample_cameras(plan, size_px), proxy_scene(scene_layout(kind)))
     except (ImportError, ValueError, KeyError) as e:

@@ -116,7 +116,7 @@ def build_data(cfg):
             src = Re10kPairs(resolve_path(s.path), *size, frame_stride=s.frame_stride,
                              units_per_pose_unit=s.units_per_pose_unit)
         elif s.kind == "render":
-            from cvd_scene.training_data import RenderedPairs
+            from cvd_scene.train.data import RenderedPairs
 
             src = RenderedPairs(*size, samples_per_pixel=s.render_samples_per_pixel, seed=s.render_seed)
         else:
@@ -128,7 +128,7 @@ def build_data(cfg):
         elif s.kind == "videos":
             videos = MonocularVideos(resolve_path(s.path), *size, frame_stride=s.frame_stride)
         elif s.kind == "render":
-            from cvd_scene.training_data import RenderedVideos
+            from cvd_scene.train.data import RenderedVideos
 
             videos = RenderedVideos(*size, samples_per_pixel=s.render_samples_per_pixel, seed=s.render_seed)
         else:

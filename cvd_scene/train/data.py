@@ -26,7 +26,7 @@ import numpy as np
 from cvd.training.cache import Clip, write_clip_cache
 from cvd.training.samples import PairSample, fold_clip
 from cvd_scene.cameras import Cameras, intrinsics_from_fov
-from cvd_scene.planning import heading_dir, plan_pattern, scene_layout, trajectory_params
+from cvd_scene.plan.planning import heading_dir, plan_pattern, scene_layout, trajectory_params
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cvd_scene.generate_config import GenerateConfig
+from cvd_scene.generate.config import GenerateConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def validate(config: RunConfig, size) -> None:
     """Before any stage runs: the model name and the memory and time generating the plan's ``size`` (a
-    :class:`cvd_scene.preflight.PlanSize`) needs; ``ValueError`` names the keys."""
+    :class:`cvd_scene.stages.PlanSize`) needs; ``ValueError`` names the keys."""
     from cvd_scene.estimates import check_estimate, frames_estimate, reference_estimate
     from cvd_scene.paths import check_id
 
@@ -72,7 +72,7 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
             f"stage 'generate' needs {cams_path}; run the plan stage first (cvd-scene plan {run_dir})"
         )
     cams = read_cameras_json(cams_path)
-    from cvd_scene.preflight import PlanSize
+    from cvd_scene.stages import PlanSize
 
     # The plan on disk may differ from the config's sizes (a cameras file, an earlier plan): check it too.
     validate(config, PlanSize(cams.num_videos, cams.num_frames, cams.width, cams.height, str(cams_path),
@@ -252,8 +252,8 @@ def _read_image(gen: GenerateConfig, cams: Cameras, out_dir: Path) -> tuple[obje
 
     import numpy as np
 
-    from cvd_scene import picture as pic
-    from cvd_scene.planning import common_start_error
+    from cvd_scene.generate import picture as pic
+    from cvd_scene.plan.planning import common_start_error
     from cvd_scene.runfolder import StageRefused
 
     try:
@@ -314,7 +314,7 @@ def _generate_cvd(
 
     from cvd.pipeline import CVDPipeline
     from cvd_scene.cameras import scale_intrinsics
-    from cvd_scene.cvd_models import load_cvd_model
+    from cvd_scene.generate.cvd_models import load_cvd_model
     from cvd_scene.logs import progress_enabled
 
     gen = config.generate
@@ -359,7 +359,7 @@ def _generate_cvd(
     cov, cov_source = _plan_covisibility(run_dir, cams)
     first_frame = None
     if picture is not None:
-        from cvd_scene.picture import cover_crop
+        from cvd_scene.generate.picture import cover_crop
 
         first_frame = torch.from_numpy(cover_crop(picture[0], Wg, Hg))  # [Hg, Wg, 3]
     out = pipe(
@@ -418,8 +418,8 @@ def _generate_cvd(
 def _generate_imported(config: RunConfig, cams: Cameras) -> tuple[np.ndarray, dict]:
     """The user's pictures from ``generate.source`` as the videos of the plan (no ground truth): sub-folders are
     matched to the plan's videos by id when their names are the plan's ids, else in order
-    (:func:`cvd_scene.imports.check_videos`)."""
-    from cvd_scene.imports import SourceError, check_videos, read_videos, source_videos
+    (:func:`cvd_scene.generate.imported.check_videos`)."""
+    from cvd_scene.generate.imported import SourceError, check_videos, read_videos, source_videos
     from cvd_scene.runfolder import StageRefused
 
     source = Path(config.generate.source)
@@ -446,7 +446,7 @@ def _generate_imported(config: RunConfig, cams: Cameras) -> tuple[np.ndarray, di
 def _plan_covisibility(run_dir: Path, cams: Cameras) -> tuple[np.ndarray | None, str | None]:
     """``plan/covisibility.json`` as [V, V, F] in the plan's video order when it describes this plan's videos,
     else (None, None); the second value names the file relative to the run folder."""
-    from cvd_scene.covisibility import read_covisibility
+    from cvd_scene.plan.covisibility import read_covisibility
     from cvd_scene.runfolder import RunLayout
 
     files = RunLayout(run_dir)

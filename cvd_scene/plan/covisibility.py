@@ -2,7 +2,7 @@
 frame, and how much of the scene the whole plan sees.
 
 Points are sampled per pixel on a grid (the cameras resized to ``sample_width_px``) on either a proxy scene
-(axis-aligned boxes of the scene kind's :class:`cvd_scene.planning.SceneLayout`, ray-cast analytically, exact
+(axis-aligned boxes of the scene kind's :class:`cvd_scene.plan.planning.SceneLayout`, ray-cast analytically, exact
 occlusion) or the exact surfaces given by a depth function ``depth_fn(cameras) -> [V, F, H, W]`` (z-depth in
 metres along the camera's +z axis, 0 where the ray hits nothing; occlusion by a depth test). A point is
 visible to another camera when it projects inside that image, in front of it, and is not occluded; a pixel
@@ -25,7 +25,7 @@ import numpy as np
 
 from cvd_scene.camera_io import read_json
 from cvd_scene.cameras import Cameras, invert_rigid
-from cvd_scene.planning import SceneLayout
+from cvd_scene.plan.planning import SceneLayout
 
 log = logging.getLogger(__name__)
 

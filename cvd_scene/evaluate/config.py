@@ -1,5 +1,5 @@
-"""The evaluate stage's config, :class:`EvaluateConfig`, where both the stage (:mod:`cvd_scene.stages.evaluate`)
-and the consistency measure (:mod:`cvd_scene.consistency`) import it without importing each other.
+"""The evaluate stage's config, :class:`EvaluateConfig`, where both the stage (:mod:`cvd_scene.evaluate.run`)
+and the consistency measure (:mod:`cvd_scene.evaluate.consistency`) import it without importing each other.
 
 Pure Python: must not import numpy, pycolmap or any stage.
 """

@@ -122,7 +122,7 @@ def check_videos(videos: list[SourceVideo], video_ids: tuple[str, ...] | list[st
 def read_videos(videos: list[SourceVideo], width: int, height: int) -> np.ndarray:
     """[V, F, H, W, 3] float32 in [0, 1]: every picture upright (EXIF orientation), which must be ``width`` x
     ``height`` after it (frames keep their size); every video must have the same number of frames."""
-    from cvd_scene.picture import PictureError, read_picture
+    from cvd_scene.generate.picture import PictureError, read_picture
 
     counts = {v.id: len(v.files) for v in videos}
     if len(set(counts.values())) > 1:

@@ -1,5 +1,5 @@
 """The generate stage's config, :class:`GenerateConfig`: imported by the run config (:mod:`cvd_scene.runconfig`)
-and the stage (:mod:`cvd_scene.stages.generate`), which takes the whole run config, without a cycle between them.
+and the stage (:mod:`cvd_scene.generate.run`), which takes the whole run config, without a cycle between them.
 
 Pure Python: must not import numpy, torch or any stage.
 """

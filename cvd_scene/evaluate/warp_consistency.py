@@ -1,6 +1,6 @@
 """Consistency of videos of a scene whose geometry is known, at any sharpness: the warp measure.
 
-SIFT-based protocols (:mod:`cvd_scene.consistency`) need sharp frames; this one does not. For every pair of videos
+SIFT-based protocols (:mod:`cvd_scene.evaluate.consistency`) need sharp frames; this one does not. For every pair of videos
 (A, B) and every frame index k >= 1 (frame 0 is the shared first camera), A's pixels are lifted to 3D with A's
 ground-truth depth, projected into B's camera, and B's frame is sampled there (bilinear backward warp). Pixels that
 land inside B and pass an occlusion test against B's ground-truth depth (the projected depth within ``rel_tol`` of

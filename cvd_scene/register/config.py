@@ -1,5 +1,5 @@
-"""The register stage's config, :class:`RegisterConfig`, where both the stage (:mod:`cvd_scene.stages.register`)
-and the registration library (:mod:`cvd_scene.registration`) import it without importing each other.
+"""The register stage's config, :class:`RegisterConfig`, where both the stage (:mod:`cvd_scene.register.run`)
+and the registration library (:mod:`cvd_scene.register.registration`) import it without importing each other.
 
 Pure Python: must not import numpy, pycolmap or any stage.
 """

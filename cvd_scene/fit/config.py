@@ -1,0 +1,53 @@
+"""The fit stage's config, :class:`FitConfig` (``fit:`` in a run config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(kw_only=True)
+class FitConfig:
+    """How the scene is fitted."""
+
+    method: Literal["cvd-scene", "cvd-scene-nerf"] = "cvd-scene"
+    """nerfstudio method: ``cvd-scene`` (Gaussian splatting) or ``cvd-scene-nerf`` (NeRF)."""
+    iterations: int = 3000
+    """Training iterations (densification and learning-rate schedules are sized to them)."""
+    time_budget_s: float | None = None
+    """Stop training after this many seconds of wall-clock time and keep what was fitted (None: no limit)."""
+    eval_every_k: int = 6
+    """Hold out every k-th frame of every video for evaluation (frame index % k == k - 1)."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    sh_degree: int = 1
+    """Highest SH degree of the Gaussians (0-3; generated views carry little view dependence)."""
+    max_gaussians: int = 0
+    """Densification pauses while there are more Gaussians than this (0: no limit; bounds a CPU fit's time)."""
+    num_random_points: int = 0
+    """Random points added to the registration's sparse points at the start (``cvd-scene``)."""
+    appearance: Literal["none", "per-frame", "per-video"] = "per-frame"
+    """Colour correction learnt per training frame (or video) to absorb flicker; renders use the neutral one."""
+    views: bool = True
+    """Render colour and depth at every registered camera into ``fit/views/`` (the export stage's mesh input)."""
+    threads: int | None = 1
+    """CPU threads for torch while fitting on the CPU (1: no OpenMP thread waiting on a busy machine, where two
+    threads measured up to 20x slower; None: torch's default)."""
+
+    def __post_init__(self) -> None:
+        from cvd_scene.config import check_fields
+
+        check_fields(
+            self,
+            {
+                "iterations": ">= 1",
+                "time_budget_s": "> 0 or null",
+                "eval_every_k": ">= 2",
+                "sh_degree": "in [0, 3]",
+                "max_gaussians": ">= 0",
+                "num_random_points": ">= 0",
+                "threads": ">= 1 or null",
+            },
+        )
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
