@@ -1,4 +1,5 @@
-"""Atomic JSON writing shared by the run folder and the camera files. Pure Python and numpy: must not import any
+"""Atomic file writing (JSON documents and raw bytes) shared by the run folder, the camera files, the point clouds
+and the exports. Pure Python and numpy: must not import any
 other cvd_scene module."""
 
 from __future__ import annotations
@@ -31,3 +32,13 @@ def write_json(path: str | os.PathLike, doc: dict) -> None:
         json.dump(_jsonable(doc), fh, indent=1)
         fh.write("\n")
     os.replace(tmp, path)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename (no half-written file on a crash)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path

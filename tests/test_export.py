@@ -752,9 +752,6 @@ def test_tsdf_mesh_of_a_room_lies_on_its_walls_and_passes_the_validator(tmp_path
 
 
 def test_mesh_from_splats_rendered_with_the_fit_rasteriser():
-    pytest.importorskip(
-        "cvd_scene.fit.raster", reason="needs the fit stage's rasteriser (cvd_scene.fit.raster)"
-    )
     from cvd_scene.cameras import rotation_to_quaternion
     from cvd_scene.export.mesh import fuse_tsdf, render_views_from_gaussians, ring_cameras, splat_bounds
 

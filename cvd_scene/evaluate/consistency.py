@@ -215,7 +215,7 @@ def _summarise(rows: list[dict], skipped: dict[str, int]) -> dict:
 
 def format_table(result: dict, paper: bool = True) -> str:
     """A Markdown table of an :func:`evaluate_consistency` result, next to the paper's numbers."""
-    from cvd_scene.report import PAPER_CROSS_VIDEO, PAPER_PER_VIDEO
+    from cvd_scene.evaluate.paper import PAPER_CROSS_VIDEO, PAPER_PER_VIDEO
 
     def fmt(x: object) -> str:
         return "-" if x is None else f"{x:.1f}"

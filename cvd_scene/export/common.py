@@ -5,10 +5,9 @@ Pure numpy; must not import torch.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
+
+from cvd_scene.jsonio import write_bytes_atomic  # noqa: F401  (the export modules write through it)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -29,16 +28,6 @@ def normalized_quats(quats: np.ndarray) -> np.ndarray:
     out = np.where(norm > 0, q / np.where(norm > 0, norm, 1.0), 0.0)
     out[norm[:, 0] == 0, 0] = 1.0
     return out.astype(np.float32)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename (no half-written file on a crash)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
 
 
 def round_half_away(x: np.ndarray) -> np.ndarray:

@@ -449,21 +449,3 @@ def point_cloud_from_views(
         voxel *= 1.25
     first = np.sort(first)
     return pts[first].astype(np.float32), cols[first]
-
-
-def write_point_cloud_ply(points: np.ndarray, colors: np.ndarray, path: str | os.PathLike) -> Path:
-    """Binary little-endian PLY with ``x y z`` float and ``red green blue`` uchar (every point viewer reads it)."""
-    from cvd_scene.export.common import write_bytes_atomic
-
-    n = len(points)
-    rec = np.zeros(
-        n, [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    )
-    rec["x"], rec["y"], rec["z"] = np.asarray(points, np.float32).T
-    rec["red"], rec["green"], rec["blue"] = np.asarray(colors, np.uint8).T
-    header = "\n".join(
-        ["ply", "format binary_little_endian 1.0", "comment written by cvd-scene (coloured point cloud)",
-         f"element vertex {n}", "property float x", "property float y", "property float z",
-         "property uchar red", "property uchar green", "property uchar blue", "end_header"]
-    )  # fmt: skip
-    return write_bytes_atomic(path, (header + "\n").encode("ascii") + rec.tobytes())

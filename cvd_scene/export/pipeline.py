@@ -309,7 +309,8 @@ def export_views(
     views: list, out_dir: str | os.PathLike, options: ExportOptions, source: dict | None = None
 ) -> dict:
     """A NeRF fit (no Gaussians): the mesh GLB and a coloured point cloud back-projected from ``views``."""
-    from cvd_scene.export.mesh import point_cloud_from_views, write_point_cloud_ply
+    from cvd_scene.export.mesh import point_cloud_from_views
+    from cvd_scene.pointcloud import write_points_ply
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -321,7 +322,7 @@ def export_views(
         mesh_info = _write_mesh_and_collider(views, out_dir, options, files, f"fit views ({len(views)})")
     t = time.perf_counter()
     points, colors = point_cloud_from_views(views, options.point_cloud_max_points)
-    write_point_cloud_ply(points, colors, out_dir / FILE_NAMES["points"])
+    write_points_ply(out_dir / FILE_NAMES["points"], points, colors)
     files["points"] = _file_entry(
         out_dir / FILE_NAMES["points"],
         "point-cloud ply (xyz + rgb)",

@@ -156,12 +156,6 @@ def proxy_depth(cameras: Cameras, scene: ProxyScene) -> np.ndarray:
     return np.where(np.isfinite(t), t, 0.0)
 
 
-def proxy_depth_fn(layout: SceneLayout) -> DepthFn:
-    """A ``depth_fn`` that renders the layout's proxy scene."""
-    scene = proxy_scene(layout)
-    return lambda cameras: proxy_depth(cameras, scene)
-
-
 # ------------------------------------------------------------------------------------------ co-visibility
 
 

@@ -666,13 +666,3 @@ def min_baseline_m(cams: Cameras) -> np.ndarray:
     d = np.linalg.norm(pos[:, None] - pos[None, :], axis=-1)  # [V, V, F]
     d[np.arange(V), np.arange(V)] = np.inf
     return d.min(axis=(0, 1))
-
-
-def inside_box(
-    cams: Cameras, box_min_m: Sequence[float], box_max_m: Sequence[float], margin_m: float = 0.0
-) -> bool:
-    """Whether every camera centre lies inside the box shrunk by ``margin_m``."""
-    pos = cams.positions
-    lo = np.asarray(box_min_m) + margin_m
-    hi = np.asarray(box_max_m) - margin_m
-    return bool(np.all((pos >= lo) & (pos <= hi)))

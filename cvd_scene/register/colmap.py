@@ -337,9 +337,6 @@ class Model:
         track = np.array([p.track.length() for p in pts], np.int64)
         return xyz, rgb, err, track
 
-    def mean_reprojection_error_px(self) -> float:
-        return float(self._rec.compute_mean_reprojection_error()) if self.num_points else float("nan")
-
     def deregister(self, names: Sequence[str]) -> None:
         """Drop the poses of these images (and their observations) from the model."""
         by_name = {im.name: im for im in self._rec.images.values()}

@@ -807,20 +807,3 @@ def _diagnose_videos(
             problems.append(f"video {vid}: {n_reg}/{F} frames registered, {reason}")
         videos[vid] = entry
     return videos, problems
-
-
-def write_points_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
-    """Binary PLY of points [P, 3] (float32 x, y, z) with colours [P, 3] (uint8 red, green, blue)."""
-    from plyfile import PlyData, PlyElement
-
-    xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
-    rgb = np.asarray(rgb, np.uint8).reshape(-1, 3)
-    vertex = np.empty(
-        len(xyz),
-        dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")],
-    )
-    for i, k in enumerate("xyz"):
-        vertex[k] = xyz[:, i]
-    for i, k in enumerate(("red", "green", "blue")):
-        vertex[k] = rgb[:, i]
-    PlyData([PlyElement.describe(vertex, "vertex")]).write(str(path))

@@ -35,7 +35,8 @@ def run_register(config, run_dir: Path, out_dir: Path):
     from cvd_scene.camera_io import read_cameras_json, write_json, write_transforms_json
     from cvd_scene.plan.covisibility import read_covisibility
     from cvd_scene.plan.overlap import frame_overlap, planned_depth
-    from cvd_scene.register.registration import register_frames, write_points_ply
+    from cvd_scene.pointcloud import write_points_ply
+    from cvd_scene.register.registration import register_frames
     from cvd_scene.runfolder import RunLayout, StageResult
 
     run = RunLayout(run_dir)
