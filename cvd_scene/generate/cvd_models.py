@@ -68,7 +68,7 @@ SAVED_FORMAT_FILES = (
 def default_models_dir() -> Path:
     """Committed model folders: ``$CVD_SCENE_MODELS`` or ``models/`` at the top of the repository."""
     env = os.environ.get("CVD_SCENE_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "models"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
 
 
 def missing_files(folder: Path) -> list[Path]:
