@@ -509,8 +509,11 @@ def _progress(enabled: bool, total: int):
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from cvd_scene.logs import stderr_console
+
     with Progress(
-        TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn()
+        TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+        console=stderr_console(),
     ) as prog:
         task = prog.add_task("", total=total)
 

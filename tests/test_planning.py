@@ -406,6 +406,21 @@ def test_plan_stage_writes_its_files(tmp_path):
     assert summary["videos"] == 5 and 0 < summary["coverage"] <= 1 and summary["min_baseline_m"] > 0
 
 
+def test_log_lines_go_to_stderr_and_stdout_stays_clean(tmp_path):
+    """A command's log lines (and progress bars) are on stderr; stdout carries nothing, so it can be piped."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cvd_scene.cli", "plan", str(run), "plan.num_videos=2", "plan.num_frames=4",
+         "plan.width=32", "plan.height=32", "plan.covisibility_width_px=16"],
+        check=False, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "stage plan" in proc.stderr and proc.stdout == ""
+
+
 def test_plan_command_through_the_cli(tmp_path, monkeypatch, capsys):
     from cvd_scene.cli import main
 
