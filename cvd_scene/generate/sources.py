@@ -35,6 +35,10 @@ PINHOLE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
 TRANSFORMS_MODELS = ("OPENCV", "OPENCV_FISHEYE", "PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL")
 """nerfstudio ``camera_model`` values read (its other models, e.g. ``EQUIRECTANGULAR``, are not pinhole-like)."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+TRANSFORMS_FILE = "transforms.json"
+"""The cameras file of a nerfstudio / instant-ngp capture folder."""
+COLMAP_MODEL_DIRS = (".", "sparse/0", "sparse", "colmap/sparse/0")
+"""Where a COLMAP model is looked for inside a capture folder (``ns-process-data`` and COLMAP's own layouts)."""
 
 
 class SourceFormatError(CameraFileError):
@@ -133,7 +137,7 @@ def posed_source_kind(path: str | os.PathLike) -> str | None:
         return "transforms.json" if p.suffix.lower() == ".json" and _is_transforms(p) else None
     if not p.is_dir():
         return None
-    if (p / "transforms.json").is_file():
+    if (p / TRANSFORMS_FILE).is_file():
         return "transforms.json"
     return "colmap" if _colmap_model_dir(p) is not None else None
 
@@ -142,13 +146,13 @@ def _is_transforms(path: Path) -> bool:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return path.name == "transforms.json"  # a broken transforms.json is still meant as one (and refused later)
+        return path.name == TRANSFORMS_FILE  # a broken transforms.json is still meant as one (and refused later)
     return isinstance(doc, dict) and doc.get("format") != "cvd-scene/cameras" and (
-        "frames" in doc or path.name == "transforms.json")  # fmt: skip
+        "frames" in doc or path.name == TRANSFORMS_FILE)  # fmt: skip
 
 
 def _colmap_model_dir(p: Path) -> Path | None:
-    for cand in (p, p / "sparse" / "0", p / "sparse", p / "colmap" / "sparse" / "0"):
+    for cand in (p.joinpath(*sub.split("/")) if sub != "." else p for sub in COLMAP_MODEL_DIRS):
         if any((cand / f"cameras.{ext}").is_file() for ext in ("bin", "txt")):
             return cand
     return None
@@ -283,7 +287,7 @@ def _transforms_lens(fr: dict, doc: dict, where: str, size: tuple[int, int]) -> 
 
 def _read_transforms(path: Path, downscale: int) -> PosedSource:
     if path.is_dir():
-        path = path / "transforms.json"
+        path = path / TRANSFORMS_FILE
     root = path.parent
     try:
         doc = read_json(path)
