@@ -489,6 +489,24 @@ def posed_cameras(src: PosedSource, scale: float = 1.0, fps: float = 8.0) -> Cam
     return Cameras(c2w, K, src.width, src.height, (src.video_id,), fps=fps, extras=extras)
 
 
+def capture_points(imported: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The points of the COLMAP model a run was imported from, in the run's world: ([N, 3] float64, [N, 3] uint8
+    colours); empty for a ``transforms.json`` capture. ``imported`` is ``cameras.extras["import"]``
+    (:func:`posed_cameras`); :class:`SourceFormatError` names the model when it can no longer be read."""
+    if imported.get("kind") != "colmap" or not imported.get("points"):
+        return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
+    import pycolmap
+
+    try:
+        rec = pycolmap.Reconstruction(imported["path"])
+    except (ValueError, RuntimeError, OSError) as e:
+        raise SourceFormatError(f"{imported['path']}: the COLMAP model cannot be read any more ({e})") from None
+    pts = list(rec.points3D.values())
+    xyz = np.array([p.xyz for p in pts], np.float64).reshape(-1, 3)
+    S = np.asarray(imported["run_from_source"], np.float64)
+    return xyz @ S[:3, :3].T + S[:3, 3], np.array([p.color for p in pts], np.uint8).reshape(-1, 3)
+
+
 # --------------------------------------------------------------------------------------- undistortion
 
 
