@@ -167,6 +167,34 @@ def test_images_n_downscale_folders(tmp_path):
     assert np.abs(half.world_from_cam - full.world_from_cam).max() < 1e-12
 
 
+def test_a_binary_colmap_model_with_several_cameras(tmp_path):
+    """The model written as .bin by pycolmap, with a second camera (another focal length and an OPENCV lens) for
+    every other picture: per-frame pinhole K from each picture's camera, the lenses recorded, the poses unchanged."""
+    text = tmp_path / "text"
+    shutil.copytree(MODEL, text)
+    with open(text / "cameras.txt", "a") as fh:
+        fh.write("2 OPENCV 256 144 190 191 127 73 0.1 0 0 0\n")
+    lines = (text / "images.txt").read_text().splitlines()
+    data = [i for i, line in enumerate(lines) if not line.startswith("#")][0::2]  # IMAGE_ID ... CAMERA_ID NAME
+    for i in data:
+        fields = lines[i].split()
+        if int(fields[9][:5]) % 2 == 0:  # 00004, 00010, ...: every other picture
+            fields[8] = "2"
+        lines[i] = " ".join(fields)
+    (text / "images.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "sparse" / "0").mkdir(parents=True)
+    pycolmap.Reconstruction(str(text)).write(str(tmp_path / "sparse" / "0"))
+    assert (tmp_path / "sparse" / "0" / "cameras.bin").is_file()
+    src = read_posed_source(tmp_path, images=DATA / "images")
+    assert src.kind == "colmap" and [lens.model for lens in src.lenses] == ["PINHOLE", "OPENCV"]
+    assert src.lens_of_frame[:4] == (0, 1, 0, 1)
+    cams = posed_cameras(src)
+    assert cams.K[0, 1, 0, 0] == 190.0 and cams.K[0, 1, 1, 2] == 73.0
+    assert cams.K[0, 0, 0, 0] == pytest.approx(174.119, abs=1e-3)
+    want = posed_cameras(read_posed_source(MODEL))
+    assert np.abs(cams.world_from_cam - want.world_from_cam).max() < 1e-9
+
+
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
     """The real capture imported from its COLMAP model and registered with its poses (``known-poses``)."""
@@ -187,6 +215,7 @@ def test_a_real_capture_registers_with_its_own_poses(imported):
     report = json.loads((imported / "generate" / "report.json").read_text())
     assert report["source_kind"] == "colmap" and report["lenses"][0]["model"] == "PINHOLE"
     assert report["undistorted_frames"] == 0
+    assert state["stages"]["generate"]["summary"]["lens_models"] == ["PINHOLE"]
     frame = np.asarray(Image.open(imported / "generate/frames/buddha_gray/0000.png"), np.float32)
     source = np.asarray(Image.open(DATA / "images" / "00001._g.jpg").convert("RGB"), np.float32)
     assert np.abs(frame - source).max() == 0  # a pinhole capture's pictures pass through unchanged
@@ -316,6 +345,8 @@ def test_bad_sources_are_one_line_exit_2_and_write_nothing(tmp_path, capsys):
         ([str(renamed / "colmap")], f"image '00007._g.jpg' not found in {renamed / 'images'}"),
         ([str(missing_frame)], "frames[3].file_path 'images/nothere.jpg': no such file"),
         ([str(MODEL), "--images", str(tmp_path / "nowhere")], f"--images {tmp_path / 'nowhere'}: no such folder"),
+        ([str(src), "--cameras", str(cams), "--downscale", "2"], f"{src} is given with --cameras"),
+        ([str(MODEL), "--downscale", "2"], f"{MODEL}: downscale 2 needs the folder {DATA / 'images_2'}"),
     ]
     for i, (args, why) in enumerate(cases):
         run = tmp_path / f"run{i}"

@@ -119,6 +119,11 @@ def import_command(
     if cameras is None and posed_source_kind(source) is not None:
         ov = posed_import_overrides(overrides, source, images, downscale)
     else:
+        if images is not None or downscale != 1:
+            raise CliError(
+                f"--images / --downscale read a capture with its own cameras (a transforms.json or a COLMAP model); "
+                f"{source} is {'given with --cameras' if cameras else 'not one'}"
+            )
         ov = import_overrides(overrides, source, cameras)
     config, preset_name = resolve_config(None, preset, ov)
     validate_stages(config, ["plan", "generate"], run_dir)

@@ -119,7 +119,7 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
         for k in ("generator", "videos", "frames", "width", "height", "wall_time_s")
         if k in report
     }
-    for k in ("scene_kind", "caption", "valid_fraction", "source"):
+    for k in ("scene_kind", "caption", "valid_fraction", "source", "source_kind", "lens_models", "undistorted_frames"):
         if k in report:
             summary[k] = report[k]
     if picture is not None:

@@ -569,6 +569,7 @@ def read_posed_frames(cams: Cameras) -> tuple[np.ndarray, dict]:
         "source_cameras": imp["path"],
         "source_videos": {cams.video_ids[0]: list(files)},
         "lenses": imp["lenses"],
+        "lens_models": sorted({lens.model for lens in lenses}),
         "undistorted_frames": undistorted,
         "run_from_source": imp["run_from_source"],
     }
