@@ -200,7 +200,8 @@ def contact_sheet(
 def read_video(path: str | os.PathLike, fps: float) -> np.ndarray:
     """[N, H, W, 3] uint8: the frames of a video file sampled at ``fps`` frames per second of the video (ffmpeg's
     ``fps`` filter rounding up: the frame on screen at t = 0, 1/fps, 2/fps, ...; the file's rotation metadata
-    applied), decoded through imageio-ffmpeg. ``ValueError`` names the file when ffmpeg cannot read it or it has no frames."""
+    applied), decoded through imageio-ffmpeg. ``ValueError`` names the file when ffmpeg cannot read it or it has no
+    frames."""
     import imageio_ffmpeg
 
     if not fps > 0:
@@ -210,7 +211,8 @@ def read_video(path: str | os.PathLike, fps: float) -> np.ndarray:
         meta = next(gen)
         raw = [np.frombuffer(buf, np.uint8) for buf in gen]
     except (OSError, RuntimeError, StopIteration) as e:
-        raise ValueError(f"{path}: not a video ffmpeg can read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a video ffmpeg can read ({why})") from None
     if not raw:
         raise ValueError(f"{path}: no frames at {fps:g} fps")
     w, h = meta["size"]

@@ -337,8 +337,11 @@ def test_bad_sources_are_one_line_exit_2_and_write_nothing(tmp_path, capsys):
     doc = json.loads((DATA / "transforms.json").read_text())
     doc["frames"][3]["file_path"] = "images/nothere.jpg"
     (missing_frame / "transforms.json").write_text(json.dumps(doc))
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("not a video")
     cases = [
         ([str(src), "--cameras", str(cams)], "import: the videos differ in size (a.mp4 64x48, b.mp4 80x48)"),
+        ([str(broken), "--cameras", str(cams)], f"import: {broken}: not a video ffmpeg can read"),
         ([str(one), "--cameras", str(tmp_path / "five.json")], "a.mp4 gives 8 frames at the import's frame rate"),
         ([str(no_frames)], f"{no_frames / 'transforms.json'}: 'frames' must be a non-empty list"),
         ([str(empty_model)], f"{empty_model}: the COLMAP model has no registered images"),

@@ -89,13 +89,14 @@ def import_command(
     quiet: bool = False,
     verbose: bool = False,
 ) -> None:
-    """Start RUN_DIR from your own pictures: plan/ from --cameras, generate/ from SOURCE (frames, videos, contact
-    sheet, transforms.json; no ground truth); then register, fit and export it as any run.
+    """Start RUN_DIR from your own pictures: plan/ from --cameras (or a capture's own cameras), generate/ from SOURCE
+    (frames, videos, contact sheet, transforms.json; no ground truth); then register, fit and export it as any run.
 
     Args:
         run_dir: The run folder (created if missing).
         source: A folder of pictures (one video) or of sub-folders of pictures (one video each), taken in file-name
-            order; every picture the cameras' size after its EXIF orientation.
+            order; every picture the cameras' size after its EXIF orientation. Or a video file, or a folder of them
+            (one video each, frames sampled at generate.import_fps). Or a capture with its own cameras (below).
         overrides: Config overrides as KEY=VALUE (for the later stages too, e.g. fit.iterations=2000).
         cameras: A cameras.json (docs/architecture.md schema) with one video per source video and one frame per
             picture. Not needed when SOURCE is a capture with its own cameras: a nerfstudio / instant-ngp
@@ -109,13 +110,12 @@ def import_command(
         quiet: Only warnings and errors.
         verbose: Debug logging.
     """
+    from cvd_scene.generate.sources import posed_source_kind
     from cvd_scene.logs import setup_logging
     from cvd_scene.orchestrate import run_stages
     from cvd_scene.preflight import validate_stages
 
     setup_logging(quiet, verbose)
-    from cvd_scene.generate.sources import posed_source_kind
-
     if cameras is None and posed_source_kind(source) is not None:
         ov = posed_import_overrides(overrides, source, images, downscale)
     else:

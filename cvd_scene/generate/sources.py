@@ -316,7 +316,8 @@ def _read_transforms(path: Path, downscale: int) -> PosedSource:
         if not isinstance(fr, dict) or not isinstance(fr.get("file_path"), str):
             raise SourceFormatError(f"{where} has no file_path")
         rel = fr["file_path"].replace("\\", "/").removeprefix("./")
-        if not (root / rel).is_file() and Path(rel).suffix.lower() not in IMAGE_SUFFIXES and (root / f"{rel}.png").is_file():
+        bare = Path(rel).suffix.lower() not in IMAGE_SUFFIXES
+        if bare and not (root / rel).is_file() and (root / f"{rel}.png").is_file():
             rel = f"{rel}.png"  # instant-ngp / NeRF synthetic name frames without their extension
         try:
             T = np.asarray(fr.get("transform_matrix"), dtype=np.float64)
