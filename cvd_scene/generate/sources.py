@@ -210,7 +210,7 @@ def _image_size(path: Path, what: str) -> tuple[int, int]:
         raise SourceFormatError(f"{what}: {path} is not an image that can be read ({type(e).__name__})") from None
 
 
-def _downscaled(root: Path, rel: str, downscale: int) -> str:
+def _downscaled(rel: str, downscale: int) -> str:
     """``images/a.jpg`` -> ``images_N/a.jpg`` (nerfstudio's downscale folders: the picture's folder + ``_N``)."""
     if downscale == 1:
         return rel
@@ -337,14 +337,16 @@ def _read_transforms(path: Path, downscale: int) -> PosedSource:
     lenses: list[Lens] = []
     lens_of_frame, files, poses = [], [], []
     for rel, T, fr, where in entries:
-        full = (root / rel)
-        full_size = (int(fr.get("w", doc.get("w", 0)) or 0), int(fr.get("h", doc.get("h", 0)) or 0))
+        full = root / rel
         if not full.is_file():
             raise SourceFormatError(f"{where}.file_path {rel!r}: no such file {full}")
-        if full_size == (0, 0):
+        wh = [fr.get(k, doc.get(k)) for k in ("w", "h")]
+        if wh == [None, None]:
             full_size = _image_size(full, where)
+        else:
+            full_size = tuple(int(_number(v, k, where)) for v, k in zip(wh, ("w", "h")))
         lens = _transforms_lens(fr, doc, where, full_size)
-        rel_read = _downscaled(root, rel, downscale)
+        rel_read = _downscaled(rel, downscale)
         size = _image_size(root / rel_read, where)
         lens = _check_size(lens, size, full_size, downscale, where, root / rel_read)
         if lens not in lenses:
