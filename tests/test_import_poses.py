@@ -18,7 +18,7 @@ from PIL import Image
 from cvd_scene.camera_io import read_cameras_json, write_cameras_json
 from cvd_scene.cameras import Cameras, axis_angle_to_rotation, intrinsics_from_fov, look_at, project, rigid
 from cvd_scene.cli import main
-from cvd_scene.generate.sources import Lens, posed_cameras, read_posed_source, undistort
+from cvd_scene.generate.sources import Lens, capture_points, posed_cameras, read_posed_source, undistort
 
 DATA = __import__("pathlib").Path(__file__).parent / "data" / "buddha_gray"
 MODEL = DATA / "colmap" / "sparse" / "0"
@@ -62,7 +62,7 @@ def test_transforms_json_and_the_colmap_model_give_the_same_run_cameras():
 def test_applied_transform_opengl_axes_and_instant_ngp_focal(tmp_path):
     """A transforms.json whose poses went through an ``applied_transform`` (nerfstudio's axis swap and shift) and
     whose focal length is instant-ngp's ``camera_angle_x`` gives the same run cameras: the world conversion
-    depends on the cameras alone."""
+    depends on the cameras alone; the points of its ``ply_file_path`` follow them."""
     doc = json.loads((DATA / "transforms.json").read_text())
     applied = rigid(axis_angle_to_rotation(np.array([1.0, -2.0, 0.5]), 2.0), np.array([3.0, -1.0, 0.2]))
     for fr in doc["frames"]:
@@ -72,6 +72,12 @@ def test_applied_transform_opengl_axes_and_instant_ngp_focal(tmp_path):
     doc["fl_y"] = fx  # one focal length: instant-ngp's angle gives both
     doc["camera_angle_x"] = 2 * np.arctan(0.5 * doc["w"] / fx)
     shutil.copytree(DATA / "images", tmp_path / "images")
+    # The model's points as the capture's ply_file_path, in the file's applied world (as ns-process-data writes it).
+    from cvd_scene.register.registration import write_points_ply
+
+    colmap = read_posed_source(MODEL)
+    write_points_ply(tmp_path / "sparse_pc.ply", colmap.points @ applied[:3, :3].T + applied[:3, 3], colmap.colors)
+    doc["ply_file_path"] = "sparse_pc.ply"
     (tmp_path / "transforms.json").write_text(json.dumps(doc))
     got = posed_cameras(read_posed_source(tmp_path))
     want = posed_cameras(read_posed_source(DATA))
@@ -82,6 +88,10 @@ def test_applied_transform_opengl_axes_and_instant_ngp_focal(tmp_path):
     S_got = np.asarray(got.extras["import"]["run_from_source"])
     S_want = np.asarray(want.extras["import"]["run_from_source"])
     assert np.abs(S_got - S_want).max() < 1e-9
+    # Its points land where the COLMAP model's do in the run's world (float32 in the PLY).
+    xyz, rgb = capture_points(got.extras["import"])
+    xyz_colmap, rgb_colmap = capture_points(posed_cameras(colmap).extras["import"])
+    assert len(xyz) == 1120 and np.abs(xyz - xyz_colmap).max() < 1e-4 and (rgb == rgb_colmap).all()
 
 
 def _pinhole_and_distorted(rgb: np.ndarray, lens: Lens) -> np.ndarray:

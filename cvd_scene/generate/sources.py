@@ -111,7 +111,8 @@ class PosedSource:
     lens_of_frame: tuple[int, ...]
     """[F] index into ``lenses`` of every frame."""
     points: np.ndarray
-    """[N, 3] float64 the model's points in the source's world (COLMAP ``points3D``; empty when none)."""
+    """[N, 3] float64 the capture's points in the source's world (COLMAP ``points3D``, a transforms.json's
+    ``ply_file_path``; empty when none)."""
     colors: np.ndarray
     """[N, 3] uint8 their colours."""
     video_id: str
@@ -285,19 +286,18 @@ def _transforms_lens(fr: dict, doc: dict, where: str, size: tuple[int, int]) -> 
     return Lens("OPENCV", w, h, (fx, fy, cx, cy, k1, k2, p1, p2))
 
 
-def _read_transforms(path: Path, downscale: int) -> PosedSource:
-    if path.is_dir():
-        path = path / TRANSFORMS_FILE
-    root = path.parent
+def _transforms_doc(path: Path) -> dict:
     try:
         doc = read_json(path)
     except CameraFileError as e:
         raise SourceFormatError(str(e)) from None
     if not isinstance(doc, dict):
         raise SourceFormatError(f"{path}: top level must be a JSON object")
-    frames = doc.get("frames")
-    if not isinstance(frames, list) or not frames:
-        raise SourceFormatError(f"{path}: 'frames' must be a non-empty list")
+    return doc
+
+
+def _source_from_applied(doc: dict, path: Path) -> np.ndarray:
+    """[4, 4] the inverse of a transforms.json's ``applied_transform`` (identity without one)."""
     applied = np.eye(4)
     if "applied_transform" in doc:
         try:
@@ -309,7 +309,42 @@ def _read_transforms(path: Path, downscale: int) -> PosedSource:
         applied[:3] = a[:3]
         if np.abs(applied[:3, :3].T @ applied[:3, :3] - np.eye(3)).max() > 1e-4 or np.linalg.det(applied[:3, :3]) < 0:
             raise SourceFormatError(f"{path}: applied_transform is not a rotation and translation")
-    source_from_applied = invert_rigid(applied)
+    return invert_rigid(applied)
+
+
+def _transforms_points(doc: dict, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The points of a transforms.json's ``ply_file_path`` in the source's world (the applied transform undone):
+    ([N, 3] float64, [N, 3] uint8; grey without colours); empty without one."""
+    name = doc.get("ply_file_path")
+    if not name:
+        return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
+    ply = path.parent / str(name)
+    if not ply.is_file():
+        raise SourceFormatError(f"{path}: ply_file_path {name!r}: no such file {ply}")
+    from plyfile import PlyData
+
+    try:
+        vertex = PlyData.read(str(ply))["vertex"]
+        xyz = np.stack([np.asarray(vertex[k], np.float64) for k in "xyz"], -1)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SourceFormatError(f"{ply}: not a PLY point cloud that can be read ({type(e).__name__}: {e})") from None
+    names = vertex.data.dtype.names
+    rgb = (np.stack([np.asarray(vertex[k]) for k in ("red", "green", "blue")], -1).astype(np.uint8)
+           if all(k in names for k in ("red", "green", "blue")) else np.full(xyz.shape, 128, np.uint8))  # fmt: skip
+    keep = np.all(np.isfinite(xyz), axis=1)
+    S = _source_from_applied(doc, path)
+    return xyz[keep] @ S[:3, :3].T + S[:3, 3], rgb[keep]
+
+
+def _read_transforms(path: Path, downscale: int) -> PosedSource:
+    if path.is_dir():
+        path = path / TRANSFORMS_FILE
+    root = path.parent
+    doc = _transforms_doc(path)
+    frames = doc.get("frames")
+    if not isinstance(frames, list) or not frames:
+        raise SourceFormatError(f"{path}: 'frames' must be a non-empty list")
+    source_from_applied = _source_from_applied(doc, path)
     entries = []
     for i, fr in enumerate(frames):
         where = f"{path}: frames[{i}]"
@@ -354,6 +389,7 @@ def _read_transforms(path: Path, downscale: int) -> PosedSource:
         lens_of_frame.append(lenses.index(lens))
         files.append(rel_read)
         poses.append(source_from_applied @ opengl_to_opencv(T))
+    points, colors = _transforms_points(doc, path)
     return PosedSource(
         kind="transforms.json",
         path=path,
@@ -362,8 +398,8 @@ def _read_transforms(path: Path, downscale: int) -> PosedSource:
         world_from_cam=np.asarray(poses),
         lenses=tuple(lenses),
         lens_of_frame=tuple(lens_of_frame),
-        points=np.zeros((0, 3)),
-        colors=np.zeros((0, 3), np.uint8),
+        points=points,
+        colors=colors,
         video_id=safe_id(root.resolve().name),
     )
 
@@ -493,21 +529,27 @@ def posed_cameras(src: PosedSource, scale: float = 1.0, fps: float = 8.0) -> Cam
 
 
 def capture_points(imported: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The points of the COLMAP model a run was imported from, in the run's world: ([N, 3] float64, [N, 3] uint8
-    colours); empty for a ``transforms.json`` capture. ``imported`` is ``cameras.extras["import"]``
-    (:func:`posed_cameras`); :class:`SourceFormatError` names the model when it can no longer be read."""
-    if imported.get("kind") != "colmap" or not imported.get("points"):
+    """The points of the capture a run was imported from (a COLMAP model's ``points3D``, a transforms.json's
+    ``ply_file_path``) in the run's world: ([N, 3] float64, [N, 3] uint8 colours); empty when it has none.
+    ``imported`` is ``cameras.extras["import"]`` (:func:`posed_cameras`); :class:`SourceFormatError` names the
+    file when it can no longer be read."""
+    if not imported.get("points"):
         return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
-    import pycolmap
+    path = Path(imported["path"])
+    if imported.get("kind") == "colmap":
+        import pycolmap
 
-    try:
-        rec = pycolmap.Reconstruction(imported["path"])
-    except (ValueError, RuntimeError, OSError) as e:
-        raise SourceFormatError(f"{imported['path']}: the COLMAP model cannot be read any more ({e})") from None
-    pts = list(rec.points3D.values())
-    xyz = np.array([p.xyz for p in pts], np.float64).reshape(-1, 3)
+        try:
+            rec = pycolmap.Reconstruction(str(path))
+        except (ValueError, RuntimeError, OSError) as e:
+            raise SourceFormatError(f"{path}: the COLMAP model cannot be read any more ({e})") from None
+        pts = list(rec.points3D.values())
+        xyz = np.array([p.xyz for p in pts], np.float64).reshape(-1, 3)
+        rgb = np.array([p.color for p in pts], np.uint8).reshape(-1, 3)
+    else:
+        xyz, rgb = _transforms_points(_transforms_doc(path), path)
     S = np.asarray(imported["run_from_source"], np.float64)
-    return xyz @ S[:3, :3].T + S[:3, 3], np.array([p.color for p in pts], np.uint8).reshape(-1, 3)
+    return xyz @ S[:3, :3].T + S[:3, 3], rgb
 
 
 # --------------------------------------------------------------------------------------- undistortion
