@@ -195,3 +195,27 @@ def contact_sheet(
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         sheet.save(path, optimize=True)
     return out
+
+
+def read_video(path: str | os.PathLike, fps: float) -> np.ndarray:
+    """[N, H, W, 3] uint8: the frames of a video file sampled at ``fps`` frames per second of the video (ffmpeg's
+    ``fps`` filter rounding up: the frame on screen at t = 0, 1/fps, 2/fps, ...; the file's rotation metadata
+    applied), decoded through imageio-ffmpeg. ``ValueError`` names the file when ffmpeg cannot read it or it has no
+    frames."""
+    import imageio_ffmpeg
+
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    try:
+        gen = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", f"fps={float(fps)!r}:round=up"])
+        meta = next(gen)
+        raw = [np.frombuffer(buf, np.uint8) for buf in gen]
+    except (OSError, RuntimeError, StopIteration) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a video ffmpeg can read ({why})") from None
+    if not raw:
+        raise ValueError(f"{path}: no frames at {fps:g} fps")
+    w, h = meta["size"]
+    if meta.get("rotate") in (90, 270) or raw[0].size != w * h * 3:
+        w, h = h, w
+    return np.stack(raw).reshape(len(raw), h, w, 3)

@@ -36,8 +36,10 @@ def plan_size(config, run_dir: Path | None = None, planning: bool = True) -> Pla
         return PlanSize(cams.num_videos, cams.num_frames, cams.width, cams.height, str(existing),
                         {"plan": str(existing)})  # fmt: skip
     if plan.cameras_file:
+        from cvd_scene.generate.sources import read_plan_cameras
+
         try:
-            cams = read_cameras_json(plan.cameras_file)
+            cams = read_plan_cameras(plan.cameras_file, plan.cameras_images, plan.cameras_downscale, plan.fps)
         except CameraFileError as e:
             raise PreflightError(str(e)) from None
         return PlanSize(cams.num_videos, cams.num_frames, cams.width, cams.height, "plan.cameras_file",

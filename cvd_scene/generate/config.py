@@ -20,6 +20,9 @@ class GenerateConfig:
     source: str | None = None
     """Imported: a folder of pictures (one video) or of sub-folders of pictures (one video each), in file-name
     order; every frame the plan's size after its EXIF orientation, every video the plan's frame count."""
+    import_fps: float | None = None
+    """Imported video files: frames sampled per second of video (from t = 0); None: the cameras' ``fps``
+    (``cameras.json``, default 8), so the frames fall at the cameras' times."""
     scene: str | None = None
     """Reference generator: scene kind (``room``, ``courtyard``, ``table``); None picks it from the prompt's words."""
     samples_per_pixel: int = 4
@@ -80,6 +83,8 @@ class GenerateConfig:
             raise ValueError(f"scene must be room, courtyard, table or null, got {self.scene!r}")
         if self.texels_per_m is not None and not 1.0 <= self.texels_per_m <= 2000.0:
             raise ValueError(f"texels_per_m must be in [1, 2000] or null, got {self.texels_per_m}")
+        if self.import_fps is not None and not 0 < self.import_fps <= 240:
+            raise ValueError(f"import_fps must be in (0, 240] or null, got {self.import_fps}")
         if self.contact_sheet_frames < 1:
             raise ValueError(f"contact_sheet_frames must be >= 1, got {self.contact_sheet_frames}")
         if self.steps < 1:

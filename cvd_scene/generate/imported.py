@@ -1,5 +1,6 @@
 """Frames a user brings (``cvd-scene import``): a folder of pictures is one video, a folder of sub-folders of
-pictures is one video each; read upright (EXIF orientation) in file-name order.
+pictures is one video each; read upright (EXIF orientation) in file-name order. A video file (or a folder of
+them) is one video per file, sampled at a given frame rate.
 
 Pure functions over PIL and numpy; must not import torch or any stage.
 """
@@ -15,6 +16,8 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 """File name endings read as pictures (any case); other files are ignored."""
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm")
+"""File name endings read as video files (any case), decoded through ffmpeg."""
 
 
 class SourceError(ValueError):
@@ -30,7 +33,9 @@ class SourceVideo:
     folder: Path
     """The folder its pictures are in."""
     files: tuple[Path, ...]
-    """Its pictures in file-name order (natural order: ``2.jpg`` before ``10.jpg``)."""
+    """Its pictures in file-name order (natural order: ``2.jpg`` before ``10.jpg``), or its one video file."""
+    is_file: bool = False
+    """True when ``files`` is one video file, whose frames are sampled at the import's frame rate."""
 
 
 def _natural_key(name: str) -> list:
@@ -50,15 +55,30 @@ def _pictures(folder: Path) -> list[Path]:
     )
 
 
+def _video_files(folder: Path) -> list[Path]:
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES),
+        key=lambda p: _natural_key(p.name),
+    )
+
+
 def source_videos(source: str | os.PathLike) -> list[SourceVideo]:
-    """The videos of ``source``: its own pictures as one video, else each sub-folder with pictures as one video
+    """The videos of ``source``: a video file as one video; a folder's own pictures as one video, else its video
+    files as one video each (ids from the file names made safe), else each sub-folder with pictures as one video
     (in natural name order); :class:`SourceError` names the folder when there is nothing to import."""
     source = Path(source)
+    if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+        return [SourceVideo(safe_id(source.stem), source.parent, (source,), is_file=True)]
     if not source.is_dir():
         raise SourceError(f"import source {source}: no such folder")
     own = _pictures(source)
     if own:
         return [SourceVideo(safe_id(source.resolve().name), source, tuple(own))]
+    clips = _video_files(source)
+    if clips:
+        videos = [SourceVideo(safe_id(p.stem), source, (p,), is_file=True) for p in clips]
+        _check_distinct(source, videos, "video files")
+        return videos
     subs = sorted((p for p in source.iterdir() if p.is_dir()), key=lambda p: _natural_key(p.name))
     videos = [SourceVideo(safe_id(p.name), p, tuple(_pictures(p))) for p in subs]
     videos = [v for v in videos if v.files]
@@ -66,24 +86,59 @@ def source_videos(source: str | os.PathLike) -> list[SourceVideo]:
         raise SourceError(
             f"import source {source}: no pictures ({', '.join(IMAGE_SUFFIXES)}) in it or in its sub-folders"
         )
-    seen: dict[str, Path] = {}
-    for v in videos:
-        if v.id in seen:
-            raise SourceError(
-                f"import source {source}: sub-folders {seen[v.id].name!r} and {v.folder.name!r} make the same "
-                f"video id {v.id!r}"
-            )
-        seen[v.id] = v.folder
+    _check_distinct(source, videos, "sub-folders")
     return videos
 
 
+def _check_distinct(source: Path, videos: list[SourceVideo], what: str) -> None:
+    seen: dict[str, str] = {}
+    for v in videos:
+        name = v.files[0].name if v.is_file else v.folder.name
+        if v.id in seen:
+            raise SourceError(
+                f"import source {source}: {what} {seen[v.id]!r} and {name!r} make the same video id {v.id!r}"
+            )
+        seen[v.id] = name
+
+
+def decode_videos(videos: list[SourceVideo], fps: float) -> dict[str, np.ndarray]:
+    """The frames [N, H, W, 3] uint8 of every video file among ``videos`` sampled at ``fps``, by id; all of one
+    size (the cameras file has one camera for now), else :class:`SourceError` names the files and their sizes."""
+    from cvd_scene.media import read_video
+
+    out = {}
+    for v in videos:
+        if v.is_file:
+            try:
+                out[v.id] = read_video(v.files[0], fps)
+            except ValueError as e:
+                raise SourceError(f"import: {e}") from None
+    sizes = {vid: (a.shape[2], a.shape[1]) for vid, a in out.items()}
+    if len(set(sizes.values())) > 1:
+        names = {v.id: v.files[0].name for v in videos}
+        raise SourceError(
+            "import: the videos differ in size ("
+            + ", ".join(f"{names[vid]} {w}x{h}" for vid, (w, h) in sizes.items())
+            + "); all videos of a run need one size and one camera for now"
+        )
+    return out
+
+
 def check_videos(videos: list[SourceVideo], video_ids: tuple[str, ...] | list[str], num_frames: int, width: int,
-                 height: int) -> list[SourceVideo]:  # fmt: skip
+                 height: int, decoded: dict[str, np.ndarray] | None = None) -> list[SourceVideo]:  # fmt: skip
     """``videos`` in the cameras' order (by id when the folder names are the cameras' video ids, else as found)
     after checking, from the files' headers, that they fit the cameras: as many videos, ``num_frames`` pictures
-    each, every one ``width`` x ``height`` upright. :class:`SourceError` names what does not fit."""
+    each, every one ``width`` x ``height`` upright. Video files are checked by their ``decoded`` frames
+    (:func:`decode_videos`). :class:`SourceError` names what does not fit."""
     from PIL import Image, UnidentifiedImageError
 
+    if any(v.is_file for v in videos):
+        if decoded is None:
+            raise ValueError("check_videos: video files need their decoded frames")
+        videos = [
+            SourceVideo(v.id, v.folder, tuple(v.files) * len(decoded[v.id]), is_file=True) if v.is_file else v
+            for v in videos
+        ]
     ids = [v.id for v in videos]
     if len(videos) != len(video_ids):
         raise SourceError(
@@ -98,11 +153,24 @@ def check_videos(videos: list[SourceVideo], video_ids: tuple[str, ...] | list[st
             f"import: the videos have different frame counts ({', '.join(f'{k}: {n}' for k, n in counts.items())}); "
             "every video needs the same number of frames"
         )
+    if len(videos[0].files) != num_frames and videos[0].is_file:
+        raise SourceError(
+            f"import: {videos[0].files[0]} gives {len(videos[0].files)} frames at the import's frame rate "
+            f"(generate.import_fps, else the cameras' fps), the cameras have {num_frames} frames a video"
+        )
     if len(videos[0].files) != num_frames:
         raise SourceError(
             f"import: {len(videos[0].files)} pictures a video, the cameras have {num_frames} frames a video"
         )
     for video in videos:
+        if video.is_file:
+            h, w = decoded[video.id].shape[1:3]
+            if (w, h) != (width, height):
+                raise SourceError(
+                    f"import: {video.files[0]} is {w}x{h}, the cameras are {width}x{height}; every frame needs "
+                    "the cameras' size"
+                )
+            continue
         for path in video.files:
             try:
                 with Image.open(path) as img:
@@ -119,9 +187,11 @@ def check_videos(videos: list[SourceVideo], video_ids: tuple[str, ...] | list[st
     return videos
 
 
-def read_videos(videos: list[SourceVideo], width: int, height: int) -> np.ndarray:
+def read_videos(videos: list[SourceVideo], width: int, height: int,
+                decoded: dict[str, np.ndarray] | None = None) -> np.ndarray:  # fmt: skip
     """[V, F, H, W, 3] float32 in [0, 1]: every picture upright (EXIF orientation), which must be ``width`` x
-    ``height`` after it (frames keep their size); every video must have the same number of frames."""
+    ``height`` after it (frames keep their size); every video must have the same number of frames. Video files
+    (as :func:`check_videos` returns them) take their ``decoded`` frames."""
     from cvd_scene.generate.picture import PictureError, read_picture
 
     counts = {v.id: len(v.files) for v in videos}
@@ -132,6 +202,9 @@ def read_videos(videos: list[SourceVideo], width: int, height: int) -> np.ndarra
         )
     out = np.empty((len(videos), len(videos[0].files), height, width, 3), np.float32)
     for i, video in enumerate(videos):
+        if video.is_file:
+            out[i] = decoded[video.id].astype(np.float32) / 255.0
+            continue
         for f, path in enumerate(video.files):
             try:
                 pic = read_picture(path)

@@ -44,8 +44,8 @@ def validate(config: RunConfig, size) -> None:
     if gen.generator == "imported":
         if not gen.source:
             raise ValueError("generate.generator=imported needs generate.source (cvd-scene import RUN_DIR SOURCE)")
-        if not Path(gen.source).is_dir():
-            raise ValueError(f"generate.source={gen.source!r}: no such folder")
+        if not Path(gen.source).is_dir() and not Path(gen.source).is_file():
+            raise ValueError(f"generate.source={gen.source!r}: no such folder or file")
         return
     if gen.generator == "reference":
         keys = {**size.keys, "generate.samples_per_pixel": gen.samples_per_pixel}
@@ -119,7 +119,7 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
         for k in ("generator", "videos", "frames", "width", "height", "wall_time_s")
         if k in report
     }
-    for k in ("scene_kind", "caption", "valid_fraction", "source"):
+    for k in ("scene_kind", "caption", "valid_fraction", "source", "source_kind", "lens_models", "undistorted_frames"):
         if k in report:
             summary[k] = report[k]
     if picture is not None:
@@ -419,27 +419,47 @@ def _generate_imported(config: RunConfig, cams: Cameras) -> tuple[np.ndarray, di
     """The user's pictures from ``generate.source`` as the videos of the plan (no ground truth): sub-folders are
     matched to the plan's videos by id when their names are the plan's ids, else in order
     (:func:`cvd_scene.generate.imported.check_videos`)."""
-    from cvd_scene.generate.imported import SourceError, check_videos, read_videos, source_videos
+    from cvd_scene.generate.imported import (
+        SourceError,
+        check_videos,
+        decode_videos,
+        read_videos,
+        source_videos,
+    )
     from cvd_scene.runfolder import StageRefused
 
     source = Path(config.generate.source)
+    if "import" in cams.extras:  # a capture with its own cameras: the plan names every frame's file and lens
+        from cvd_scene.generate.sources import SourceFormatError, read_posed_frames
+
+        try:
+            frames, report = read_posed_frames(cams)
+        except SourceFormatError as e:
+            raise StageRefused(str(e)) from None
+        return frames, {"model": None, "unet_calls": 0, "source": str(source.resolve()), **report}
     try:
         found = source_videos(source)
-        videos = check_videos(found, cams.video_ids, cams.num_frames, cams.width, cams.height)
+        fps = config.generate.import_fps or cams.fps
+        decoded = decode_videos(found, fps)
+        videos = check_videos(found, cams.video_ids, cams.num_frames, cams.width, cams.height, decoded)
         if [v.id for v in videos] != list(cams.video_ids):
             log.info("import: source videos %s taken as the cameras' %s, in order", [v.id for v in videos],
                      list(cams.video_ids))  # fmt: skip
-        frames = read_videos(videos, cams.width, cams.height)
+        frames = read_videos(videos, cams.width, cams.height, decoded)
     except SourceError as e:
         raise StageRefused(str(e)) from None
+    folder = source if source.is_dir() else source.parent
     report = {
         "model": None,
         "unet_calls": 0,
         "source": str(source.resolve()),
         "source_videos": {
-            vid: [str(p.relative_to(source)) for p in v.files] for vid, v in zip(cams.video_ids, videos)
+            vid: [str(p.relative_to(folder)) for p in (v.files[:1] if v.is_file else v.files)]
+            for vid, v in zip(cams.video_ids, videos)
         },
     }
+    if decoded:
+        report["import_fps"] = fps
     return frames, report
 
 

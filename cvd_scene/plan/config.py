@@ -70,7 +70,15 @@ class PlanConfig:
     """Seeded random rotation drift (standard deviation at the last frame, degrees)."""
     cameras_file: str | None = None
     """Bring your own cameras: a ``cameras.json`` in the schema of docs/architecture.md, used as given (its
-    own image size and frame count)."""
+    own image size and frame count); or a capture's own cameras (``cvd-scene import``): a nerfstudio /
+    instant-ngp ``transforms.json`` (or its folder) or a COLMAP model folder, converted into the run's world
+    (up the mean of the cameras' up vectors, origin at the first camera, the capture's scale)."""
+    cameras_images: str | None = None
+    """COLMAP ``cameras_file``: the folder its image names are relative to; None: an ``images/`` folder next to
+    the model or above it."""
+    cameras_downscale: int = 1
+    """Capture ``cameras_file``: read the pictures from the ``images_N/`` copies (N = this), the cameras scaled
+    to them."""
     re10k_files: list[str] = field(default_factory=list)
     """RealEstate10K/CameraCtrl pose files, one video each, used as given (relative to their first pose,
     placed at the scene's start camera)."""
@@ -114,6 +122,8 @@ class PlanConfig:
                 raise ValueError(f"{name} must be in [1, {MAX_IMAGE_SIDE_PX}], got {getattr(self, name)}")
         if not 0.0 < self.fov_x_deg < 180.0:
             raise ValueError(f"fov_x_deg must be in (0, 180), got {self.fov_x_deg}")
+        if self.cameras_downscale < 1:
+            raise ValueError(f"cameras_downscale must be >= 1, got {self.cameras_downscale}")
         if self.fps <= 0:
             raise ValueError(f"fps must be > 0, got {self.fps}")
         if self.re10k_scale_m <= 0:

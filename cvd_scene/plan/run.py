@@ -46,14 +46,15 @@ def scene_kind(config) -> str:
 def build_plan(plan: PlanConfig, kind: str, seed: int = 0):
     """The :class:`cvd_scene.cameras.Cameras` of a plan config in the layout of scene ``kind``: from
     ``cameras_file``, else from ``re10k_files``, else from the pattern."""
-    from cvd_scene.camera_io import read_cameras_json
+    from cvd_scene.generate.sources import read_plan_cameras
     from cvd_scene.plan import planning
 
     layout = planning.scene_layout(kind)
     if plan.cameras_file:
-        cams = read_cameras_json(plan.cameras_file)
+        cams = read_plan_cameras(plan.cameras_file, plan.cameras_images, plan.cameras_downscale, plan.fps)
         extras = dict(cams.extras)
-        extras.update(source="cameras.json", file=str(plan.cameras_file), scene=kind)
+        extras.update(source=extras.get("import", {}).get("kind", "cameras.json"), file=str(plan.cameras_file),
+                      scene=kind)  # fmt: skip
         return type(cams)(
             cams.world_from_cam,
             cams.K,

@@ -60,7 +60,20 @@ def run_register(config, run_dir: Path, out_dir: Path):
         reg.model.write(files.sparse)
         if cfg.text_model:
             reg.model.write(files.sparse_text, text=True)
-    write_points_ply(files.sparse_pc, reg.points_xyz, reg.points_rgb)
+    points_xyz, points_rgb = reg.points_xyz, reg.points_rgb
+    if "import" in plan.extras and reg.registered.any():  # a capture's own points seed the fit too
+        import numpy as np
+
+        from cvd_scene.generate.sources import SourceFormatError, capture_points
+
+        try:
+            xyz, rgb = capture_points(plan.extras["import"])
+        except SourceFormatError as e:
+            log.warning("register: the capture's points are left out: %s", e)
+        else:
+            points_xyz, points_rgb = np.concatenate([points_xyz, xyz]), np.concatenate([points_rgb, rgb])
+            reg.report["capture_points"] = len(xyz)
+    write_points_ply(files.sparse_pc, points_xyz, points_rgb)
     if reg.registered.any():
         write_transforms_json(
             reg.cameras,
