@@ -639,6 +639,22 @@ def test_pair_with_fixed_partner_matches_the_trainers_pair_sampler(pipe):
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+def test_prepare_then_denoise_is_the_call(pipe):
+    """``__call__`` is ``prepare`` then ``denoise`` then decoding, sharing one state: the steps run by hand give
+    the call's frames bit for bit (3 videos, guided, two recurrences with re-noising, a fixed partner)."""
+    K, c2w = _cams(3)
+    args = {"num_inference_steps": 2, "height": SIZE, "width": SIZE, "seed": 4, "pairing": "partition",
+            "recurrences": 2, "fixed_latents": {2: torch.randn(4, FRAMES, SIZE // 8, SIZE // 8)}}
+    out = pipe(PROMPT, c2w, K, **args)
+    state = pipe.prepare(PROMPT, c2w, K, **args)
+    assert state.latents.shape == (3, 4, FRAMES, SIZE // 8, SIZE // 8) and state.branches == 2
+    assert state.guidance_scale == 14.0  # the release's rule for more than two videos
+    latents = pipe.denoise(state)
+    assert latents is state.latents and state.stats.unet_calls == out.stats.unet_calls
+    assert np.array_equal(pipe.decode_latents(latents).numpy(), out.frames)
+    assert pipe._bias_cache is None  # the loop's caches live in the state, not on the pipeline
+
+
 # ---------------------------------------------------------------------------------------------- frame-0 redraw
 
 
@@ -880,3 +896,51 @@ def test_generate_stage_memory_modes(tmp_path, capsys):
     run_dir, _ = _planned_run(tmp_path / "bad")
     assert main(["generate", str(run_dir), "--quiet", "--generator", "cvd", "--model", "tiny", "generate.memory=huge"]) == 2
     assert "memory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- one home
+
+
+def test_release_defaults_and_peak_memory_are_spelled_once():
+    """The release's negative prompt, the 8.5/14 guidance rule and the peak-memory measurement live in
+    ``cvd/defaults.py`` alone; the pipeline and the generate stage (config and report) take them from there."""
+    from pathlib import Path
+
+    from cvd.defaults import DEFAULT_NEGATIVE_PROMPT, default_guidance_scale, peak_memory_mb
+    from cvd_scene.generate.config import GenerateConfig
+
+    root = Path(__file__).resolve().parents[1]
+    home = root / "cvd" / "defaults.py"
+    spellings = ("worst quality", "8.5 if", "14.0 if", "ru_maxrss", "max_memory_allocated", "reset_peak_memory_stats")
+    found = [
+        f"{path.relative_to(root)}: {word}"
+        for pkg in ("cvd", "cvd_scene", "plugins")
+        for path in sorted((root / pkg).rglob("*.py"))
+        if path != home
+        for word in spellings
+        if word in path.read_text(encoding="utf-8")
+    ]
+    assert not found, found
+    assert all(word in home.read_text(encoding="utf-8") for word in spellings[:2] + spellings[3:])
+    assert GenerateConfig().negative_prompt == DEFAULT_NEGATIVE_PROMPT
+    assert [default_guidance_scale(n) for n in (1, 2, 3, 6)] == [8.5, 8.5, 14.0, 14.0]
+    mb, kind = peak_memory_mb()
+    assert kind == "process-rss" and mb > 1
+
+
+def test_the_model_and_the_pipeline_share_their_encoders(pipe):
+    """``CVDModel.encode_text/encode_cameras`` and the pipeline's ``encode_prompt/encode_cameras`` are one code
+    path (``cvd.model.text_embeddings`` and ``camera_features``): equal outputs, float64 cameras included."""
+    from cvd.model import CVDModel
+
+    model = CVDModel(
+        config=pipe.model_config, unet=pipe.unet, pose_encoder=pipe.pose_encoder, vae=pipe.vae,
+        text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, scheduler=pipe.scheduler,
+    )
+    cpu = torch.device("cpu")
+    assert torch.equal(pipe.encode_prompt(PROMPT, "blurry", True, cpu), model.encode_text(["blurry", PROMPT]))
+    K, c2w = _cams(2)
+    poses = model_poses(c2w.double(), 1.0)
+    ours = pipe.encode_cameras(K.double(), poses, SIZE, SIZE, cpu)
+    theirs = model.encode_cameras(K.double(), poses, SIZE, SIZE)
+    assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs))
