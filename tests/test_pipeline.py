@@ -639,6 +639,56 @@ def test_pair_with_fixed_partner_matches_the_trainers_pair_sampler(pipe):
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+def test_the_trainers_pair_sampler_is_the_pipeline_with_fixed_latents(pipe, monkeypatch):
+    """``sample_pair`` keeps no denoising loop of its own: it runs ``CVDPipeline.denoise`` once per call, and its
+    result is the pipeline's, bit for bit, for the same noise (both videos', then the fixed partner's own)."""
+    import inspect
+
+    from diffusers import DDIMScheduler
+
+    from cvd.model import CVDModel
+    from cvd.training import sampling
+
+    source = inspect.getsource(sampling)
+    for loop_part in (".unet(", "scheduler.step", ".step(", "make_context", "epipolar_biases", "add_noise"):
+        assert loop_part not in source, loop_part
+    model = CVDModel(
+        config=pipe.model_config,
+        unet=pipe.unet,
+        pose_encoder=pipe.pose_encoder,
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        scheduler=pipe.scheduler,
+    )
+    denoised = []
+    denoise = CVDPipeline.denoise
+
+    def counting_denoise(self, state, **kwargs):
+        denoised.append(state.stats)
+        return denoise(self, state, **kwargs)
+
+    monkeypatch.setattr(CVDPipeline, "denoise", counting_denoise)
+    K, c2w = _cams(2)
+    z0 = torch.randn(4, FRAMES, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(7))
+    theirs = sampling.sample_pair(
+        model, sampling.PairCameras(K=K, world_from_cam=c2w), PROMPT, height=SIZE, width=SIZE, steps=3,
+        guidance_scale=3.0, generator=torch.Generator().manual_seed(3), fixed_video=1, fixed_latents=z0, bias_seed=5,
+    )
+    assert len(denoised) == 1 and denoised[0].unet_calls == 3  # one guided pair per step, through the pipeline
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(2, 4, FRAMES, SIZE // 8, SIZE // 8, generator=g)
+    noise[1] = torch.randn(4, FRAMES, SIZE // 8, SIZE // 8, generator=g)
+    ours = pipe(
+        PROMPT, c2w, K, negative_prompt="", height=SIZE, width=SIZE, num_inference_steps=3, guidance_scale=3.0,
+        pairing="exhaustive", scheduler=DDIMScheduler.from_config(pipe.scheduler.config), seed=5, latents=noise,
+        fixed_latents={1: z0}, output_type="latent",
+    ).frames
+    assert len(denoised) == 2
+    assert torch.equal(ours, theirs)
+    assert torch.equal(theirs[1], z0)  # the fixed partner is put back clean
+
+
 def test_prepare_then_denoise_is_the_call(pipe):
     """``__call__`` is ``prepare`` then ``denoise`` then decoding, sharing one state: the steps run by hand give
     the call's frames bit for bit (3 videos, guided, two recurrences with re-noising, a fixed partner)."""
