@@ -55,7 +55,7 @@ from cvd.checkpoints import (
     read_state_file,
     strip_text_model_prefix,
 )
-from cvd.geometry import plucker_embedding
+from cvd.geometry import EpipolarBiasConfig, plucker_embedding
 from cvd.model_config import CVDModelConfig, config_from_dict, config_to_dict
 from cvd.pose_encoder import CameraPoseEncoder
 from cvd.unet import CVDUNet
@@ -339,9 +339,12 @@ class CVDModel:
             raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {MODEL_FORMAT!r}")
         if meta.get("version") != MODEL_FORMAT_VERSION:
             raise ValueError(f"{meta_path}: version {meta.get('version')!r}, this code reads {MODEL_FORMAT_VERSION}")
-        stored = config_from_dict(CVDModelConfig, meta["config"])
-        convention = stored.epipolar_bias.convention or convention_from_sources(meta.get("sources"))
-        config = with_bias_convention(config or stored, convention)
+        if config is None:
+            config = config_from_dict(CVDModelConfig, meta["config"])
+            stored_convention = config.epipolar_bias.convention
+        else:  # the override replaces the stored config: of it only the bias convention is read
+            stored_convention = _stored_convention(meta, meta_path)
+        config = with_bias_convention(config, stored_convention or convention_from_sources(meta.get("sources")))
         dtype = dtype or getattr(torch, meta.get("dtype", "float32"))
         parts = _build_empty(config, dtype)
         for name, module in parts.items():
@@ -483,6 +486,19 @@ def _diffusers_weights(folder: Path, component: str) -> Path:
     raise FileNotFoundError(
         f"--sd15 {folder}: no {component} weights; looked for {', '.join(str(sub / n) for n in _DIFFUSERS_WEIGHT_NAMES[component])}"
     )
+
+
+def _stored_convention(meta: dict, meta_path: Path) -> str | None:
+    """The bias convention a ``cvd_model.json`` records (None when it records none), without parsing the rest of
+    its model config."""
+    stored = meta.get("config")
+    bias = stored.get("epipolar_bias") if isinstance(stored, dict) else None
+    convention = bias.get("convention") if isinstance(bias, dict) else None
+    try:
+        EpipolarBiasConfig(convention=convention)  # the allowed values
+    except ValueError as e:
+        raise ValueError(f"{meta_path}: config.epipolar_bias: {e}") from None
+    return convention
 
 
 def _write_json(path: Path, data: dict) -> None:
