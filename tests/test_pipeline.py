@@ -592,8 +592,9 @@ def test_consistency_hook_runs_on_a_saved_model(tmp_path):
 
 
 def test_pair_with_fixed_partner_matches_the_trainers_pair_sampler(pipe):
-    """Two independent implementations of the toy measure's sampling agree: ``CVDPipeline`` with a fixed
-    ground-truth partner and the trainer's own pair loop (``cvd.training.sampling.sample_pair``), same noise."""
+    """The toy measure's sampling: ``CVDPipeline`` with a fixed ground-truth partner (default pairing and seed)
+    and the trainer's pair sampler (``cvd.training.sampling.sample_pair``, the pipeline with fixed latents) agree
+    for the same noise."""
     sampling = pytest.importorskip("cvd.training.sampling")
     from cvd.model import CVDModel
 
