@@ -13,7 +13,8 @@ Entry points:
   ``cvd_model.json`` (format, version, the model config) and one sub-folder per component (``config.json`` +
   safetensors; ``tokenizer/``; ``scheduler/scheduler_config.json``).
 * :meth:`CVDModel.encode_cameras` (Plücker rays -> pose features, once per sample) and
-  :meth:`CVDModel.encode_text`.
+  :meth:`CVDModel.encode_text`: :func:`camera_features` and :func:`text_embeddings`, the encoders the pipeline
+  uses too.
 
 The epipolar-bias convention (``config.epipolar_bias.convention``) belongs to the weights: the published files
 were trained with the release's builder, our trainer's models with ours. A config that leaves it None gets it
@@ -54,7 +55,7 @@ from cvd.checkpoints import (
     read_state_file,
     strip_text_model_prefix,
 )
-from cvd.geometry import plucker_embedding
+from cvd.geometry import EpipolarBiasConfig, plucker_embedding
 from cvd.model_config import CVDModelConfig, config_from_dict, config_to_dict
 from cvd.pose_encoder import CameraPoseEncoder
 from cvd.unet import CVDUNet
@@ -67,7 +68,9 @@ __all__ = [
     "CVDModel",
     "OfficialFiles",
     "build_tiny_tokenizer",
+    "camera_features",
     "convention_from_sources",
+    "text_embeddings",
     "with_bias_convention",
 ]
 
@@ -336,9 +339,12 @@ class CVDModel:
             raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {MODEL_FORMAT!r}")
         if meta.get("version") != MODEL_FORMAT_VERSION:
             raise ValueError(f"{meta_path}: version {meta.get('version')!r}, this code reads {MODEL_FORMAT_VERSION}")
-        stored = config_from_dict(CVDModelConfig, meta["config"])
-        convention = stored.epipolar_bias.convention or convention_from_sources(meta.get("sources"))
-        config = with_bias_convention(config or stored, convention)
+        if config is None:
+            config = config_from_dict(CVDModelConfig, meta["config"])
+            stored_convention = config.epipolar_bias.convention
+        else:  # the override replaces the stored config: of it only the bias convention is read
+            stored_convention = _stored_convention(meta, meta_path)
+        config = with_bias_convention(config, stored_convention or convention_from_sources(meta.get("sources")))
         dtype = dtype or getattr(torch, meta.get("dtype", "float32"))
         parts = _build_empty(config, dtype)
         for name, module in parts.items():
@@ -362,7 +368,6 @@ class CVDModel:
             module.eval()
         return self
 
-    @torch.no_grad()
     def encode_cameras(
         self,
         K: Tensor,  # [V, F, 3, 3] pixels of the generated image
@@ -370,22 +375,13 @@ class CVDModel:
         height: int,
         width: int,
     ) -> list[Tensor]:  # per UNet level [V, F, C_l, h_l, w_l]
-        """Camera features of every UNet level (once per sample: they do not depend on the timestep)."""
-        if K.ndim != 4 or world_from_cam.ndim != 4:
-            raise ValueError(f"K must be [V, F, 3, 3] and world_from_cam [V, F, 4, 4], got {K.shape=} {world_from_cam.shape=}")
-        device = self.pose_encoder.encoder_conv_in.weight.device
-        rays = plucker_embedding(K.to(device), world_from_cam.to(device), height, width)  # [V, F, 6, H, W]
-        return self.pose_encoder(rays)
+        """Camera features of every UNet level (once per sample: they do not depend on the timestep):
+        :func:`camera_features` of this model's pose encoder."""
+        return camera_features(self.pose_encoder, K, world_from_cam, height, width)
 
-    @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> Tensor:  # [N, L, D]
-        """Text tokens of each prompt (padded to the tokenizer's maximum length)."""
-        ids = self.tokenizer(
-            list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        device = next(self.text_encoder.parameters()).device
-        return self.text_encoder(ids.to(device))[0]
+        """Text tokens of each prompt: :func:`text_embeddings` of this model's tokenizer and text encoder."""
+        return text_embeddings(self.tokenizer, self.text_encoder, prompts)
 
     def _weight_modules(self) -> dict[str, nn.Module]:
         return {"unet": self.unet, "pose_encoder": self.pose_encoder, "vae": self.vae, "text_encoder": self.text_encoder}
@@ -394,6 +390,47 @@ class CVDModel:
         left = [f"{name}.{k}" for name, m in self._weight_modules().items() for k, v in m.state_dict().items() if v.is_meta]
         if left:
             raise CheckpointError(f"{source}: {len(left)} weights were never loaded, e.g. {left[:20]}")
+
+
+# ---------------------------------------------------------------------------------------------------------- encoders
+
+
+@torch.no_grad()
+def camera_features(
+    pose_encoder: nn.Module,
+    K: Tensor,  # [V, F, 3, 3] pixels of the generated image
+    world_from_cam: Tensor,  # [V, F, 4, 4] OpenCV axes, each video relative to its first frame, model units
+    height: int,
+    width: int,
+    device: torch.device | None = None,
+) -> list[Tensor]:  # per UNet level [V, F, C_l, h_l, w_l]
+    """Camera features of every UNet level: float32 Plücker rays of the ``height`` x ``width`` image on ``device``
+    (default: where the pose encoder's weights are; under offloading, where it runs) through the pose encoder. The
+    one camera encoder of :class:`CVDModel` and :class:`~cvd.pipeline.CVDPipeline`."""
+    if K.ndim != 4 or world_from_cam.ndim != 4:
+        raise ValueError(f"K must be [V, F, 3, 3] and world_from_cam [V, F, 4, 4], got {K.shape=} {world_from_cam.shape=}")
+    if device is None:
+        device = pose_encoder.encoder_conv_in.weight.device
+    rays = plucker_embedding(
+        K.to(device, torch.float32), world_from_cam.to(device, torch.float32), height, width
+    )  # [V, F, 6, H, W]
+    return list(pose_encoder(rays))
+
+
+@torch.no_grad()
+def text_embeddings(
+    tokenizer, text_encoder: nn.Module, prompts: Sequence[str], device: torch.device | None = None
+) -> Tensor:  # [N, L, D]
+    """Text tokens of each prompt, padded (and truncated) to the tokenizer's maximum length, encoded on ``device``
+    (default: where the text encoder's weights are). The one text encoder of :class:`CVDModel` and
+    :class:`~cvd.pipeline.CVDPipeline`."""
+    ids = tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    if device is None:
+        device = next(text_encoder.parameters()).device
+    return text_encoder(ids.to(device))[0]
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -449,6 +486,19 @@ def _diffusers_weights(folder: Path, component: str) -> Path:
     raise FileNotFoundError(
         f"--sd15 {folder}: no {component} weights; looked for {', '.join(str(sub / n) for n in _DIFFUSERS_WEIGHT_NAMES[component])}"
     )
+
+
+def _stored_convention(meta: dict, meta_path: Path) -> str | None:
+    """The bias convention a ``cvd_model.json`` records (None when it records none), without parsing the rest of
+    its model config."""
+    stored = meta.get("config")
+    bias = stored.get("epipolar_bias") if isinstance(stored, dict) else None
+    convention = bias.get("convention") if isinstance(bias, dict) else None
+    try:
+        EpipolarBiasConfig(convention=convention)  # the allowed values
+    except ValueError as e:
+        raise ValueError(f"{meta_path}: config.epipolar_bias: {e}") from None
+    return convention
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -1,11 +1,14 @@
 """Collaborative N-video sampling: :class:`CVDPipeline`, a diffusers ``DiffusionPipeline`` over the components of
 a :class:`~cvd.model.CVDModel`, turning one prompt and N camera paths into N videos that agree with each other.
 
-One ``__call__``: check the inputs, encode the prompt once, encode the cameras once (Plücker rays -> pose
-features per UNet level), draw the pairing schedule (:mod:`cvd.pairing`), then denoise: at every step, for every
-evaluation of the schedule, run its pairs through the UNet in batched calls (each pair = two rows attending to
-each other, times the guidance branches, which are never paired across), mix every video's predictions with
-its weights, take the scheduler step and re-noise between recurrences; finally decode with the VAE.
+One ``__call__`` in three steps sharing one :class:`SamplingState`: :meth:`~CVDPipeline.prepare` checks the
+inputs, encodes the prompt once, encodes the cameras once (Plücker rays -> pose features per UNet level), draws
+the pairing schedule (:mod:`cvd.pairing`) and the initial noise; :meth:`~CVDPipeline.denoise` runs the loop: at
+every step, for every evaluation of the schedule, its pairs go through the UNet in batched calls (each pair = two
+rows attending to each other, times the guidance branches, which are never paired across), every video's
+predictions are mixed with its weights, the scheduler steps and re-noises between recurrences; finally the VAE
+decodes. The trainer's pair sampler (:func:`cvd.training.sampling.sample_pair`) is this pipeline with fixed
+latents; the release's negative prompt and guidance rule live in :mod:`cvd.defaults`.
 
 Cost model: text embeddings and pose features are computed once per call; the epipolar bias of a directed video
 pair depends only on the cameras and the level grids, so it is built once per pair and cached (fp16 by default);
@@ -60,16 +63,18 @@ from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
 from cvd.context import CrossViewContext, LineRedraw, level_grids
+from cvd.defaults import DEFAULT_NEGATIVE_PROMPT, default_guidance_scale, peak_memory_mb, reset_peak_memory
 from cvd.geometry import (
     epipolar_bias_pyramid,
     infinite_homography,
     model_poses,
-    plucker_embedding,
     relative_pose,
 )
+from cvd.model import CVDModel, camera_features, text_embeddings
 from cvd.model_config import CVDModelConfig
 from cvd.pairing import (
     DEFAULT_PRESET,
+    Evaluation,
     PairingSchedule,
     PairSet,
     call_groups,
@@ -85,16 +90,15 @@ __all__ = [
     "CVDPipeline",
     "CVDPipelineOutput",
     "MemoryEstimate",
+    "SamplingState",
     "SamplingStats",
+    "default_guidance_scale",
     "estimate_peak_memory",
     "estimate_row_bytes",
     "model_poses",
     "model_weight_bytes",
     "shares_first_camera",
 ]
-
-DEFAULT_NEGATIVE_PROMPT = "worst quality, low quality, letterboxed"
-"""The release's negative prompt."""
 
 _SHARED_FIRST_TOL = 1e-4
 
@@ -143,6 +147,74 @@ class SamplingStats:
     """Memory held by the cached epipolar biases at the end."""
     max_rows_per_call: int = 0
     """Largest UNet call, in rows."""
+
+
+@dataclass(eq=False)
+class SamplingState:
+    """One sampling run from :meth:`CVDPipeline.prepare` to :meth:`CVDPipeline.denoise` (diffusers' prepared
+    latents and loop inputs, in one object): the encoded inputs, the schedule, the caches and the running latents.
+    ``denoise`` updates ``latents`` and ``stats``."""
+
+    latents: Tensor
+    """[V, C, F, h, w] float32 on the execution device: the running sample (clean after ``denoise``)."""
+    noise: Tensor
+    """[V, C, F, h, w] float32: the initial noise (fixed partners and the held first frame are noised with it)."""
+    text: Tensor
+    """[branches, L, D] text tokens in the UNet dtype (``[negative, prompt]`` when guided, else ``[prompt]``)."""
+    features: list[Tensor]
+    """Pose features per UNet level, [V, F, C_l, h_l, w_l]."""
+    K: Tensor
+    """[V, F, 3, 3] float64 on the host, pixels of the generated image."""
+    world_model: Tensor
+    """[V, F, 4, 4] float64 on the host: ``world_from_cam`` (OpenCV axes) with translations in model units."""
+    angles: Tensor
+    """[V, V, F] float64: pseudo-line orientations (radians) of zero-baseline frames, per directed pair."""
+    fixed: dict[int, Tensor]
+    """Fixed ground-truth partners' clean latents, ``{video: [C, F, h, w]}``."""
+    held: Tensor | None
+    """``first_frame``'s clean latent [C, h, w], or None."""
+    held_videos: list[int]
+    """The videos whose frame 0 is held (every video that is not fixed)."""
+    scheduler: Any
+    """The diffusers scheduler, its timesteps set."""
+    num_inference_steps: int
+    """Denoising steps S."""
+    timesteps: Tensor
+    """[S] the scheduler's timesteps on the device."""
+    steps_host: list[int]
+    """The same timesteps as host integers."""
+    plan: list[list[Evaluation]]
+    """The evaluations drawn, ``[step][recurrence]``."""
+    schedule: PairingSchedule
+    """The pairing schedule they were drawn from."""
+    generator: torch.Generator
+    """The run's generator (re-noising, stochastic scheduler steps)."""
+    step_kwargs: dict
+    """Extra arguments of ``scheduler.step`` (``eta``, ``generator``) that it accepts."""
+    guidance_scale: float
+    """Classifier-free guidance scale (the default rule applied)."""
+    branches: int
+    """Guidance branches per video: 2 (unconditional, conditional) when guided, else 1."""
+    height: int
+    """Generated image height, pixels."""
+    width: int
+    """Generated image width, pixels."""
+    grids: list[tuple[int, int]]
+    """Token grid of every UNet level."""
+    max_pairs: int | None
+    """Pairs per UNet call at most (None: no limit)."""
+    bias_cache: _LRU
+    """Epipolar bias of every directed pair met so far."""
+    call_plans: _LRU
+    """Prepared UNet calls per pair group."""
+    line_generator: torch.Generator | None
+    """The per-call pseudo-line redraw's generator (``line_draw: per-call``), else None."""
+    device: torch.device
+    """Where the models run."""
+    dtype: torch.dtype
+    """UNet dtype."""
+    stats: SamplingStats
+    """What the run cost so far."""
 
 
 @dataclass
@@ -411,14 +483,10 @@ class CVDPipeline(DiffusionPipeline):
         cls, path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, **kwargs
     ) -> CVDPipeline:  # type: ignore[override]
         """Load a model folder in our saved format (``cvd-scene convert`` or :meth:`CVDModel.save_pretrained`)."""
-        from cvd.model import CVDModel
-
         return cls.from_model(CVDModel.from_pretrained(path, device=device, dtype=dtype, **kwargs).eval())
 
     def save_pretrained(self, path, **kwargs):  # type: ignore[override]
         """Write the components as a model folder in our saved format."""
-        from cvd.model import CVDModel
-
         model = CVDModel(
             config=self.model_config,
             unet=self.unet,
@@ -564,9 +632,9 @@ class CVDPipeline(DiffusionPipeline):
         fixed_frames: Any,
         fixed_latents: Any,
         max_rows_per_call: Any,
-        output_type: Any,
+        output_type: Any = "np",
         first_frame: Any = None,
-        callback_on_step_end_tensor_inputs: Any,
+        callback_on_step_end_tensor_inputs: Any = ("latents",),
         scheduler: Any,
         max_pairs_per_call: Any = None,
     ) -> None:
@@ -725,6 +793,11 @@ class CVDPipeline(DiffusionPipeline):
             raise ValueError(
                 f"max_pairs_per_call must be a positive integer or None, got max_pairs_per_call={max_pairs_per_call!r}"
             )
+        self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs)
+
+    @staticmethod
+    def check_output_inputs(output_type: Any, callback_on_step_end_tensor_inputs: Any) -> None:
+        """Validate the arguments of what follows the denoising loop (part of :meth:`check_inputs`)."""
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got output_type={output_type!r}")
         bad_inputs = [k for k in callback_on_step_end_tensor_inputs if k != "latents"]
@@ -739,30 +812,21 @@ class CVDPipeline(DiffusionPipeline):
     ) -> Tensor:
         """[branches, L, D] text tokens in the UNet dtype: ``[negative, prompt]`` when guided, else ``[prompt]``."""
         texts = [negative_prompt or "", prompt] if guided else [prompt]
-        tok = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
         full = self.tokenizer([prompt], padding="longest", return_tensors="pt").input_ids
-        if full.shape[-1] > tok.input_ids.shape[-1]:
+        if full.shape[-1] > self.tokenizer.model_max_length:
             log.warning(
                 "the prompt is longer than the text encoder's %d tokens and was truncated",
                 self.tokenizer.model_max_length,
             )
-        return self.text_encoder(tok.input_ids.to(device))[0].to(self.unet.dtype)  # [branches, L, D]
+        return text_embeddings(self.tokenizer, self.text_encoder, texts, device).to(self.unet.dtype)  # [branches, L, D]
 
     @torch.no_grad()
     def encode_cameras(
         self, K: Tensor, poses: Tensor, height: int, width: int, device: torch.device
     ) -> list[Tensor]:
-        """Pose features of every UNet level, [V, F, C_l, h_l, w_l] each (once per call)."""
-        rays = plucker_embedding(
-            K.to(device, torch.float32), poses.to(device, torch.float32), height, width
-        )  # [V, F, 6, H, W]
-        return list(self.pose_encoder(rays))
+        """Pose features of every UNet level, [V, F, C_l, h_l, w_l] each (once per call):
+        :func:`cvd.model.camera_features` on the execution ``device``."""
+        return camera_features(self.pose_encoder, K, poses, height, width, device)
 
     @torch.no_grad()
     def decode_latents(
@@ -832,7 +896,7 @@ class CVDPipeline(DiffusionPipeline):
         decode_chunk_frames: int = 16,
         cross_view: bool = True,
     ) -> CVDPipelineOutput | tuple:
-        """Generate one video per camera path.
+        """Generate one video per camera path: :meth:`prepare`, :meth:`denoise`, then decoding.
 
         Args:
             prompt: The text prompt (one for all videos).
@@ -843,7 +907,7 @@ class CVDPipeline(DiffusionPipeline):
             height, width: Image size (default: the model's), multiples of the model's stride (64 for SD1.5).
             num_inference_steps: Denoising steps S.
             guidance_scale: Classifier-free guidance; <= 1 runs no unconditional branch; None: the release's
-                8.5 for one or two videos, 14 for more.
+                8.5 for one or two videos, 14 for more (:func:`cvd.defaults.default_guidance_scale`).
             eta: DDIM eta (the release: 0).
             pairing: A preset name (``covisibility``, ``exhaustive``, ``partition``, ``released``, ``released-pair``,
                 ``released-4``, ``released-6``) or a :class:`~cvd.pairing.PairingSchedule`.
@@ -870,6 +934,93 @@ class CVDPipeline(DiffusionPipeline):
             cross_view: False runs every video alone (CVSMs skipped): the ablation without synchronization.
         """
         t_start = time.perf_counter()
+        self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs)
+
+        # 1.-5. Check the inputs, draw the randomness, encode the prompt and cameras, plan, draw the noise.
+        state = self.prepare(
+            prompt,
+            world_from_cam,
+            K,
+            negative_prompt=negative_prompt,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            eta=eta,
+            pairing=pairing,
+            recurrences=recurrences,
+            accumulations=accumulations,
+            covisibility=covisibility,
+            scheduler=scheduler,
+            generator=generator,
+            seed=seed,
+            latents=latents,
+            fixed_frames=fixed_frames,
+            fixed_latents=fixed_latents,
+            first_frame=first_frame,
+            max_rows_per_call=max_rows_per_call,
+            max_pairs_per_call=max_pairs_per_call,
+            cross_view=cross_view,
+        )
+        # 6. Denoising loop.
+        latents = self.denoise(
+            state,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+        stats = state.stats
+
+        # 7. Decode.
+        t_dec = time.perf_counter()
+        if output_type == "latent":
+            frames: Any = latents
+        else:
+            frames = self.decode_latents(latents, decode_chunk_frames)  # [V, F, H, W, 3]
+            if output_type == "np":
+                frames = frames.numpy()
+        stats.decode_time_s = time.perf_counter() - t_dec
+        stats.peak_memory_mb, stats.memory_kind = peak_memory_mb(state.device)
+        stats.wall_time_s = time.perf_counter() - t_start
+        if self._offload is not None:
+            self._offload.offload_all()
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return frames, stats
+        return CVDPipelineOutput(frames=frames, stats=stats, schedule=state.plan)
+
+    @torch.no_grad()
+    def prepare(
+        self,
+        prompt: str,
+        world_from_cam: Tensor | np.ndarray,
+        K: Tensor | np.ndarray,
+        *,
+        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float | None = None,
+        eta: float = 0.0,
+        pairing: str | PairingSchedule = DEFAULT_PRESET,
+        recurrences: int | None = None,
+        accumulations: int | None = None,
+        covisibility: np.ndarray | None = None,
+        scheduler: Any = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        latents: Tensor | None = None,
+        fixed_frames: Mapping[int, Tensor] | None = None,
+        fixed_latents: Mapping[int, Tensor] | None = None,
+        first_frame: Tensor | None = None,
+        max_rows_per_call: int | str | None = "auto",
+        max_pairs_per_call: int | None = None,
+        cross_view: bool = True,
+    ) -> SamplingState:
+        """Everything before the denoising loop (the arguments as in :meth:`__call__`): check the inputs, draw the
+        randomness, encode the prompt and the cameras once, draw the pairing schedule, the initial noise and the
+        fixed partners; the peak-memory count starts here. Returns the state :meth:`denoise` runs on."""
         cfg = self.model_config
         scheduler = scheduler if scheduler is not None else self.scheduler
         height = cfg.height_px if height is None else height
@@ -899,8 +1050,6 @@ class CVDPipeline(DiffusionPipeline):
             fixed_frames=fixed_frames,
             fixed_latents=fixed_latents,
             max_rows_per_call=max_rows_per_call,
-            output_type=output_type,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             scheduler=scheduler,
             max_pairs_per_call=max_pairs_per_call,
             first_frame=first_frame,
@@ -928,16 +1077,13 @@ class CVDPipeline(DiffusionPipeline):
                 f"fixed partners and first_frame are noised with the DDIM formula; the scheduler is "
                 f"{type(scheduler).__name__}"
             )
-        # DDIM steps take the host integer (no device read); other schedulers look their timestep up by value.
-        ddim = type(scheduler).__name__ == "DDIMScheduler"
         if guidance_scale is None:
-            guidance_scale = 8.5 if V <= 2 else 14.0
+            guidance_scale = default_guidance_scale(V)
         guided = guidance_scale > 1.0
         branches = 2 if guided else 1
         device = self._execution_device
         dtype = self.unet.dtype
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
         if V > 1 and not shares_first_camera(c2w):
             log.warning(
                 "the %d videos do not start at one common camera: CVD was trained on videos that share their first "
@@ -985,22 +1131,20 @@ class CVDPipeline(DiffusionPipeline):
         elif fixed_frames:
             fixed = {v: self.encode_frames(x, device) for v, x in fixed_frames.items()}
         held = None if first_frame is None else self.encode_frames(first_frame[None], device)[:, 0]  # [C, h, w]
-        held_videos = [v for v in range(V) if v not in fixed]
 
-        # 6. Denoising loop.
+        # What the loop's UNet calls need: call sizes, caches, pseudo-line orientations.
         rows_cap = self._rows_cap(max_rows_per_call, F, height, width, dtype, device)
         max_pairs = None if rows_cap is None else max(1, rows_cap // (2 * branches))
         pairs_cap = max_pairs_per_call if max_pairs_per_call is not None else self._max_pairs_per_call
         if pairs_cap is not None:
             max_pairs = pairs_cap if max_pairs is None else min(max_pairs, pairs_cap)
-        grids = level_grids((h, w), cfg.num_levels)
-        self._bias_cache = _LRU(self._cache_budget(device))
-        plans = _LRU(self._cache_budget(device))
+        bias_cache = _LRU(self._cache_budget(device))
+        call_plans = _LRU(self._cache_budget(device))
         angles = torch.from_numpy(
             np.random.default_rng(draw_seed + 1).uniform(0, math.pi, (V, V, F))
         )  # [V, V, F]
         # The release's redraw: one angle per cross-view attention call, from one generator for the whole run.
-        self._line_generator = (
+        line_generator = (
             torch.Generator("cpu").manual_seed(draw_seed + 2) if cfg.epipolar_bias.effective_line_draw == "per-call" else None
         )
         stats = SamplingStats(
@@ -1010,85 +1154,125 @@ class CVDPipeline(DiffusionPipeline):
             dtype=str(dtype).removeprefix("torch."),
             device=_device_name(device),
         )
-        t_loop = time.perf_counter()
-        with self.progress_bar(total=len(steps_host)) as progress:
-            for i, t in enumerate(steps_host):
-                t_dev = timesteps[i]
-                for r, evaluation in enumerate(plan[i]):
-                    check_weights(evaluation)
-                    self._place_fixed(latents, fixed, noise, scheduler, t)
-                    self._hold_first_frame(latents, held, held_videos, noise, scheduler, t)
-                    eps = torch.zeros(
-                        V, math.prod(shape[1:]), device=device, dtype=torch.float32
-                    )  # [V, C·F·h·w]
-                    for group in call_groups(
-                        evaluation, schedule.batching, max_pairs, skip_videos=list(fixed)
-                    ):
-                        call = self._call_plan(
-                            group,
-                            plans,
-                            branches,
-                            text,
-                            features,
-                            K,
-                            world_model,
-                            angles,
-                            (height, width),
-                            grids,
-                            F,
-                            device,
-                            dtype,
-                        )
-                        x = latents.index_select(0, call.row_video)  # [B, C, F, h, w]
-                        x = scheduler.scale_model_input(x, t_dev).to(dtype)
-                        out = self.unet(x, t_dev, call.text, call.context).float()  # [B, C, F, h, w]
-                        if guided:
-                            out = out.view(-1, 2, *shape[1:])  # [B/2, 2, C, F, h, w] (uncond, cond)
-                            out = out[:, 0] + guidance_scale * (out[:, 1] - out[:, 0])  # [B/2, C, F, h, w]
-                        eps += call.mix @ out.reshape(out.shape[0], -1)  # [V, C·F·h·w]
-                        stats.unet_calls += 1
-                        stats.unet_rows += call.num_rows
-                        stats.max_rows_per_call = max(stats.max_rows_per_call, call.num_rows)
-                    stats.evaluations += 1
-                    step_t = t if ddim else t_dev
-                    latents = scheduler.step(eps.view(shape), step_t, latents, **step_kwargs).prev_sample
-                    if r < len(plan[i]) - 1:
-                        latents = self._renoise(latents, scheduler, t, num_inference_steps, generator)
-                if callback_on_step_end is not None:
-                    got = callback_on_step_end(
-                        self, i, t, {k: latents for k in callback_on_step_end_tensor_inputs}
-                    )
-                    if got and "latents" in got:
-                        latents = got["latents"]
-                progress.update()
-        for v, x0 in fixed.items():
-            latents[v] = x0
-        if held is not None:
-            latents[held_videos, :, 0] = held
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        stats.denoise_time_s = time.perf_counter() - t_loop
-        stats.bias_cache_mb = self._bias_cache.bytes / 2**20
+        return SamplingState(
+            latents=latents,
+            noise=noise,
+            text=text,
+            features=features,
+            K=K,
+            world_model=world_model,
+            angles=angles,
+            fixed=fixed,
+            held=held,
+            held_videos=[v for v in range(V) if v not in fixed],
+            scheduler=scheduler,
+            num_inference_steps=num_inference_steps,
+            timesteps=timesteps,
+            steps_host=steps_host,
+            plan=plan,
+            schedule=schedule,
+            generator=generator,
+            step_kwargs=step_kwargs,
+            guidance_scale=guidance_scale,
+            branches=branches,
+            height=height,
+            width=width,
+            grids=level_grids((h, w), cfg.num_levels),
+            max_pairs=max_pairs,
+            bias_cache=bias_cache,
+            call_plans=call_plans,
+            line_generator=line_generator,
+            device=device,
+            dtype=dtype,
+            stats=stats,
+        )
 
-        # 7. Decode.
-        t_dec = time.perf_counter()
-        if output_type == "latent":
-            frames: Any = latents
-        else:
-            frames = self.decode_latents(latents, decode_chunk_frames)  # [V, F, H, W, 3]
-            if output_type == "np":
-                frames = frames.numpy()
-        stats.decode_time_s = time.perf_counter() - t_dec
-        stats.peak_memory_mb, stats.memory_kind = _peak_memory_mb(device)
-        stats.wall_time_s = time.perf_counter() - t_start
-        self._bias_cache = None
-        self._line_generator = None
-        if self._offload is not None:
-            self._offload.offload_all()
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return frames, stats
-        return CVDPipelineOutput(frames=frames, stats=stats, schedule=plan)
+    @torch.no_grad()
+    def denoise(
+        self,
+        state: SamplingState,
+        *,
+        callback_on_step_end: Callable[[CVDPipeline, int, int, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> Tensor:  # [V, C, F, h, w] float32, clean latents
+        """The denoising loop over a :meth:`prepare`\\ d state: at every step, for every evaluation of the schedule,
+        its pairs through the UNet in batched calls, every video's predictions mixed with its weights, the
+        scheduler step, re-noising between recurrences; fixed partners and the held first frame put back clean
+        at the end. Updates ``state.latents`` and ``state.stats``; returns the latents. The callback as in
+        :meth:`__call__`."""
+        self.check_output_inputs("latent", callback_on_step_end_tensor_inputs)
+        scheduler, timesteps, plan, fixed = state.scheduler, state.timesteps, state.plan, state.fixed
+        latents, device, dtype, stats = state.latents, state.device, state.dtype, state.stats
+        shape = tuple(latents.shape)
+        V, F = shape[0], shape[2]
+        guided, guidance_scale = state.branches == 2, state.guidance_scale
+        # DDIM steps take the host integer (no device read); other schedulers look their timestep up by value.
+        ddim = type(scheduler).__name__ == "DDIMScheduler"
+        self._bias_cache, self._line_generator = state.bias_cache, state.line_generator
+        try:
+            t_loop = time.perf_counter()
+            with self.progress_bar(total=len(state.steps_host)) as progress:
+                for i, t in enumerate(state.steps_host):
+                    t_dev = timesteps[i]
+                    for r, evaluation in enumerate(plan[i]):
+                        check_weights(evaluation)
+                        self._place_fixed(latents, fixed, state.noise, scheduler, t)
+                        self._hold_first_frame(latents, state.held, state.held_videos, state.noise, scheduler, t)
+                        eps = torch.zeros(
+                            V, math.prod(shape[1:]), device=device, dtype=torch.float32
+                        )  # [V, C·F·h·w]
+                        for group in call_groups(
+                            evaluation, state.schedule.batching, state.max_pairs, skip_videos=list(fixed)
+                        ):
+                            call = self._call_plan(
+                                group,
+                                state.call_plans,
+                                state.branches,
+                                state.text,
+                                state.features,
+                                state.K,
+                                state.world_model,
+                                state.angles,
+                                (state.height, state.width),
+                                state.grids,
+                                F,
+                                device,
+                                dtype,
+                            )
+                            x = latents.index_select(0, call.row_video)  # [B, C, F, h, w]
+                            x = scheduler.scale_model_input(x, t_dev).to(dtype)
+                            out = self.unet(x, t_dev, call.text, call.context).float()  # [B, C, F, h, w]
+                            if guided:
+                                out = out.view(-1, 2, *shape[1:])  # [B/2, 2, C, F, h, w] (uncond, cond)
+                                out = out[:, 0] + guidance_scale * (out[:, 1] - out[:, 0])  # [B/2, C, F, h, w]
+                            eps += call.mix @ out.reshape(out.shape[0], -1)  # [V, C·F·h·w]
+                            stats.unet_calls += 1
+                            stats.unet_rows += call.num_rows
+                            stats.max_rows_per_call = max(stats.max_rows_per_call, call.num_rows)
+                        stats.evaluations += 1
+                        step_t = t if ddim else t_dev
+                        latents = scheduler.step(eps.view(shape), step_t, latents, **state.step_kwargs).prev_sample
+                        if r < len(plan[i]) - 1:
+                            latents = self._renoise(latents, scheduler, t, state.num_inference_steps, state.generator)
+                    if callback_on_step_end is not None:
+                        got = callback_on_step_end(
+                            self, i, t, {k: latents for k in callback_on_step_end_tensor_inputs}
+                        )
+                        if got and "latents" in got:
+                            latents = got["latents"]
+                    progress.update()
+            for v, x0 in fixed.items():
+                latents[v] = x0
+            if state.held is not None:
+                latents[state.held_videos, :, 0] = state.held
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            stats.denoise_time_s = time.perf_counter() - t_loop
+            stats.bias_cache_mb = state.bias_cache.bytes / 2**20
+        finally:
+            self._bias_cache, self._line_generator = None, None
+        state.latents = latents
+        return latents
 
     # ------------------------------------------------------------------------------------------------ helpers
 
@@ -1313,12 +1497,3 @@ def _device_name(device: torch.device) -> str:
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return device.type
 
-
-def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda-allocated"
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (rss / 2**20 if sys.platform == "darwin" else rss / 1024.0), "process-rss"

@@ -26,6 +26,7 @@ from cvd.checkpoints import (
     motion_key_to_official,
     read_state_file,
 )
+from cvd.dataconfig import ConfigError
 from cvd.geometry import EpipolarBiasConfig
 from cvd.model import CVDModel, _build_empty
 from cvd.model_config import load_model_config
@@ -386,3 +387,24 @@ def test_stored_position_tables_are_checked_at_the_precision_of_the_file(data_di
         for bad, dtype in ((off32, "float32"), (off16, "float16")):
             with pytest.raises(CheckpointError, match=rf"{re.escape(key)} \({dtype}\) differs .* \(tolerance"):
                 check_tables({key: bad}, rebuilt, label=name, rebuilt_key=rebuilt_key)
+
+
+def test_an_override_config_reads_only_the_stored_bias_convention(tmp_path):
+    """``from_pretrained(config=...)`` replaces the stored model config, so a stored config this code cannot parse
+    (a key from a newer version) does not stop the load; the stored bias convention still fills an override that
+    leaves it None, and a bad one is an error naming the file and the value."""
+    folder = CVDModel.from_config(tiny_config(), seed=0).save_pretrained(tmp_path / "m")
+    meta_path = folder / "cvd_model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["from_a_newer_version"] = 1
+    meta["config"]["epipolar_bias"]["convention"] = "release"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="from_a_newer_version"):
+        CVDModel.from_pretrained(folder)  # the stored config alone: parsed strictly
+    back = CVDModel.from_pretrained(folder, config=tiny_config())
+    assert back.config.epipolar_bias.convention == "release"  # the file's, the override left it None
+    assert not hasattr(back.config, "from_a_newer_version")
+    meta["config"]["epipolar_bias"]["convention"] = "bogus"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"cvd_model\.json: config\.epipolar_bias: .*'bogus'"):
+        CVDModel.from_pretrained(folder, config=tiny_config())

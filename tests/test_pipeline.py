@@ -592,8 +592,9 @@ def test_consistency_hook_runs_on_a_saved_model(tmp_path):
 
 
 def test_pair_with_fixed_partner_matches_the_trainers_pair_sampler(pipe):
-    """Two independent implementations of the toy measure's sampling agree: ``CVDPipeline`` with a fixed
-    ground-truth partner and the trainer's own pair loop (``cvd.training.sampling.sample_pair``), same noise."""
+    """The toy measure's sampling: ``CVDPipeline`` with a fixed ground-truth partner (default pairing and seed)
+    and the trainer's pair sampler (``cvd.training.sampling.sample_pair``, the pipeline with fixed latents) agree
+    for the same noise."""
     sampling = pytest.importorskip("cvd.training.sampling")
     from cvd.model import CVDModel
 
@@ -637,6 +638,72 @@ def test_pair_with_fixed_partner_matches_the_trainers_pair_sampler(pipe):
         seed=0,
     ).frames
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_the_trainers_pair_sampler_is_the_pipeline_with_fixed_latents(pipe, monkeypatch):
+    """``sample_pair`` keeps no denoising loop of its own: it runs ``CVDPipeline.denoise`` once per call, and its
+    result is the pipeline's, bit for bit, for the same noise (both videos', then the fixed partner's own)."""
+    import inspect
+
+    from diffusers import DDIMScheduler
+
+    from cvd.model import CVDModel
+    from cvd.training import sampling
+
+    source = inspect.getsource(sampling)
+    for loop_part in (".unet(", "scheduler.step", ".step(", "make_context", "epipolar_biases", "add_noise"):
+        assert loop_part not in source, loop_part
+    model = CVDModel(
+        config=pipe.model_config,
+        unet=pipe.unet,
+        pose_encoder=pipe.pose_encoder,
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        scheduler=pipe.scheduler,
+    )
+    denoised = []
+    denoise = CVDPipeline.denoise
+
+    def counting_denoise(self, state, **kwargs):
+        denoised.append(state.stats)
+        return denoise(self, state, **kwargs)
+
+    monkeypatch.setattr(CVDPipeline, "denoise", counting_denoise)
+    K, c2w = _cams(2)
+    z0 = torch.randn(4, FRAMES, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(7))
+    theirs = sampling.sample_pair(
+        model, sampling.PairCameras(K=K, world_from_cam=c2w), PROMPT, height=SIZE, width=SIZE, steps=3,
+        guidance_scale=3.0, generator=torch.Generator().manual_seed(3), fixed_video=1, fixed_latents=z0, bias_seed=5,
+    )
+    assert len(denoised) == 1 and denoised[0].unet_calls == 3  # one guided pair per step, through the pipeline
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(2, 4, FRAMES, SIZE // 8, SIZE // 8, generator=g)
+    noise[1] = torch.randn(4, FRAMES, SIZE // 8, SIZE // 8, generator=g)
+    ours = pipe(
+        PROMPT, c2w, K, negative_prompt="", height=SIZE, width=SIZE, num_inference_steps=3, guidance_scale=3.0,
+        pairing="exhaustive", scheduler=DDIMScheduler.from_config(pipe.scheduler.config), seed=5, latents=noise,
+        fixed_latents={1: z0}, output_type="latent",
+    ).frames
+    assert len(denoised) == 2
+    assert torch.equal(ours, theirs)
+    assert torch.equal(theirs[1], z0)  # the fixed partner is put back clean
+
+
+def test_prepare_then_denoise_is_the_call(pipe):
+    """``__call__`` is ``prepare`` then ``denoise`` then decoding, sharing one state: the steps run by hand give
+    the call's frames bit for bit (3 videos, guided, two recurrences with re-noising, a fixed partner)."""
+    K, c2w = _cams(3)
+    args = {"num_inference_steps": 2, "height": SIZE, "width": SIZE, "seed": 4, "pairing": "partition",
+            "recurrences": 2, "fixed_latents": {2: torch.randn(4, FRAMES, SIZE // 8, SIZE // 8)}}
+    out = pipe(PROMPT, c2w, K, **args)
+    state = pipe.prepare(PROMPT, c2w, K, **args)
+    assert state.latents.shape == (3, 4, FRAMES, SIZE // 8, SIZE // 8) and state.branches == 2
+    assert state.guidance_scale == 14.0  # the release's rule for more than two videos
+    latents = pipe.denoise(state)
+    assert latents is state.latents and state.stats.unet_calls == out.stats.unet_calls
+    assert np.array_equal(pipe.decode_latents(latents).numpy(), out.frames)
+    assert pipe._bias_cache is None  # the loop's caches live in the state, not on the pipeline
 
 
 # ---------------------------------------------------------------------------------------------- frame-0 redraw
@@ -880,3 +947,51 @@ def test_generate_stage_memory_modes(tmp_path, capsys):
     run_dir, _ = _planned_run(tmp_path / "bad")
     assert main(["generate", str(run_dir), "--quiet", "--generator", "cvd", "--model", "tiny", "generate.memory=huge"]) == 2
     assert "memory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- one home
+
+
+def test_release_defaults_and_peak_memory_are_spelled_once():
+    """The release's negative prompt, the 8.5/14 guidance rule and the peak-memory measurement live in
+    ``cvd/defaults.py`` alone; the pipeline and the generate stage (config and report) take them from there."""
+    from pathlib import Path
+
+    from cvd.defaults import DEFAULT_NEGATIVE_PROMPT, default_guidance_scale, peak_memory_mb
+    from cvd_scene.generate.config import GenerateConfig
+
+    root = Path(__file__).resolve().parents[1]
+    home = root / "cvd" / "defaults.py"
+    spellings = ("worst quality", "8.5 if", "14.0 if", "ru_maxrss", "max_memory_allocated", "reset_peak_memory_stats")
+    found = [
+        f"{path.relative_to(root)}: {word}"
+        for pkg in ("cvd", "cvd_scene", "plugins")
+        for path in sorted((root / pkg).rglob("*.py"))
+        if path != home
+        for word in spellings
+        if word in path.read_text(encoding="utf-8")
+    ]
+    assert not found, found
+    assert all(word in home.read_text(encoding="utf-8") for word in spellings[:2] + spellings[3:])
+    assert GenerateConfig().negative_prompt == DEFAULT_NEGATIVE_PROMPT
+    assert [default_guidance_scale(n) for n in (1, 2, 3, 6)] == [8.5, 8.5, 14.0, 14.0]
+    mb, kind = peak_memory_mb()
+    assert kind == "process-rss" and mb > 1
+
+
+def test_the_model_and_the_pipeline_share_their_encoders(pipe):
+    """``CVDModel.encode_text/encode_cameras`` and the pipeline's ``encode_prompt/encode_cameras`` are one code
+    path (``cvd.model.text_embeddings`` and ``camera_features``): equal outputs, float64 cameras included."""
+    from cvd.model import CVDModel
+
+    model = CVDModel(
+        config=pipe.model_config, unet=pipe.unet, pose_encoder=pipe.pose_encoder, vae=pipe.vae,
+        text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, scheduler=pipe.scheduler,
+    )
+    cpu = torch.device("cpu")
+    assert torch.equal(pipe.encode_prompt(PROMPT, "blurry", True, cpu), model.encode_text(["blurry", PROMPT]))
+    K, c2w = _cams(2)
+    poses = model_poses(c2w.double(), 1.0)
+    ours = pipe.encode_cameras(K.double(), poses, SIZE, SIZE, cpu)
+    theirs = model.encode_cameras(K.double(), poses, SIZE, SIZE)
+    assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs))

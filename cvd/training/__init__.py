@@ -10,8 +10,8 @@ consistency measure.
 * :mod:`cvd.training.cache` -- the compact clip cache file.
 * :mod:`cvd.training.tokenizer`, :mod:`cvd.training.autoencoder` -- the pieces of a small model from scratch.
 * :mod:`cvd.training.trainer` -- :class:`~cvd.training.trainer.Trainer`.
-* :mod:`cvd.training.sampling`, :mod:`cvd.training.metrics` -- the pair sampler with a fixed partner, the toy
-  measure, PSNR/SSIM.
+* :mod:`cvd.training.sampling`, :mod:`cvd.training.metrics` -- the pair sampler with a fixed partner (the
+  pipeline, :class:`cvd.pipeline.CVDPipeline`, with fixed latents), the toy measure, PSNR/SSIM.
 
 Must never import ``cvd_scene`` (the reference-renderer adapter lives in ``cvd_scene.train.data``).
 """

@@ -33,6 +33,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from cvd.geometry import invert_rigid
 from cvd.training.cache import ClipCache
 from cvd.training.config import HomographyWarpConfig
 from cvd.training.homography import homography_sequence, sample_params, warp_frames
@@ -121,7 +122,7 @@ def parse_re10k_pose_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarr
         w2c[:3, :3] = u @ vt
         ts.append(int(vals[0]))
         intr.append(vals[1:5])
-        c2w.append(np.linalg.inv(w2c))
+        c2w.append(invert_rigid(w2c))
     if not ts:
         raise ValueError(f"{path}: no pose lines after the URL line")
     return np.asarray(ts, np.int64), np.asarray(intr), np.asarray(c2w)

@@ -6,7 +6,7 @@ pixel validity and the caption. Frames are ``uint8 [2, F, H, W, 3]`` (the cheap 
 trainer converts them. Conventions: OpenCV camera axes, ``world_from_cam`` in one common frame for both videos,
 intrinsics in pixels of these frames with pixel centres at +0.5.
 
-numpy (+ PIL for resizing); must never import ``cvd_scene``.
+numpy (+ PIL for resizing) and :func:`cvd.geometry.invert_rigid`; must never import ``cvd_scene``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
+
+from cvd.geometry import invert_rigid
 
 __all__ = ["PairSample", "crop_intrinsics", "flip_pair", "fold_clip", "resize_cover_crop", "swap_pair"]
 
@@ -158,6 +160,6 @@ def fold_clip(
     m = n // 2
     a = np.arange(m, -1, -1)  # m ... 0
     b = np.arange(m, n)  # m ... 2m
-    rel = np.linalg.inv(world_from_cam[m]) @ world_from_cam  # [2F-1, 4, 4] relative to the middle frame
+    rel = invert_rigid(world_from_cam[m]) @ world_from_cam  # [2F-1, 4, 4] relative to the middle frame
     idx = np.stack([a, b])  # [2, F]
     return frames[idx], rel[idx], np.asarray(K, np.float64)[idx]

@@ -1,18 +1,19 @@
-"""A minimal pair sampler and the toy consistency measure of a (small) trained model.
+"""A pair sampler and the toy consistency measure of a (small) trained model.
 
-:func:`sample_pair` runs DDIM (the model's scheduler, eta 0) for two videos that are each other's cross-view
-partner, one UNet call per step on ``[uncond_A, cond_A, uncond_B, cond_B]`` (or ``[A, B]`` without guidance).
-Either video can be *fixed*: its latents are replaced at every step by the ground truth noised to that step
-(``sqrt(abar_t) z + sqrt(1 - abar_t) eps`` with one fixed ``eps``), so the other video is generated next to a
-known partner. With ``cross_view=False`` the partner is ignored (no cross-view attention: each video alone).
+:func:`sample_pair` is :class:`~cvd.pipeline.CVDPipeline` on two videos that are each other's cross-view partner
+(DDIM with the model's scheduler, eta 0, no pairing draws: the one pair at every step), with the trainer's
+defaults: no guidance (the empty caption is the unconditional branch when ``guidance_scale > 1``) and noise drawn
+on the CPU as the trainer always did (both videos, then the fixed partner's own). Either video can be *fixed*:
+its latents are replaced at every step by the ground truth noised to that step (``sqrt(abar_t) z + sqrt(1 -
+abar_t) eps`` with one fixed ``eps``), so the other video is generated next to a known partner. With
+``cross_view=False`` the partner is ignored (no cross-view attention: each video alone).
 
 :func:`toy_consistency` is the measure that works even for blurry small models: over held-out plans, give the
 sampler one ground-truth video as the fixed partner and score how close the generated partner video is to its own
 ground-truth render (PSNR/SSIM, all frames and frames after the shared first one), next to the same sampling
 without cross-view attention and the autoencoder's reconstruction (the ceiling).
 
-This is the training side's own loop (the N-video ``CVDPipeline`` is separate); it reuses the model's UNet call,
-pose encoder, epipolar bias and scheduler. torch and diffusers; must never import ``cvd_scene``.
+torch and diffusers; must never import ``cvd_scene``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cvd.context import epipolar_biases, guided_rows
-from cvd.geometry import model_poses, plucker_embedding
+from cvd.geometry import model_poses
+from cvd.pipeline import CVDPipeline
 from cvd.training.autoencoder import frames_to_tensor
 from cvd.training.metrics import psnr, ssim
 
@@ -88,60 +89,45 @@ def sample_pair(
     cross_view: bool = True,
     bias_seed: int = 0,
 ) -> Tensor:  # [2, C, F, h, w] scaled latents
-    """DDIM sampling of a pair (see the module docstring). ``fixed_latents`` [C, F, h, w] are the scaled
-    ground-truth latents of ``fixed_video``. Noise is drawn on the CPU from ``generator`` (reproducible on any
-    device)."""
+    """DDIM sampling of a pair through :class:`~cvd.pipeline.CVDPipeline` (see the module docstring).
+    ``fixed_latents`` [C, F, h, w] are the scaled ground-truth latents of ``fixed_video``. Noise is drawn on the CPU
+    from ``generator`` (reproducible on any device); ``bias_seed`` seeds the pipeline's other draws (the
+    pseudo-line orientations of frames without a baseline). ``guidance_scale <= 1``: the conditional prediction
+    alone."""
     from diffusers import DDIMScheduler
 
-    unet = model.unet
-    device, dtype = unet.device, unet.dtype
-    cfg = model.config
-    K = cameras.K.to(device=device, dtype=torch.float64)
-    c2w = cameras.world_from_cam.to(device=device, dtype=torch.float64)
-    if K.shape[0] != 2 or c2w.shape[0] != 2 or K.shape[:2] != c2w.shape[:2]:
-        raise ValueError(f"a pair needs K [2, F, 3, 3] and world_from_cam [2, F, 4, 4], got {tuple(K.shape)} {tuple(c2w.shape)}")
+    if cameras.K.shape[0] != 2 or cameras.world_from_cam.shape[0] != 2 or cameras.K.shape[:2] != cameras.world_from_cam.shape[:2]:
+        raise ValueError(
+            f"a pair needs K [2, F, 3, 3] and world_from_cam [2, F, 4, 4], got {tuple(cameras.K.shape)} "
+            f"{tuple(cameras.world_from_cam.shape)}"
+        )
     if (fixed_video is None) != (fixed_latents is None):
         raise ValueError("fixed_video and fixed_latents go together")
-    num_frames = K.shape[1]
-    scale = cfg.vae_scale_factor
-    lat_hw = (height // scale, width // scale)
-    guided = guidance_scale != 1.0
-    branches = 2 if guided else 1
-    row_video, row_branch = guided_rows(2, branches)
-
-    # 1. Text: the empty caption is the unconditional branch (what caption dropout trained).
-    texts = model.encode_text([negative_prompt, caption] if guided else [caption]).to(dtype)  # [branches, L, D]
-    text_rows = texts[torch.as_tensor(row_branch, device=texts.device)]  # [B, L, D]
-    # 2. Cameras: pose features once; the epipolar bias once per level.
-    rays = plucker_embedding(K.float(), relative_to_first(c2w, cfg.model_units_per_metre).float(), height, width)
-    feats = [f.to(dtype) for f in model.pose_encoder(rays.to(model.pose_encoder.dtype))]
-    partner = None
-    bias = None
-    if cross_view and cfg.cvsm.enabled:
-        partner = [1, 0]
-        grids = unet.level_grids(lat_hw)
-        bias = epipolar_biases(K, c2w, partner, image_hw=(height, width), grids=grids, config=cfg.epipolar_bias,
-                               generator=torch.Generator().manual_seed(bias_seed))
-    context = unet.make_context(row_video=row_video, row_branch=row_branch, partner_video=partner,
-                                num_frames=num_frames, bias=bias, pose_features=feats)
-    # 3. DDIM.
-    sched = DDIMScheduler.from_config(model.scheduler.config)
-    sched.set_timesteps(steps, device=device)
-    shape = (2, cfg.unet.in_channels, num_frames, *lat_hw)
-    latents = torch.randn(shape, generator=generator).to(device)  # [2, C, F, h, w]
-    fixed_eps = torch.randn(shape[1:], generator=generator).to(device) if fixed_video is not None else None
-    for t in sched.timesteps:
-        if fixed_video is not None:
-            latents[fixed_video] = sched.add_noise(fixed_latents.to(device)[None], fixed_eps[None], t.reshape(1))[0]
-        rows = latents[torch.as_tensor(row_video, device=device)].to(dtype)  # [B, C, F, h, w]
-        tt = t.to(device).expand(len(row_video))
-        eps = unet(rows, tt, text_rows, context).float()  # [B, C, F, h, w]
-        eps = eps.view(2, branches, *shape[1:])
-        eps = eps[:, 0] + guidance_scale * (eps[:, 1] - eps[:, 0]) if guided else eps[:, 0]
-        latents = sched.step(eps, t, latents).prev_sample
+    cfg = model.config
+    shape = (2, cfg.unet.in_channels, cameras.K.shape[1], height // cfg.vae_scale_factor, width // cfg.vae_scale_factor)
+    noise = torch.randn(shape, generator=generator)  # [2, C, F, h, w]
     if fixed_video is not None:
-        latents[fixed_video] = fixed_latents.to(device)
-    return latents
+        noise[fixed_video] = torch.randn(shape[1:], generator=generator)  # the fixed partner's own eps
+    pipe = CVDPipeline.from_model(model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        caption,
+        cameras.world_from_cam,
+        cameras.K,
+        negative_prompt=negative_prompt,
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        pairing="exhaustive",
+        scheduler=DDIMScheduler.from_config(model.scheduler.config),
+        seed=bias_seed,
+        latents=noise,
+        fixed_latents=None if fixed_video is None else {fixed_video: fixed_latents},
+        max_rows_per_call=None,
+        output_type="latent",
+        cross_view=cross_view,
+    ).frames
 
 
 @torch.no_grad()

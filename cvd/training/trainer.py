@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from cvd.context import epipolar_biases
-from cvd.geometry import homography_bias_pyramid, plucker_embedding
+from cvd.geometry import homography_bias_pyramid, model_poses, plucker_embedding
 from cvd.model import CVDModel, OfficialFiles
 from cvd.model_config import CVDModelConfig, config_to_dict
 from cvd.training.autoencoder import frames_to_tensor, latent_std, reconstruction_psnr, train_autoencoder
@@ -55,7 +55,6 @@ from cvd.training.cache import ClipCache
 from cvd.training.config import TrainConfig
 from cvd.training.datasets import MixedPairs, PairStream
 from cvd.training.homography import min_pool_mask
-from cvd.training.sampling import relative_to_first
 from cvd.training.tokenizer import build_word_tokenizer
 
 log = logging.getLogger(__name__)
@@ -194,7 +193,7 @@ def prepare_inputs(
         if posed:
             K = batch["K"].reshape(n, f, 3, 3).to(device)
             c2w = batch["world_from_cam"].reshape(n, f, 4, 4).to(device)
-            rel = relative_to_first(c2w, mcfg.model_units_per_metre)
+            rel = model_poses(c2w, mcfg.model_units_per_metre)
             rays = plucker_embedding(K.float(), rel.float(), h, w)  # [N, F, 6, H, W]
         if mcfg.cvsm.enabled and mcfg.epipolar_bias.mode != "none":
             bgen = torch.Generator().manual_seed(int(bias_seed))

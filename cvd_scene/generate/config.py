@@ -1,13 +1,16 @@
 """The generate stage's config, :class:`GenerateConfig`: imported by the run config (:mod:`cvd_scene.runconfig`)
 and the stage (:mod:`cvd_scene.generate.run`), which takes the whole run config, without a cycle between them.
 
-Pure Python: must not import numpy, torch or any stage.
+Pure Python: must not import numpy, torch or any stage (it takes the release's defaults from the import-light
+:mod:`cvd.defaults`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from cvd.defaults import DEFAULT_NEGATIVE_PROMPT
 
 
 @dataclass(kw_only=True)
@@ -42,8 +45,8 @@ class GenerateConfig:
     """CVD generator: denoising steps."""
     guidance_scale: float | None = None
     """CVD generator: classifier-free guidance scale; None: the release's 8.5 for one or two videos, 14 for more."""
-    negative_prompt: str = "worst quality, low quality, letterboxed"
-    """CVD generator: negative prompt."""
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    """CVD generator: negative prompt (default: the release's, ``cvd.defaults.DEFAULT_NEGATIVE_PROMPT``)."""
     pairing: str = "covisibility"
     """CVD generator: pairing schedule preset: ``covisibility`` (default: two co-visibility-weighted partners per
     video per step, one batched call a step), ``exhaustive`` (every pair every step), ``partition`` (one

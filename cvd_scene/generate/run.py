@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cvd.defaults import default_guidance_scale, peak_memory_mb
 from cvd_scene.generate.config import GenerateConfig
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from cvd_scene.runconfig import RunConfig
     from cvd_scene.runfolder import StageResult
 
-__all__ = ["GenerateConfig", "peak_memory_mb", "run_generate", "validate", "write_generate_outputs"]
+__all__ = ["GenerateConfig", "run_generate", "validate", "write_generate_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
         "wall_time_s": round(time.perf_counter() - t0, 3),
         "generate_time_s": round(generate_s, 3),
         "write_time_s": round(write_s, 3),
-        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "peak_memory_mb": round(peak_memory_mb()[0], 1),  # the process's peak resident memory
         **report,
     }
     if picture is not None:
@@ -176,15 +177,6 @@ def write_generate_outputs(
         cams, files.generate_transforms, files.relative(files.frames, files.generate_transforms.parent)
     )
     return time.perf_counter() - t0
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far, MiB (Linux/macOS ``ru_maxrss``)."""
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
 
 
 # ------------------------------------------------------------------------------------------ generators
@@ -398,7 +390,7 @@ def _generate_cvd(
         "steps": gen.steps,
         "guidance_scale": gen.guidance_scale
         if gen.guidance_scale is not None
-        else (8.5 if cams.num_videos <= 2 else 14.0),
+        else default_guidance_scale(cams.num_videos),
         "device": s.device,
         "dtype": s.dtype,
         "generated_size": [Wg, Hg],
