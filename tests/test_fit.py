@@ -167,6 +167,47 @@ def test_rasterize_on_cpu_uses_the_torch_path_and_feeds_gsplat_strategy(monkeypa
         raster.rasterize(means, quats, scales, opac, colors, viewmats, Ks, 24, 20, backend="gsplat")
 
 
+def _strategy_step(strategy, opacities: torch.Tensor, seed: int = 4) -> int:
+    """One refinement step of ``strategy`` on 50 Gaussians rendered on the CPU; returns how many remain."""
+    means, quats, scales, _, colors, viewmats, Ks = random_scene(50, 24, 20, seed=seed, dtype=torch.float32)
+    params = {
+        "means": torch.nn.Parameter(means),
+        "scales": torch.nn.Parameter(torch.log(scales)),
+        "quats": torch.nn.Parameter(quats),
+        "opacities": torch.nn.Parameter(torch.logit(opacities)),
+    }
+    optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in params.items()}
+    state = strategy.initialize_state()
+    render, _, info = raster.rasterize(
+        params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
+        colors, viewmats, Ks, 24, 20, render_mode="RGB+ED", absgrad=True,
+    )  # fmt: skip
+    strategy.step_pre_backward(params, optimizers, state, 1, info)
+    (render[..., :3].sum() + render[..., 3].mean()).backward()
+    torch.manual_seed(0)  # splitting samples new positions
+    strategy.step_post_backward(params, optimizers, state, 1, info)
+    assert all(len(p) == len(params["means"]) for p in params.values())
+    assert all(o.param_groups[0]["params"][0] is params[k] for k, o in optimizers.items())
+    return len(params["means"])
+
+
+@pytest.mark.parametrize(("cap", "grows"), [(0, True), (1000, True), (51, True), (50, False), (20, False)])
+def test_gaussian_cap_skips_gsplats_grow_step_and_keeps_pruning(cap, grows):
+    """The cap as a gsplat strategy: below it the step is gsplat's own DefaultStrategy step (as many Gaussians after it);
+    at or above it nothing is duplicated or split, and pruning still removes the transparent ones."""
+    from gsplat.strategy import DefaultStrategy
+
+    from cvd_scene.fit.splat_model import CappedDefaultStrategy
+
+    opacities = torch.full((50,), 0.5)
+    opacities[:5] = 0.001  # below prune_opa (0.005): pruned at the step
+    settings = {"refine_start_iter": 0, "refine_every": 1, "absgrad": True, "grow_grad2d": 0.0, "verbose": False}
+    plain = _strategy_step(DefaultStrategy(**settings), opacities)
+    capped = _strategy_step(CappedDefaultStrategy(max_gaussians=cap, **settings), opacities)
+    assert plain > 50
+    assert capped == (plain if grows else 45)
+
+
 def test_expected_depth_of_an_opaque_plane():
     # A wall of flat opaque Gaussians at z = 2: the expected depth is 2 wherever alpha is high.
     xs, ys = torch.meshgrid(torch.linspace(-2.5, 2.5, 41), torch.linspace(-2.5, 2.5, 41), indexing="ij")
