@@ -4,7 +4,7 @@ configurations through ``cvd-scene fit`` on a tiny reference run folder (CPU).""
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import math
 import os
@@ -208,6 +208,23 @@ def test_gaussian_cap_skips_gsplats_grow_step_and_keeps_pruning(cap, grows):
     assert capped == (plain if grows else 45)
 
 
+def test_the_fit_config_is_what_the_trainer_config_is_built_from():
+    from cvd_scene.fit.config import FitConfig
+    from cvd_scene.fit.train import trainer_config
+
+    fit = FitConfig(
+        iterations=40, time_budget_s=12.5, eval_every_k=4, device="cpu", sh_degree=2, max_gaussians=1234,
+        num_random_points=7, appearance="per-video",
+    )  # fmt: skip
+    config = trainer_config(Path("run"), Path("out"), fit, seed=3)
+    model = config.pipeline.model
+    assert (model.sh_degree, model.max_gaussians, model.num_random_points, model.appearance) == (2, 1234, 7, "per-video")
+    assert model.max_train_seconds == 12.5 and config.max_num_iterations == config.steps_per_save == 40
+    assert config.pipeline.datamanager.dataparser.eval_every_k == 4
+    assert config.machine.device_type == "cpu" and config.machine.seed == 3
+    assert trainer_config(Path("run"), Path("out"), FitConfig(device="cpu")).pipeline.model.max_train_seconds == 0
+
+
 def test_expected_depth_of_an_opaque_plane():
     # A wall of flat opaque Gaussians at z = 2: the expected depth is 2 wherever alpha is high.
     xs, ys = torch.meshgrid(torch.linspace(-2.5, 2.5, 41), torch.linspace(-2.5, 2.5, 41), indexing="ij")
@@ -327,7 +344,7 @@ def test_fit_command_both_methods_reduced(tiny_run, tmp_path, monkeypatch):
     from cvd_scene.fit import train
 
     make_config = train.trainer_config  # the methods' tiny configurations
-    monkeypatch.setattr(train, "trainer_config", lambda r, o, s: make_config(r, o, dataclasses.replace(s, reduced=True)))
+    monkeypatch.setattr(train, "trainer_config", functools.partial(make_config, reduced=True))
     for method in ("cvd-scene", "cvd-scene-nerf"):
         run_dir = tmp_path / method
         shutil.copytree(tiny_run, run_dir)
