@@ -321,6 +321,53 @@ def test_ns_train_lists_both_methods():
     assert "cvd-scene-nerf" in out.stdout and "{cvd-scene," in out.stdout.replace(" ", "")
 
 
+def ns_train_config(method: str, *args: str):
+    """The trainer config ``ns-train METHOD ARGS`` trains with: tyro over the plugin's method specification (what
+    nerfstudio's ``tyro.cli`` does for the chosen subcommand)."""
+    import tyro
+    from cvd_scene_plugins.methods import cvd_scene_method, cvd_scene_nerf_method
+
+    spec = {"cvd-scene": cvd_scene_method, "cvd-scene-nerf": cvd_scene_nerf_method}[method].config
+    return tyro.cli(type(spec), default=spec, args=list(args))
+
+
+SCHEDULE_CASES = [("cvd-scene", 3000), ("cvd-scene", 1000), ("cvd-scene", 7), ("cvd-scene-nerf", 5000), ("cvd-scene-nerf", 1000)]
+
+
+@pytest.mark.parametrize(("method", "iterations"), SCHEDULE_CASES)
+def test_ns_train_and_cvd_scene_fit_train_with_the_same_schedule(method, iterations):
+    """``ns-train METHOD --max-num-iterations N`` and ``cvd-scene fit fit.iterations=N``: the same model config and
+    the same optimizers and learning-rate schedules, for the default count and others."""
+    from cvd_scene.fit.config import FitConfig
+    from cvd_scene.fit.train import trainer_config
+
+    ns = ns_train_config(method, "--max-num-iterations", str(iterations))
+    ours = trainer_config(Path("run"), Path("out"), FitConfig(method=method, iterations=iterations, device="cpu"))
+    assert ns.max_num_iterations == ours.max_num_iterations == iterations
+    assert ns.optimizers == ours.optimizers
+    for k in ("means", "camera_opt") if method == "cvd-scene" else ("fields", "proposal_networks"):
+        assert ns.optimizers[k]["scheduler"].max_steps == iterations
+    if method == "cvd-scene-nerf":  # nerfacto's own schedule, unscaled (the CPU fit only shrinks its fields)
+        for k in ("proposal_warmup", "proposal_update_every", "proposal_weights_anneal_max_num_iters"):
+            assert getattr(ns.pipeline.model, k) == getattr(ours.pipeline.model, k)
+    else:
+        assert ns.pipeline.model == ours.pipeline.model
+        fields = {k: getattr(ns.pipeline.model, k) for k in ns.pipeline.model.SCHEDULE_FIELDS}
+        written_for_3000 = {"warmup_length": 300, "stop_split_at": 2500, "stop_screen_size_at": 0,
+                            "resolution_schedule": 600, "sh_degree_interval": 1000}  # fmt: skip
+        assert fields == {k: max(1 if k in ("resolution_schedule", "sh_degree_interval") else 0, v * iterations // 3000)
+                          for k, v in written_for_3000.items()}  # fmt: skip
+
+
+def test_a_schedule_given_in_steps_of_the_fit_is_kept():
+    """``--schedule-iterations N`` with ``--max-num-iterations N``: the model's step counts are taken as given."""
+    ns = ns_train_config("cvd-scene", "--max-num-iterations", "1000", "--schedule-iterations", "1000",
+                         "--pipeline.model.warmup-length", "50")  # fmt: skip
+    assert ns.pipeline.model.warmup_length == 50 and ns.pipeline.model.stop_split_at == 2500
+    scaled = ns_train_config("cvd-scene", "--max-num-iterations", "1000", "--pipeline.model.warmup-length", "60")
+    assert scaled.pipeline.model.warmup_length == 20 and scaled.schedule_iterations == 1000
+
+
 def test_ns_train_cvd_scene_on_cpu(tiny_run, tmp_path):
     cmd = [
         str(NS_TRAIN), "cvd-scene", "--machine.device-type", "cpu", "--data", str(tiny_run),
@@ -336,6 +383,14 @@ def test_ns_train_cvd_scene_on_cpu(tiny_run, tmp_path):
     assert torch.load(ckpt, map_location="cpu")["step"] == 2  # torch's weights_only default, as ns-viewer loads it
     doc = json.loads((base / "dataparser_transforms.json").read_text())
     assert np.asarray(doc["transform"]).shape == (3, 4) and doc["scale"] > 0
+    # ns-train trained with the schedules `cvd-scene fit fit.iterations=3` trains with (scaled from 3000 steps).
+    from cvd_scene.fit.config import FitConfig
+    from cvd_scene.fit.train import trainer_config
+
+    saved = yaml.load((base / "config.yml").read_text(), Loader=yaml.Loader)
+    ours = trainer_config(tiny_run, tmp_path, FitConfig(iterations=3, device="cpu"))
+    assert saved.pipeline.model == ours.pipeline.model and saved.optimizers == ours.optimizers
+    assert saved.pipeline.model.stop_split_at == 2 and saved.optimizers["means"]["scheduler"].max_steps == 3
 
 
 def test_fit_command_both_methods_reduced(tiny_run, tmp_path, monkeypatch):

@@ -24,7 +24,8 @@ class FitConfig:
     method: Method = "cvd-scene"
     """nerfstudio method: ``cvd-scene`` (Gaussian splatting) or ``cvd-scene-nerf`` (NeRF)."""
     iterations: int = 3000
-    """Training iterations (densification and learning-rate schedules are sized to them)."""
+    """Training iterations (densification, resolution, SH and learning-rate schedules are scaled to them, as
+    ``ns-train cvd-scene --max-num-iterations`` scales them: :func:`cvd_scene.fit.methods.scaled_schedule`)."""
     time_budget_s: float | None = None
     """Stop training after this many seconds of wall-clock time and keep what was fitted (None: no limit)."""
     eval_every_k: int = 6

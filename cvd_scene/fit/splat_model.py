@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -47,6 +47,18 @@ log = logging.getLogger(__name__)
 @dataclass
 class CvdSplatModelConfig(SplatfactoModelConfig):
     """splatfacto's settings (defaults resized for short fits of generated views) plus the fields below."""
+
+    SCHEDULE_FIELDS: ClassVar[dict[str, int]] = {
+        "warmup_length": 0,
+        "stop_split_at": 0,
+        "stop_screen_size_at": 0,
+        "resolution_schedule": 1,
+        "sh_degree_interval": 1,
+    }
+    """The fields below that count steps of a 3000-iteration fit and scale with the iteration count
+    (:func:`cvd_scene.fit.methods.scaled_schedule`), with the least value each may take. ``refine_every`` and
+    ``reset_alpha_every`` stay: they count steps between refinements (about one pass over the views), not a share
+    of the fit."""
 
     _target: type = field(default_factory=lambda: CvdSplatModel)
     warmup_length: int = 300

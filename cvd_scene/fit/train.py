@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 
 
 def trainer_config(run_dir: Path, out_dir: Path, fit: FitConfig, seed: int = 0, reduced: bool = False):
-    """The nerfstudio ``TrainerConfig`` of the method ``fit.method`` for ``fit.iterations`` iterations, pointed at
-    ``run_dir``, writing under ``out_dir``, seeded with ``seed``; ``reduced``: the method's tiny configuration
-    (tests)."""
+    """The nerfstudio ``TrainerConfig`` of the method ``fit.method`` for ``fit.iterations`` iterations (schedules
+    scaled to them, as ``ns-train`` scales them), pointed at ``run_dir``, writing under ``out_dir``, seeded with
+    ``seed``; ``reduced``: the method's tiny configuration (tests)."""
     from cvd_scene.fit.methods import nerf_config, splat_config
 
     device = resolve_device(fit.device, "fit.device")
@@ -50,12 +50,6 @@ def trainer_config(run_dir: Path, out_dir: Path, fit: FitConfig, seed: int = 0, 
         model.max_gaussians = fit.max_gaussians
         model.appearance = fit.appearance
         model.max_train_seconds = fit.time_budget_s or 0.0
-        scale = max(fit.iterations, 1) / 3000.0  # schedules below are written for 3000 steps
-        if not reduced:
-            model.warmup_length = int(300 * scale)
-            model.stop_split_at = int(2500 * scale)
-            model.resolution_schedule = max(1, int(600 * scale))
-            model.sh_degree_interval = max(1, int(1000 * scale))
     else:  # cvd-scene-nerf (FitConfig allows no other method)
         config = nerf_config(max_steps=fit.iterations, eval_every_k=fit.eval_every_k, reduced=reduced)
         if device == "cpu" and not reduced:
