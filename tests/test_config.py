@@ -68,3 +68,44 @@ def test_every_shipped_preset_loads(name):
     cfg = load_config(RunConfig, "run", name)
     assert cfg.plan.num_videos >= 1 and cfg.fit.iterations > 0
     assert name in preset_names("run")
+
+
+FIT_AND_EXPORT_CASES = [
+    ("fit.iterations=0", ["fit", "iterations must be >= 1, got 0"]),
+    ("fit.eval_every_k=1", ["fit", "eval_every_k must be >= 2"]),
+    ("fit.sh_degree=4", ["fit", "sh_degree must be in [0, 3], got 4"]),
+    ("fit.threads=0", ["fit", "threads must be >= 1 or null"]),
+    ("fit.time_budget_s=.nan", ["fit", "time_budget_s", "nan"]),
+    ("fit.device=gpu", ["fit", "device must be auto, cpu, cuda or cuda:N, got 'gpu'"]),
+    ("fit.device=cuda:x", ["fit", "device", "'cuda:x'"]),
+    ("export.formats=[ply,plyy]", ["export", "unknown export format(s) ['plyy']"]),
+    ("export.formats=[]", ["export", "no export format given"]),
+    ("export.spz_versions=[3,5]", ["export", "spz_versions may hold 3 and 4, got [3, 5]"]),
+    ("export.max_splats=0", ["export", "max_splats must be >= 1 or null, got 0"]),
+    ("export.collider_max_triangles=0", ["export", "collider_max_triangles must be >= 1, got 0"]),
+    ("export.frame=sideways", ["export", "frame must be one of run, readers, got 'sideways'"]),
+    ("export.device=tpu", ["export", "device must be auto, cpu, cuda or cuda:N, got 'tpu'"]),
+]
+
+
+@pytest.mark.parametrize(("override", "words"), FIT_AND_EXPORT_CASES, ids=[c[0] for c in FIT_AND_EXPORT_CASES])
+def test_fit_and_export_settings_are_refused_when_the_config_is_loaded(override, words):
+    """Every check of the fit and export sections runs in their config's ``__post_init__``: a bad value is a
+    ConfigError naming the section and the key when the run config is loaded, before any stage could run."""
+    with pytest.raises(ConfigError) as e:
+        load_config(RunConfig, "run", "demo", parse_overrides([override]))
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
+def test_fit_and_export_configs_normalise_and_accept_every_device_spelling():
+    from cvd_scene.export.config import ExportConfig
+    from cvd_scene.fit.config import FitConfig
+
+    assert ExportConfig(formats=["PLY", " splat", "ply"]).formats == ["ply", "splat"]
+    for device in ("auto", "cpu", "cuda", "cuda:1"):
+        assert FitConfig(device=device).device == ExportConfig(device=device).device == device
+    with pytest.raises(ValueError, match="method must be cvd-scene or cvd-scene-nerf, got 'nerfacto'"):
+        FitConfig(method="nerfacto")
+    with pytest.raises(ValueError, match="appearance must be none, per-frame, per-video, got 'per-pixel'"):
+        FitConfig(appearance="per-pixel")

@@ -524,7 +524,8 @@ def look_around_cameras(num_videos: int = 2, num_frames: int = 5, size: int = 32
 
 
 def test_nonfinite_splats_are_removed_and_counted(tmp_path):
-    from cvd_scene.export.pipeline import ExportOptions, export_gaussians
+    from cvd_scene.export.config import ExportConfig
+    from cvd_scene.export.pipeline import export_gaussians
 
     g = random_gaussians(200, 3)
     g.means[3, 1] = np.nan
@@ -532,7 +533,7 @@ def test_nonfinite_splats_are_removed_and_counted(tmp_path):
     g.sh_rest[20, 2, 1] = -np.inf
     g.log_scales[20, 0] = np.nan  # one splat bad in two fields: counted once
     g.quats_wxyz[30] = 0.0  # degenerate but finite: fixed to the identity, kept
-    report = export_gaussians(g, tmp_path, ExportOptions(formats=("ply", "spz")))
+    report = export_gaussians(g, tmp_path, ExportConfig(formats=("ply", "spz")))
     s = report["splats"]
     assert (s["in"], s["nonfinite_removed"], s["out"], s["zero_rotation_fixed"]) == (200, 3, 197, 1)
     assert s["nonfinite_by_field"] == {"means": 1, "log_scales": 1, "opacity_logits": 1, "sh_rest": 1}
@@ -789,11 +790,12 @@ def test_mesh_from_splats_rendered_with_the_fit_rasteriser():
 def test_nerf_fit_exports_mesh_and_coloured_points(tmp_path):
     from plyfile import PlyData
 
-    from cvd_scene.export.pipeline import ExportOptions, export_views
+    from cvd_scene.export.config import ExportConfig
+    from cvd_scene.export.pipeline import export_views
 
     views = room_views()
     report = export_views(
-        views, tmp_path, ExportOptions(mesh_voxel_m=0.1, mesh_max_triangles=2000, point_cloud_max_points=5000)
+        views, tmp_path, ExportConfig(mesh_voxel_m=0.1, mesh_max_triangles=2000, point_cloud_max_points=5000)
     )
     assert set(report["files"]) == {"mesh", "collider", "points"}
     assert set(report["skipped"]) == {"ply", "splat", "spz", "glb", "sog", "cply", "viewer"}

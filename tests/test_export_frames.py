@@ -21,8 +21,9 @@ from cvd_scene.export.axes import (
     readers_from_run,
     run_from_readers,
 )
+from cvd_scene.export.config import ExportConfig
 from cvd_scene.export.gltf import read_khr_glb
-from cvd_scene.export.pipeline import ExportOptions, export_gaussians, write_report
+from cvd_scene.export.pipeline import export_gaussians, write_report
 from cvd_scene.export.ply import ply_frame, read_ply, write_ply
 from cvd_scene.export.splat import read_splat
 from cvd_scene.export.spz import read_spz
@@ -136,7 +137,7 @@ def test_turned_scene_renders_the_same_from_the_turned_camera():
 
 def test_export_writes_splat_files_in_the_readers_frame_and_glb_in_the_run_world(tmp_path):
     g = random_gaussians(150, 15, seed=9)
-    options = ExportOptions(formats=("ply", "splat", "spz", "glb"), spz_versions=(3,))
+    options = ExportConfig(formats=("ply", "splat", "spz", "glb"), spz_versions=(3,))
     report = export_gaussians(g, tmp_path / "out", options, source={"path": "test"})
     write_report(tmp_path / "out", report)
     out = tmp_path / "out"
@@ -164,11 +165,11 @@ def test_export_writes_splat_files_in_the_readers_frame_and_glb_in_the_run_world
 
 def test_frame_run_writes_the_raw_world(tmp_path):
     g = random_gaussians(40, 3, seed=10)
-    report = export_gaussians(g, tmp_path, ExportOptions(formats=("ply",), frame=RUN))
+    report = export_gaussians(g, tmp_path, ExportConfig(formats=("ply",), frame=RUN))
     np.testing.assert_array_equal(read_ply(tmp_path / "scene.ply").means, g.means)
     assert ply_frame(tmp_path / "scene.ply") == RUN and report["files"]["ply"]["frame"] == RUN
     with pytest.raises(ValueError, match="'sideways'"):
-        ExportOptions(frame="sideways")
+        ExportConfig(frame="sideways")
 
 
 def test_export_from_keeps_ply_and_turns_between_glb_and_splat_files(tmp_path):
@@ -197,7 +198,7 @@ def test_splat_transform_turns_our_ply_into_our_glb(tmp_path):
     """splat-transform reads a PLY in the readers' frame and writes glTF Y-up (a 180-degree turn about z), so
     its GLB of our scene.ply is our scene_khr.glb, up to float rounding, SH included (its own SH rotation)."""
     g = random_gaussians(120, 15, seed=13)
-    export_gaussians(g, tmp_path, ExportOptions(formats=("ply", "glb")))
+    export_gaussians(g, tmp_path, ExportConfig(formats=("ply", "glb")))
     run_splat_transform(str(tmp_path / "scene.ply"), str(tmp_path / "theirs.glb"))
     theirs, ours = read_khr_glb(tmp_path / "theirs.glb"), read_khr_glb(tmp_path / "scene_khr.glb")
     np.testing.assert_allclose(theirs.means, ours.means, atol=1e-5)
@@ -221,7 +222,7 @@ def test_sog_and_compressed_ply_come_from_splat_transform_in_the_readers_frame(t
 
     require_splat_transform()
     g = random_gaussians(200, 3, seed=14)
-    report = export_gaussians(g, tmp_path, ExportOptions(formats=("ply", fmt)))
+    report = export_gaussians(g, tmp_path, ExportConfig(formats=("ply", fmt)))
     ply = read_ply(tmp_path / "scene.ply")
     name = {"sog": "scene.sog", "cply": "scene.compressed.ply"}[fmt]
     assert report["files"][fmt]["file"] == name and report["files"][fmt]["frame"] == READERS
@@ -234,6 +235,6 @@ def test_sog_and_compressed_ply_come_from_splat_transform_in_the_readers_frame(t
     monkeypatch.setattr(splat_transform, "REPO_TOOL", tmp_path / "absent")
     monkeypatch.setenv(splat_transform.ENV_VARIABLE, str(tmp_path / "absent"))
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # node stays findable, splat-transform not
-    report = export_gaussians(g, tmp_path / "none", ExportOptions(formats=("ply", fmt)))
+    report = export_gaussians(g, tmp_path / "none", ExportConfig(formats=("ply", fmt)))
     assert set(report["files"]) == {"ply"} and set(report["skipped"]) == {fmt}
     assert "splat-transform" in report["skipped"][fmt]

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cvd_scene.export.config import ExportConfig
 from cvd_scene.export.gltf import read_accessor, read_glb, srgb_to_linear
 from cvd_scene.export.mesh import UNLIT, View, fuse_tsdf, raycast_depth, simplify_mesh, view_coverage
-from cvd_scene.export.pipeline import ExportOptions, export_views
+from cvd_scene.export.pipeline import export_views
 from tests.test_export import gltf_validate
 
 
@@ -63,7 +64,7 @@ def test_raycast_depth_of_a_plane_is_its_z_depth():
 
 def test_mesh_glb_looks_like_the_scene_and_the_collider_hits_the_depth(room_run, tmp_path):
     views = gt_views(room_run)
-    options = ExportOptions(formats=("mesh",), mesh_voxel_m=0.05, collider_max_triangles=3000)
+    options = ExportConfig(formats=("mesh",), mesh_voxel_m=0.05, collider_max_triangles=3000)
     report = export_views(views, tmp_path, options)
     # mesh.glb: validator clean, unlit with a non-metal fallback, linear colours, unit normals
     for name in ("mesh.glb", "collider.glb"):
@@ -139,7 +140,7 @@ def test_mesh_glb_in_threejs_shows_the_first_view(room_run, tmp_path):
         pytest.skip(f"{NODE_MODULES / 'three'} is missing (scripts/install.sh installs three)")
     views = gt_views(room_run)
     site = tmp_path / "site"
-    export_views(views, site, ExportOptions(formats=("mesh",), mesh_voxel_m=0.05))
+    export_views(views, site, ExportConfig(formats=("mesh",), mesh_voxel_m=0.05))
     (site / "mesh_view.html").write_bytes((REPO / "tests" / "tools" / "mesh_view.html").read_bytes())
     (site / "node_modules").symlink_to(NODE_MODULES)
     cams = read_cameras_json(room_run / "plan" / "cameras.json")

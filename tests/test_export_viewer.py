@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvd_scene.export.pipeline import ExportOptions, export_gaussians
+from cvd_scene.export.config import ExportConfig
+from cvd_scene.export.pipeline import export_gaussians
 from cvd_scene.export.serve import make_server, server_url
 from cvd_scene.gaussians import SH_C0, Gaussians
 from tests.browser import chromium
@@ -61,13 +62,13 @@ def test_viewer_html_inlines_the_scene_and_the_flythrough(tmp_path):
     require_splat_transform()
     settings = supersplat_viewer_settings(look_around_cameras(num_videos=2, num_frames=4), fps=10.0)
     report = export_gaussians(
-        random_gaussians(300, 3), tmp_path, ExportOptions(formats=("ply", "viewer")), viewer_settings=settings
+        random_gaussians(300, 3), tmp_path, ExportConfig(formats=("ply", "viewer")), viewer_settings=settings
     )
     page = (tmp_path / "viewer.html").read_text(errors="replace")
     assert report["files"]["viewer"]["frame"] == "readers" and report["files"]["viewer"]["bytes"] > 1_000_000
     assert "planned flythrough" in page and "immersive-vr" in page  # the path, and WebXR's VR session type
     assert "<script" in page and 'src="http' not in page  # self-contained: nothing fetched from elsewhere
-    report = export_gaussians(random_gaussians(30, 0), tmp_path / "run", ExportOptions(formats=("viewer",), frame="run"))
+    report = export_gaussians(random_gaussians(30, 0), tmp_path / "run", ExportConfig(formats=("viewer",), frame="run"))
     assert "readers' frame" in report["skipped"]["viewer"]
 
 
@@ -248,7 +249,7 @@ def depth_room(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("viewers")
     make_run(root / "run", num_videos=2, num_frames=4, size=96, points_per_frame=10)
-    options = ExportOptions(formats=("ply", "splat", "spz"), spz_versions=(3,))
+    options = ExportConfig(formats=("ply", "splat", "spz"), spz_versions=(3,))
     export_gaussians(splats_from_depth(root / "run"), root / "export", options)
     return root
 
@@ -267,7 +268,7 @@ def test_viewer_html_opens_upright_at_the_first_planned_camera(depth_room, tmp_p
     run = depth_room / "run"
     cams = read_cameras_json(run / "plan" / "cameras.json")
     export_gaussians(
-        splats_from_depth(run), tmp_path / "export", ExportOptions(formats=("ply", "viewer")),
+        splats_from_depth(run), tmp_path / "export", ExportConfig(formats=("ply", "viewer")),
         viewer_settings=supersplat_viewer_settings(cams),
     )  # fmt: skip
     shot = tmp_path / "shot.png"

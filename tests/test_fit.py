@@ -4,7 +4,7 @@ configurations through ``cvd-scene fit`` on a tiny reference run folder (CPU).""
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import math
 import os
@@ -167,6 +167,64 @@ def test_rasterize_on_cpu_uses_the_torch_path_and_feeds_gsplat_strategy(monkeypa
         raster.rasterize(means, quats, scales, opac, colors, viewmats, Ks, 24, 20, backend="gsplat")
 
 
+def _strategy_step(strategy, opacities: torch.Tensor, seed: int = 4) -> int:
+    """One refinement step of ``strategy`` on 50 Gaussians rendered on the CPU; returns how many remain."""
+    means, quats, scales, _, colors, viewmats, Ks = random_scene(50, 24, 20, seed=seed, dtype=torch.float32)
+    params = {
+        "means": torch.nn.Parameter(means),
+        "scales": torch.nn.Parameter(torch.log(scales)),
+        "quats": torch.nn.Parameter(quats),
+        "opacities": torch.nn.Parameter(torch.logit(opacities)),
+    }
+    optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in params.items()}
+    state = strategy.initialize_state()
+    render, _, info = raster.rasterize(
+        params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
+        colors, viewmats, Ks, 24, 20, render_mode="RGB+ED", absgrad=True,
+    )  # fmt: skip
+    strategy.step_pre_backward(params, optimizers, state, 1, info)
+    (render[..., :3].sum() + render[..., 3].mean()).backward()
+    torch.manual_seed(0)  # splitting samples new positions
+    strategy.step_post_backward(params, optimizers, state, 1, info)
+    assert all(len(p) == len(params["means"]) for p in params.values())
+    assert all(o.param_groups[0]["params"][0] is params[k] for k, o in optimizers.items())
+    return len(params["means"])
+
+
+@pytest.mark.parametrize(("cap", "grows"), [(0, True), (1000, True), (51, True), (50, False), (20, False)])
+def test_gaussian_cap_skips_gsplats_grow_step_and_keeps_pruning(cap, grows):
+    """The cap as a gsplat strategy: below it the step is gsplat's own DefaultStrategy step (as many Gaussians after it);
+    at or above it nothing is duplicated or split, and pruning still removes the transparent ones."""
+    from gsplat.strategy import DefaultStrategy
+
+    from cvd_scene.fit.splat_model import CappedDefaultStrategy
+
+    opacities = torch.full((50,), 0.5)
+    opacities[:5] = 0.001  # below prune_opa (0.005): pruned at the step
+    settings = {"refine_start_iter": 0, "refine_every": 1, "absgrad": True, "grow_grad2d": 0.0, "verbose": False}
+    plain = _strategy_step(DefaultStrategy(**settings), opacities)
+    capped = _strategy_step(CappedDefaultStrategy(max_gaussians=cap, **settings), opacities)
+    assert plain > 50
+    assert capped == (plain if grows else 45)
+
+
+def test_the_fit_config_is_what_the_trainer_config_is_built_from():
+    from cvd_scene.fit.config import FitConfig
+    from cvd_scene.fit.train import trainer_config
+
+    fit = FitConfig(
+        iterations=40, time_budget_s=12.5, eval_every_k=4, device="cpu", sh_degree=2, max_gaussians=1234,
+        num_random_points=7, appearance="per-video",
+    )  # fmt: skip
+    config = trainer_config(Path("run"), Path("out"), fit, seed=3)
+    model = config.pipeline.model
+    assert (model.sh_degree, model.max_gaussians, model.num_random_points, model.appearance) == (2, 1234, 7, "per-video")
+    assert model.max_train_seconds == 12.5 and config.max_num_iterations == config.steps_per_save == 40
+    assert config.pipeline.datamanager.dataparser.eval_every_k == 4
+    assert config.machine.device_type == "cpu" and config.machine.seed == 3
+    assert trainer_config(Path("run"), Path("out"), FitConfig(device="cpu")).pipeline.model.max_train_seconds == 0
+
+
 def test_expected_depth_of_an_opaque_plane():
     # A wall of flat opaque Gaussians at z = 2: the expected depth is 2 wherever alpha is high.
     xs, ys = torch.meshgrid(torch.linspace(-2.5, 2.5, 41), torch.linspace(-2.5, 2.5, 41), indexing="ij")
@@ -263,6 +321,53 @@ def test_ns_train_lists_both_methods():
     assert "cvd-scene-nerf" in out.stdout and "{cvd-scene," in out.stdout.replace(" ", "")
 
 
+def ns_train_config(method: str, *args: str):
+    """The trainer config ``ns-train METHOD ARGS`` trains with: tyro over the plugin's method specification (what
+    nerfstudio's ``tyro.cli`` does for the chosen subcommand)."""
+    import tyro
+    from cvd_scene_plugins.methods import cvd_scene_method, cvd_scene_nerf_method
+
+    spec = {"cvd-scene": cvd_scene_method, "cvd-scene-nerf": cvd_scene_nerf_method}[method].config
+    return tyro.cli(type(spec), default=spec, args=list(args))
+
+
+SCHEDULE_CASES = [("cvd-scene", 3000), ("cvd-scene", 1000), ("cvd-scene", 7), ("cvd-scene-nerf", 5000), ("cvd-scene-nerf", 1000)]
+
+
+@pytest.mark.parametrize(("method", "iterations"), SCHEDULE_CASES)
+def test_ns_train_and_cvd_scene_fit_train_with_the_same_schedule(method, iterations):
+    """``ns-train METHOD --max-num-iterations N`` and ``cvd-scene fit fit.iterations=N``: the same model config and
+    the same optimizers and learning-rate schedules, for the default count and others."""
+    from cvd_scene.fit.config import FitConfig
+    from cvd_scene.fit.train import trainer_config
+
+    ns = ns_train_config(method, "--max-num-iterations", str(iterations))
+    ours = trainer_config(Path("run"), Path("out"), FitConfig(method=method, iterations=iterations, device="cpu"))
+    assert ns.max_num_iterations == ours.max_num_iterations == iterations
+    assert ns.optimizers == ours.optimizers
+    for k in ("means", "camera_opt") if method == "cvd-scene" else ("fields", "proposal_networks"):
+        assert ns.optimizers[k]["scheduler"].max_steps == iterations
+    if method == "cvd-scene-nerf":  # nerfacto's own schedule, unscaled (the CPU fit only shrinks its fields)
+        for k in ("proposal_warmup", "proposal_update_every", "proposal_weights_anneal_max_num_iters"):
+            assert getattr(ns.pipeline.model, k) == getattr(ours.pipeline.model, k)
+    else:
+        assert ns.pipeline.model == ours.pipeline.model
+        fields = {k: getattr(ns.pipeline.model, k) for k in ns.pipeline.model.SCHEDULE_FIELDS}
+        written_for_3000 = {"warmup_length": 300, "stop_split_at": 2500, "stop_screen_size_at": 0,
+                            "resolution_schedule": 600, "sh_degree_interval": 1000}  # fmt: skip
+        assert fields == {k: max(1 if k in ("resolution_schedule", "sh_degree_interval") else 0, v * iterations // 3000)
+                          for k, v in written_for_3000.items()}  # fmt: skip
+
+
+def test_a_schedule_given_in_steps_of_the_fit_is_kept():
+    """``--schedule-iterations N`` with ``--max-num-iterations N``: the model's step counts are taken as given."""
+    ns = ns_train_config("cvd-scene", "--max-num-iterations", "1000", "--schedule-iterations", "1000",
+                         "--pipeline.model.warmup-length", "50")  # fmt: skip
+    assert ns.pipeline.model.warmup_length == 50 and ns.pipeline.model.stop_split_at == 2500
+    scaled = ns_train_config("cvd-scene", "--max-num-iterations", "1000", "--pipeline.model.warmup-length", "60")
+    assert scaled.pipeline.model.warmup_length == 20 and scaled.schedule_iterations == 1000
+
+
 def test_ns_train_cvd_scene_on_cpu(tiny_run, tmp_path):
     cmd = [
         str(NS_TRAIN), "cvd-scene", "--machine.device-type", "cpu", "--data", str(tiny_run),
@@ -278,6 +383,14 @@ def test_ns_train_cvd_scene_on_cpu(tiny_run, tmp_path):
     assert torch.load(ckpt, map_location="cpu")["step"] == 2  # torch's weights_only default, as ns-viewer loads it
     doc = json.loads((base / "dataparser_transforms.json").read_text())
     assert np.asarray(doc["transform"]).shape == (3, 4) and doc["scale"] > 0
+    # ns-train trained with the schedules `cvd-scene fit fit.iterations=3` trains with (scaled from 3000 steps).
+    from cvd_scene.fit.config import FitConfig
+    from cvd_scene.fit.train import trainer_config
+
+    saved = yaml.load((base / "config.yml").read_text(), Loader=yaml.Loader)
+    ours = trainer_config(tiny_run, tmp_path, FitConfig(iterations=3, device="cpu"))
+    assert saved.pipeline.model == ours.pipeline.model and saved.optimizers == ours.optimizers
+    assert saved.pipeline.model.stop_split_at == 2 and saved.optimizers["means"]["scheduler"].max_steps == 3
 
 
 def test_fit_command_both_methods_reduced(tiny_run, tmp_path, monkeypatch):
@@ -286,7 +399,7 @@ def test_fit_command_both_methods_reduced(tiny_run, tmp_path, monkeypatch):
     from cvd_scene.fit import train
 
     make_config = train.trainer_config  # the methods' tiny configurations
-    monkeypatch.setattr(train, "trainer_config", lambda r, o, s: make_config(r, o, dataclasses.replace(s, reduced=True)))
+    monkeypatch.setattr(train, "trainer_config", functools.partial(make_config, reduced=True))
     for method in ("cvd-scene", "cvd-scene-nerf"):
         run_dir = tmp_path / method
         shutil.copytree(tiny_run, run_dir)

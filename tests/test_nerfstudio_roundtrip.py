@@ -4,7 +4,7 @@ unrelated working directory while the original is still there."""
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -30,7 +30,7 @@ def fitted_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("ns") / "run"
     make_run(run, num_videos=2, num_frames=6, size=32, points_per_frame=60)
     make_config = train.trainer_config
-    train.trainer_config = lambda r, o, s: make_config(r, o, dataclasses.replace(s, reduced=True))
+    train.trainer_config = functools.partial(make_config, reduced=True)
     try:
         assert cli.main(["fit", str(run), "--iterations", "2", "--quiet"]) == 0
     finally:

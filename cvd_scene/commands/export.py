@@ -60,7 +60,6 @@ def export_file(
     from cvd_scene.config import from_dict, merge, to_dict
     from cvd_scene.export.config import ExportConfig
     from cvd_scene.export.pipeline import export_gaussians, planned_files, write_report
-    from cvd_scene.export.run import export_options
 
     data = merge(to_dict(ExportConfig()), overrides.get("export", {}))
     if formats is not None:
@@ -70,7 +69,7 @@ def export_file(
     if frame is not None:
         data["frame"] = frame
     try:
-        options = export_options(from_dict(ExportConfig, data, prefix="export"))
+        config = from_dict(ExportConfig, data, prefix="export")
     except ValueError as e:
         raise CliError(str(e)) from None
     if out.exists() and not out.is_dir():
@@ -78,7 +77,7 @@ def export_file(
     above = next((p for p in out.parents if p.exists()), None)
     if above is not None and not above.is_dir():
         raise CliError(f"--out {out}: {above} is a file, so no folder can be made under it")
-    targets = [out / name for name in planned_files(options, has_gaussians=True, with_camera_path=False)]
+    targets = [out / name for name in planned_files(config, has_gaussians=True, with_camera_path=False)]
     existing = [p for p in targets if p.exists()]
     if existing and not overwrite:
         raise CliError(
@@ -95,7 +94,7 @@ def export_file(
     try:
         try:
             report = export_gaussians(
-                gaussians, out, options, source={"path": str(source.resolve()), "splats": len(gaussians)},
+                gaussians, out, config, source={"path": str(source.resolve()), "splats": len(gaussians)},
                 input_frame=frame_in,
             )  # fmt: skip
             write_report(out, report)

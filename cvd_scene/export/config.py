@@ -1,8 +1,32 @@
-"""The export stage's config, :class:`ExportConfig` (``export:`` in a run config)."""
+"""The export stage's config, :class:`ExportConfig` (``export:`` in a run config), and the export format names.
+
+The library functions of the export package take this config; every check of its values is in
+:meth:`ExportConfig.__post_init__`, so a bad value is refused when the config is loaded. Pure Python.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+SPLAT_FORMATS = ("ply", "splat", "spz", "glb", "sog", "cply", "viewer")
+"""Formats that need Gaussians (``sog``, ``cply`` (compressed PLY) and ``viewer`` (viewer.html) through
+splat-transform when it is installed)."""
+FORMATS = (*SPLAT_FORMATS, "mesh")
+"""Every format name ``--formats`` accepts."""
+SPZ_VERSIONS = (3, 4)
+"""SPZ versions the exporter writes."""
+
+
+def parse_formats(formats: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Format names from ``"ply,splat"`` or a list; unknown names raise ``ValueError`` naming them."""
+    items = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats)]
+    items = [f for f in items if f]
+    unknown = [f for f in items if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown export format(s) {unknown}; formats are {', '.join(FORMATS)}")
+    if not items:
+        raise ValueError(f"no export format given; formats are {', '.join(FORMATS)}")
+    return tuple(dict.fromkeys(items))
 
 
 @dataclass(kw_only=True)
@@ -32,7 +56,7 @@ class ExportConfig:
     mesh_render_size_px: int = 192
     """Size of the depth views rendered from the splats for the mesh when the fit left no views."""
     device: str = "auto"
-    """Device that renders those views: ``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    """Device that renders those views: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
     camera_path_fps: float = 30.0
     """Frame rate of ``camera_path.json``."""
     camera_path_transition_s: float = 1.0
@@ -44,13 +68,18 @@ class ExportConfig:
     what 3DGS viewers assume) or ``run`` (the run's Y-up world as it is). glTF files are always in the run's world."""
 
     def __post_init__(self) -> None:
+        """Every check of the export settings (``ValueError`` names the key); ``formats`` normalised (lower case,
+        no repeats)."""
         from cvd_scene.config import check_fields
+        from cvd_scene.devices import check_device
+        from cvd_scene.export.axes import check_frame
 
         check_fields(
             self,
             {
                 "max_splats": ">= 1 or null",
                 "mesh_max_triangles": ">= 1",
+                "collider_max_triangles": ">= 1",
                 "mesh_voxel_m": "> 0 or null",
                 "mesh_min_views": ">= 0",
                 "mesh_render_size_px": "in [8, 8192]",
@@ -59,5 +88,8 @@ class ExportConfig:
                 "point_cloud_max_points": ">= 1",
             },
         )
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        self.formats = list(parse_formats(self.formats))
+        if any(v not in SPZ_VERSIONS for v in self.spz_versions):
+            raise ValueError(f"spz_versions may hold 3 and 4, got {list(self.spz_versions)}")
+        check_frame(self.frame, "frame")
+        check_device(self.device, "device")

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cvd_scene.cameras import Cameras, intrinsics_from_fov, invert_rigid, look_at
+from cvd_scene.devices import resolve_device
 from cvd_scene.gaussians import Gaussians
 from cvd_scene.runfolder import RunLayout
 
@@ -145,8 +146,9 @@ def render_views_from_gaussians(
     gaussians: Gaussians, cameras: Cameras, alpha_min: float = 0.5, batch: int = 4, device: str = "auto"
 ) -> list[View]:
     """Colour and expected depth of ``gaussians`` at every camera, with :func:`cvd_scene.fit.raster.rasterize`
-    (gsplat on ``cuda``, the pure-torch rasteriser on ``cpu``; ``auto``: CUDA when present); pixels with
-    accumulated alpha below ``alpha_min`` get no depth."""
+    (gsplat on CUDA, the pure-torch rasteriser on the CPU; ``device`` is read by
+    :func:`cvd_scene.devices.resolve_device`, ``auto``: CUDA when present); pixels with accumulated alpha below
+    ``alpha_min`` get no depth."""
     import torch
 
     from cvd_scene.logs import track
@@ -158,8 +160,7 @@ def render_views_from_gaussians(
 
     g = gaussians
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device, "export.device")
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=device)

@@ -7,7 +7,7 @@ fit): the mesh GLB and a coloured point cloud. Each run writes ``report.json``: 
 each file, splat counts, bounding box, mesh statistics, timings.
 
 Frames (:mod:`cvd_scene.export.axes`): the splats are handled in the run's world; PLY, ``.splat`` and SPZ are
-turned into the frame their readers assume (``ExportOptions.frame``, default ``readers``: 180 degrees about z)
+turned into the frame their readers assume (``ExportConfig.frame``, default ``readers``: 180 degrees about z)
 right before they are written; glTF files (KHR splats, mesh) stay in the run's world, as glTF defines.
 
 Pure functions over arrays and paths; heavy libraries (open3d, trimesh, torch) only inside the mesh functions.
@@ -19,15 +19,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cvd_scene.cameras import Cameras
-from cvd_scene.export.axes import FRAMES, READERS, RUN, check_frame, convert
+from cvd_scene.export.axes import FRAMES, READERS, RUN, convert
 from cvd_scene.export.budget import clean_and_budget
+from cvd_scene.export.config import SPLAT_FORMATS, ExportConfig
 from cvd_scene.gaussians import Gaussians
 from cvd_scene.runfolder import EXPORT_FILES
 
@@ -36,64 +36,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SPLAT_FORMATS = ("ply", "splat", "spz", "glb", "sog", "cply", "viewer")
-"""Formats that need Gaussians (``sog``, ``cply`` (compressed PLY) and ``viewer`` (viewer.html) through
-splat-transform when it is installed)."""
-FORMATS = (*SPLAT_FORMATS, "mesh")
-"""Every format name ``--formats`` accepts."""
 FILE_NAMES = EXPORT_FILES
 """File written for each output, inside the export folder (:data:`cvd_scene.runfolder.EXPORT_FILES`)."""
 REPORT_FORMAT = "cvd-scene/export-report"
 
 
-@dataclass(kw_only=True)
-class ExportOptions:
-    """What to export and how (the export stage's config carries the same fields)."""
-
-    formats: tuple[str, ...] = FORMATS
-    max_splats: int | None = None
-    spz_versions: tuple[int, ...] = (3, 4)
-    mesh_max_triangles: int = 200_000
-    mesh_voxel_m: float | None = None
-    mesh_render_size_px: int = 192
-    device: str = "auto"
-    mesh_min_weight: float = 0.5
-    point_cloud_max_points: int = 500_000
-    collider_max_triangles: int = 20_000
-    """Triangle budget of ``collider.glb`` (written with the mesh)."""
-    frame: str = READERS
-    """Frame of the PLY, ``.splat`` and SPZ files: ``readers`` (what 3DGS viewers assume) or ``run``."""
-
-    def __post_init__(self) -> None:
-        check_frame(self.frame, "export frame")
-
-
-def parse_formats(formats: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """Format names from ``"ply,splat"`` or a list; unknown names raise ``ValueError`` naming them."""
-    items = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats)]
-    items = [f for f in items if f]
-    unknown = [f for f in items if f not in FORMATS]
-    if unknown:
-        raise ValueError(f"unknown export format(s) {unknown}; formats are {', '.join(FORMATS)}")
-    if not items:
-        raise ValueError(f"no export format given; formats are {', '.join(FORMATS)}")
-    return tuple(dict.fromkeys(items))
-
-
-def planned_files(options: ExportOptions, has_gaussians: bool, with_camera_path: bool) -> list[str]:
-    """Names of the files an export with ``options`` writes (to check for existing files first)."""
+def planned_files(config: ExportConfig, has_gaussians: bool, with_camera_path: bool) -> list[str]:
+    """Names of the files an export with ``config`` writes (to check for existing files first)."""
     from cvd_scene.export.splat_transform import splat_transform_exe
     from cvd_scene.export.spz import zstd_available
 
     names = []
-    for fmt in options.formats:
+    for fmt in config.formats:
         if fmt in SPLAT_FORMATS and not has_gaussians:
             continue
         if fmt in ("sog", "cply", "viewer") and splat_transform_exe() is None:
             continue
         if fmt == "spz":
-            names += [FILE_NAMES["spz"]] if 3 in options.spz_versions else []
-            names += [FILE_NAMES["spz4"]] if 4 in options.spz_versions and zstd_available() else []
+            names += [FILE_NAMES["spz"]] if 3 in config.spz_versions else []
+            names += [FILE_NAMES["spz4"]] if 4 in config.spz_versions and zstd_available() else []
         else:
             names.append(FILE_NAMES[fmt])
         if fmt == "mesh":
@@ -128,7 +89,7 @@ def _file_entry(path: Path, kind: str, seconds: float, **more) -> dict:
 def export_gaussians(
     gaussians: Gaussians,
     out_dir: str | os.PathLike,
-    options: ExportOptions,
+    config: ExportConfig,
     cameras: Cameras | None = None,
     views: list | None = None,
     source: dict | None = None,
@@ -140,7 +101,7 @@ def export_gaussians(
     ``gaussians`` are in ``input_frame`` (``run``: a fit; ``readers``: a PLY, ``.splat`` or SPZ from elsewhere).
     ``cameras`` (registered or planned, run's world) weigh splats for the budget; ``views`` (depth + colour)
     feed the mesh, which otherwise is fused from views rendered from the splats. PLY, ``.splat`` and SPZ are
-    written in ``options.frame``, glTF in the run's world. ``viewer_settings`` (SuperSplat settings, e.g. the
+    written in ``config.frame``, glTF in the run's world. ``viewer_settings`` (SuperSplat settings, e.g. the
     planned flythrough) go into ``viewer.html``.
     """
     from cvd_scene.export.gltf import write_khr_glb
@@ -151,7 +112,7 @@ def export_gaussians(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    g, counts = clean_and_budget(convert(gaussians, input_frame, RUN), options.max_splats, cameras)
+    g, counts = clean_and_budget(convert(gaussians, input_frame, RUN), config.max_splats, cameras)
     files: dict[str, dict] = {}
     skipped: dict[str, str] = {}
     timings = {"clean_and_budget": round(time.perf_counter() - t0, 3)}
@@ -159,34 +120,34 @@ def export_gaussians(
     def timed(key: str, kind: str, fn, name: str, **more) -> None:
         t = time.perf_counter()
         path = fn(out_dir / name)
-        frame = RUN if key == "glb" else options.frame
+        frame = RUN if key == "glb" else config.frame
         files[key] = _file_entry(path, kind, time.perf_counter() - t, frame=frame, **more)
 
     # The master is written first; every other format is converted from these same splats. The splat formats
     # get them turned into their readers' frame (exactly back into the input's bytes when that was the frame).
-    splat_frame = options.frame
+    splat_frame = config.frame
     turned = convert(g, RUN, splat_frame)
-    if "ply" in options.formats:
+    if "ply" in config.formats:
         timed(
             "ply", "3dgs-ply (Inria, binary little-endian)",
             lambda p: write_ply(turned, p, frame=splat_frame), FILE_NAMES["ply"],
         )  # fmt: skip
-    if "splat" in options.formats:
+    if "splat" in config.formats:
         timed("splat", "antimatter15 .splat", lambda p: write_splat(turned, p), FILE_NAMES["splat"])
-    if "spz" in options.formats:
-        for version in options.spz_versions:
+    if "spz" in config.formats:
+        for version in config.spz_versions:
             if version == 4 and not zstd_available():
                 skipped["spz4"] = "SPZ v4 needs the zstandard package (pip install zstandard)"
                 continue
             name = FILE_NAMES["spz"] if version == 3 else FILE_NAMES["spz4"]
             key = "spz" if version == 3 else "spz4"
             timed(key, f"spz v{version}", lambda p, v=version: write_spz(turned, p, version=v), name)
-    if "glb" in options.formats:
+    if "glb" in config.formats:
         timed("glb", "glTF KHR_gaussian_splatting", lambda p: write_khr_glb(g, p), FILE_NAMES["glb"])
-    _write_with_splat_transform(turned, out_dir, options, files, skipped, timed, viewer_settings)
+    _write_with_splat_transform(turned, out_dir, config, files, skipped, timed, viewer_settings)
     mesh_info = None
-    if "mesh" in options.formats:
-        mesh_info = _write_mesh(g, views, out_dir, options, files)
+    if "mesh" in config.formats:
+        mesh_info = _write_mesh(g, views, out_dir, config, files)
     ply_bytes = files["ply"]["bytes"] if "ply" in files else None
     if ply_bytes:
         for entry in files.values():
@@ -209,7 +170,7 @@ def export_gaussians(
 
 
 def _write_with_splat_transform(
-    turned: Gaussians, out_dir: Path, options: ExportOptions, files: dict, skipped: dict, timed,
+    turned: Gaussians, out_dir: Path, config: ExportConfig, files: dict, skipped: dict, timed,
     viewer_settings: dict | None,
 ) -> None:  # fmt: skip
     """SOG, compressed PLY and viewer.html converted by splat-transform from the PLY (the one written, else a
@@ -220,14 +181,14 @@ def _write_with_splat_transform(
     from cvd_scene.export import splat_transform
     from cvd_scene.export.ply import write_ply
 
-    wanted = [f for f in ("sog", "cply", "viewer") if f in options.formats]
+    wanted = [f for f in ("sog", "cply", "viewer") if f in config.formats]
     if "viewer" in wanted and len(turned) > splat_transform.VIEWER_MAX_SPLATS:
         wanted.remove("viewer")
         skipped["viewer"] = (
             f"{len(turned)} splats is more than a page can inline ({splat_transform.VIEWER_MAX_SPLATS}); "
             "serve the export folder with `cvd-scene view RUN` instead"
         )
-    if "viewer" in wanted and options.frame != READERS:
+    if "viewer" in wanted and config.frame != READERS:
         wanted.remove("viewer")
         skipped["viewer"] = "the SuperSplat viewer reads splat files in the readers' frame; not with --frame run"
     if not wanted:
@@ -243,7 +204,7 @@ def _write_with_splat_transform(
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         src = files.get("ply") and out_dir / files["ply"]["file"]
         if not src:
-            src = write_ply(turned, Path(tmp) / FILE_NAMES["ply"], frame=options.frame)
+            src = write_ply(turned, Path(tmp) / FILE_NAMES["ply"], frame=config.frame)
         settings = None
         if viewer_settings is not None:
             settings = Path(tmp) / FILE_NAMES["viewer_settings"]
@@ -257,35 +218,35 @@ def _write_with_splat_transform(
                 skipped[fmt] = str(e)
 
 
-def _write_mesh(g: Gaussians, views: list | None, out_dir: Path, options: ExportOptions, files: dict) -> dict:
+def _write_mesh(g: Gaussians, views: list | None, out_dir: Path, config: ExportConfig, files: dict) -> dict:
     from cvd_scene.export.mesh import render_views_from_gaussians, ring_cameras, splat_bounds
 
     if views:
         source = f"fit views ({len(views)})"
     else:
         lo, hi = splat_bounds(g)
-        cams = ring_cameras(lo, hi, size_px=options.mesh_render_size_px)
+        cams = ring_cameras(lo, hi, size_px=config.mesh_render_size_px)
         log.info(
             "rendering %d depth views of %d splats for the mesh", cams.num_videos * cams.num_frames, len(g)
         )
-        views = render_views_from_gaussians(g, cams, device=options.device)
+        views = render_views_from_gaussians(g, cams, device=config.device)
         source = f"rendered from the splats ({len(views)} views, two rings inside the splat bounds)"
-    return _write_mesh_and_collider(views, out_dir, options, files, source)
+    return _write_mesh_and_collider(views, out_dir, config, files, source)
 
 
-def _write_mesh_and_collider(views: list, out_dir: Path, options: ExportOptions, files: dict, source: str) -> dict:
+def _write_mesh_and_collider(views: list, out_dir: Path, config: ExportConfig, files: dict, source: str) -> dict:
     """``mesh.glb`` and ``collider.glb`` fused from ``views``; file entries added to ``files``; returns the mesh
     statistics with the coverage of the views by each (open3d ray casting)."""
     from cvd_scene.export.mesh import fuse_tsdf, simplify_mesh, view_coverage, write_mesh_glb
 
     t = time.perf_counter()
-    mesh = fuse_tsdf(views, options.mesh_voxel_m, options.mesh_max_triangles, options.mesh_min_weight)
+    mesh = fuse_tsdf(views, config.mesh_voxel_m, config.mesh_max_triangles, config.mesh_min_views)
     path = write_mesh_glb(mesh, out_dir / FILE_NAMES["mesh"])
     files["mesh"] = _file_entry(
         path, "glTF mesh (unlit, linear vertex colours, normals)", time.perf_counter() - t, frame=RUN
     )
     t = time.perf_counter()
-    collider = simplify_mesh(mesh, options.collider_max_triangles)
+    collider = simplify_mesh(mesh, config.collider_max_triangles)
     path = write_mesh_glb(collider, out_dir / FILE_NAMES["collider"], name="collider", colours=False)
     files["collider"] = _file_entry(
         path, "glTF mesh (geometry only, for physics)", time.perf_counter() - t, frame=RUN,
@@ -306,7 +267,7 @@ def _write_mesh_and_collider(views: list, out_dir: Path, options: ExportOptions,
 
 
 def export_views(
-    views: list, out_dir: str | os.PathLike, options: ExportOptions, source: dict | None = None
+    views: list, out_dir: str | os.PathLike, config: ExportConfig, source: dict | None = None
 ) -> dict:
     """A NeRF fit (no Gaussians): the mesh GLB and a coloured point cloud back-projected from ``views``."""
     from cvd_scene.export.mesh import point_cloud_from_views
@@ -316,12 +277,12 @@ def export_views(
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     files: dict[str, dict] = {}
-    skipped = {f: "a NeRF fit has no Gaussians" for f in options.formats if f in SPLAT_FORMATS}
+    skipped = {f: "a NeRF fit has no Gaussians" for f in config.formats if f in SPLAT_FORMATS}
     mesh_info = None
-    if "mesh" in options.formats:
-        mesh_info = _write_mesh_and_collider(views, out_dir, options, files, f"fit views ({len(views)})")
+    if "mesh" in config.formats:
+        mesh_info = _write_mesh_and_collider(views, out_dir, config, files, f"fit views ({len(views)})")
     t = time.perf_counter()
-    points, colors = point_cloud_from_views(views, options.point_cloud_max_points)
+    points, colors = point_cloud_from_views(views, config.point_cloud_max_points)
     write_points_ply(out_dir / FILE_NAMES["points"], points, colors)
     files["points"] = _file_entry(
         out_dir / FILE_NAMES["points"],

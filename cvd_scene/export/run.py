@@ -14,40 +14,7 @@ from cvd_scene.export.config import ExportConfig
 
 
 def validate(config, size) -> None:
-    """Before any stage runs: the export formats and options (``ValueError`` names them)."""
-    export_options(config.export)
-
-
-def export_options(config: ExportConfig):
-    """The :class:`cvd_scene.export.pipeline.ExportOptions` of a stage config (formats checked)."""
-    from cvd_scene.export.axes import check_frame
-    from cvd_scene.export.pipeline import ExportOptions, parse_formats
-
-    for v in config.spz_versions:
-        if v not in (3, 4):
-            raise ValueError(f"export.spz_versions may hold 3 and 4, got {config.spz_versions}")
-    if config.max_splats is not None and config.max_splats < 1:
-        raise ValueError(
-            f"export.max_splats must be at least 1 (or null for no budget), got {config.max_splats}"
-        )
-    check_frame(config.frame, "export.frame")
-    if config.collider_max_triangles < 1:
-        raise ValueError(f"export.collider_max_triangles must be positive, got {config.collider_max_triangles}")
-    if config.mesh_max_triangles < 1:
-        raise ValueError(f"export.mesh_max_triangles must be positive, got {config.mesh_max_triangles}")
-    return ExportOptions(
-        formats=parse_formats(config.formats),
-        max_splats=config.max_splats,
-        spz_versions=tuple(config.spz_versions),
-        mesh_max_triangles=config.mesh_max_triangles,
-        mesh_voxel_m=config.mesh_voxel_m,
-        mesh_render_size_px=config.mesh_render_size_px,
-        device=config.device,
-        mesh_min_weight=config.mesh_min_views,
-        point_cloud_max_points=config.point_cloud_max_points,
-        frame=config.frame,
-        collider_max_triangles=config.collider_max_triangles,
-    )
+    """Before any stage runs: nothing beyond the fields' own checks (:meth:`ExportConfig.__post_init__`)."""
 
 
 def read_fit_frame(run_dir: Path):
@@ -97,7 +64,6 @@ def run_export(config, run_dir: Path, out_dir: Path):
 
     log = logging.getLogger("cvd_scene.export.run")
     cfg: ExportConfig = config.export
-    options = export_options(cfg)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     run = RunLayout(run_dir)
     fit_dir = run.stage("fit")
@@ -123,12 +89,12 @@ def run_export(config, run_dir: Path, out_dir: Path):
         if path_cameras is not None:
             settings = supersplat_viewer_settings(path_cameras, cfg.camera_path_fps, cfg.camera_path_transition_s)
         report = export_gaussians(
-            gaussians, out_dir, options, cameras=registered or planned, views=views, source=source,
+            gaussians, out_dir, cfg, cameras=registered or planned, views=views, source=source,
             viewer_settings=settings,
         )  # fmt: skip
     elif views:
         source = {"path": run.relative(run.fit_views, run_dir), "views": len(views), "fit_method": method}
-        report = export_views(views, out_dir, options, source=source)
+        report = export_views(views, out_dir, cfg, source=source)
     else:
         raise StageRefused(
             f"stage 'export': the fit (method {method!r}, a NeRF) left no depth/colour views in "

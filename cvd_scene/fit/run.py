@@ -21,19 +21,6 @@ def validate(config, size) -> None:
         )
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is an error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("fit.device is 'cuda' but torch sees no CUDA device; use fit.device=cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"fit.device must be auto, cpu or cuda, got {device!r}")
-    return device
-
-
 def check_registration(run_dir: Path) -> None:
     """Refuse (``StageRefused``, with the reason) when the registration failed or left nothing to fit."""
     import json
@@ -63,38 +50,19 @@ def run_fit(config, run_dir: Path, out_dir: Path):
     """
     import torch
 
-    from cvd_scene.fit.train import FitSettings, fit_run_folder
+    from cvd_scene.devices import resolve_device
+    from cvd_scene.fit.train import fit_run_folder
     from cvd_scene.runfolder import RunLayout, StageResult
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg: FitConfig = config.fit
     check_registration(run_dir)
-    if cfg.iterations < 1:
-        raise ValueError(f"fit.iterations must be >= 1, got {cfg.iterations}")
-    if cfg.eval_every_k < 2:
-        raise ValueError(f"fit.eval_every_k must be >= 2, got {cfg.eval_every_k}")
-    if not 0 <= cfg.sh_degree <= 3:
-        raise ValueError(f"fit.sh_degree must be 0..3, got {cfg.sh_degree}")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ValueError(f"fit.threads must be >= 1 or null, got {cfg.threads}")
-    settings = FitSettings(
-        method=cfg.method,
-        iterations=cfg.iterations,
-        time_budget_s=cfg.time_budget_s or 0.0,
-        eval_every_k=cfg.eval_every_k,
-        device=resolve_device(cfg.device),
-        seed=config.seed,
-        sh_degree=cfg.sh_degree,
-        num_random_points=cfg.num_random_points,
-        max_gaussians=cfg.max_gaussians,
-        appearance=cfg.appearance,
-        views=cfg.views,
-    )
+    device = resolve_device(cfg.device, "fit.device")
     threads = torch.get_num_threads()
-    if cfg.threads is not None and settings.device == "cpu":
+    if cfg.threads is not None and device == "cpu":
         torch.set_num_threads(cfg.threads)
     try:
-        metrics = fit_run_folder(run_dir, out_dir, settings, final_out_dir=RunLayout(run_dir).stage("fit"))
+        metrics = fit_run_folder(run_dir, out_dir, cfg, seed=config.seed, final_out_dir=RunLayout(run_dir).stage("fit"))
     finally:
         torch.set_num_threads(threads)
     summary = {
@@ -104,7 +72,7 @@ def run_fit(config, run_dir: Path, out_dir: Path):
     }
     message = (
         f"{cfg.method}: held-out PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} after "
-        f"{metrics['iterations']} iterations in {metrics['seconds']:.0f} s on {settings.device}"
+        f"{metrics['iterations']} iterations in {metrics['seconds']:.0f} s on {metrics['device']}"
     )
     if metrics.get("gaussians"):
         message += f", {metrics['gaussians']} Gaussians"

@@ -18,10 +18,9 @@ Imports nerfstudio and gsplat (the fit subpackage is the only place that may).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -48,6 +47,18 @@ log = logging.getLogger(__name__)
 @dataclass
 class CvdSplatModelConfig(SplatfactoModelConfig):
     """splatfacto's settings (defaults resized for short fits of generated views) plus the fields below."""
+
+    SCHEDULE_FIELDS: ClassVar[dict[str, int]] = {
+        "warmup_length": 0,
+        "stop_split_at": 0,
+        "stop_screen_size_at": 0,
+        "resolution_schedule": 1,
+        "sh_degree_interval": 1,
+    }
+    """The fields below that count steps of a 3000-iteration fit and scale with the iteration count
+    (:func:`cvd_scene.fit.methods.scaled_schedule`), with the least value each may take. ``refine_every`` and
+    ``reset_alpha_every`` stay: they count steps between refinements (about one pass over the views), not a share
+    of the fit."""
 
     _target: type = field(default_factory=lambda: CvdSplatModel)
     warmup_length: int = 300
@@ -90,7 +101,7 @@ class CvdSplatModelConfig(SplatfactoModelConfig):
     raster_tile_size: int = 8
     """Tile size of the pure-torch rasteriser (CPU); gsplat uses 16."""
     max_gaussians: int = 0
-    """Densification pauses while there are more Gaussians than this (0: no limit); pruning goes on."""
+    """Densification pauses while there are at least this many Gaussians (0: no limit); pruning goes on."""
     max_train_seconds: float = 0.0
     """Stop training after this many seconds of wall-clock time (0: no limit)."""
     lpips: Literal["auto", "off"] = "auto"
@@ -144,6 +155,20 @@ def mean_neighbour_distance(points: np.ndarray, k: int) -> np.ndarray:
         return np.full(len(points), 0.01)
     d, _ = cKDTree(points).query(points, k=k + 1)
     return d[:, 1:].mean(axis=1)
+
+
+@dataclass
+class CappedDefaultStrategy(DefaultStrategy):
+    """gsplat's :class:`DefaultStrategy` whose grow step (duplicate and split) is skipped while there are at least
+    ``max_gaussians`` Gaussians; pruning, opacity resets and the running statistics go on as in the parent."""
+
+    max_gaussians: int = 0
+    """Grow only below this many Gaussians (0: no cap)."""
+
+    def _grow_gs(self, params, optimizers, state, step) -> tuple[int, int]:
+        if self.max_gaussians > 0 and len(params["means"]) >= self.max_gaussians:
+            return 0, 0
+        return super()._grow_gs(params, optimizers, state, step)
 
 
 class CvdSplatModel(SplatfactoModel):
@@ -210,7 +235,8 @@ class CvdSplatModel(SplatfactoModel):
         # Per code: 3x3 colour matrix offset (row-major) and bias; identity + 0 at the start.
         self.appearance_params = Parameter(torch.zeros(n_codes if cfg.appearance != "none" else 0, 12))
 
-        self.strategy = DefaultStrategy(
+        self.strategy = CappedDefaultStrategy(
+            max_gaussians=cfg.max_gaussians,
             prune_opa=cfg.cull_alpha_thresh,
             grow_grad2d=cfg.densify_grad_thresh,
             grow_scale3d=cfg.densify_size_thresh,
@@ -255,14 +281,6 @@ class CvdSplatModel(SplatfactoModel):
 
             cbs.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], check_budget))
         return cbs
-
-    def step_post_backward(self, step):
-        cap = self.config.max_gaussians
-        if cap > 0:
-            full = self.num_points >= cap
-            self.strategy.grow_grad2d = math.inf if full else self.config.densify_grad_thresh
-            self.strategy.grow_scale2d = math.inf if full else self.config.split_screen_size
-        super().step_post_backward(step)
 
     # ------------------------------------------------------------------------------------------ rendering
 

@@ -21,70 +21,38 @@ import contextlib
 import logging
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cvd_scene.camera_io import read_transforms_json, write_json
+from cvd_scene.devices import resolve_device
+from cvd_scene.fit.config import FitConfig
 from cvd_scene.fit.frames import NerfstudioFrame
 from cvd_scene.runfolder import RunLayout, frame_key
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(kw_only=True)
-class FitSettings:
-    """What :func:`fit_run_folder` needs (the stage's config, resolved)."""
-
-    method: str = "cvd-scene"
-    """``cvd-scene`` or ``cvd-scene-nerf``."""
-    iterations: int = 3000
-    """Training iterations (the schedules are sized to them)."""
-    time_budget_s: float = 0.0
-    """Stop training after this many seconds (0: no limit)."""
-    eval_every_k: int = 6
-    """Hold out every k-th frame of every video."""
-    device: str = "cpu"
-    """``cpu`` or ``cuda``."""
-    seed: int = 0
-    """Seed of nerfstudio's trainer."""
-    sh_degree: int = 1
-    """Highest SH degree (``cvd-scene``)."""
-    num_random_points: int = 0
-    """Random points added to the sparse points (``cvd-scene``)."""
-    max_gaussians: int = 0
-    """Densification pauses above this many Gaussians (0: no limit; ``cvd-scene``)."""
-    appearance: str = "per-frame"
-    """Colour correction: ``none``, ``per-frame`` or ``per-video`` (``cvd-scene``)."""
-    views: bool = True
-    """Render colour and depth at every registered camera into ``views/``."""
-    reduced: bool = False
-    """Tiny model and schedule (tests)."""
-
-
-def trainer_config(run_dir: Path, out_dir: Path, s: FitSettings):
-    """The nerfstudio ``TrainerConfig`` of the method, pointed at ``run_dir``, writing under ``out_dir``."""
+def trainer_config(run_dir: Path, out_dir: Path, fit: FitConfig, seed: int = 0, reduced: bool = False):
+    """The nerfstudio ``TrainerConfig`` of the method ``fit.method`` for ``fit.iterations`` iterations (schedules
+    scaled to them, as ``ns-train`` scales them), pointed at ``run_dir``, writing under ``out_dir``, seeded with
+    ``seed``; ``reduced``: the method's tiny configuration (tests)."""
     from cvd_scene.fit.methods import nerf_config, splat_config
 
-    if s.method == "cvd-scene":
-        config = splat_config(max_steps=s.iterations, eval_every_k=s.eval_every_k, reduced=s.reduced)
+    device = resolve_device(fit.device, "fit.device")
+    if fit.method == "cvd-scene":
+        config = splat_config(max_steps=fit.iterations, eval_every_k=fit.eval_every_k, reduced=reduced)
         model = config.pipeline.model
-        model.sh_degree = s.sh_degree
-        model.num_random_points = s.num_random_points
-        model.max_gaussians = s.max_gaussians
-        model.appearance = s.appearance
-        model.max_train_seconds = s.time_budget_s
-        scale = max(s.iterations, 1) / 3000.0  # schedules below are written for 3000 steps
-        if not s.reduced:
-            model.warmup_length = int(300 * scale)
-            model.stop_split_at = int(2500 * scale)
-            model.resolution_schedule = max(1, int(600 * scale))
-            model.sh_degree_interval = max(1, int(1000 * scale))
-    elif s.method == "cvd-scene-nerf":
-        config = nerf_config(max_steps=s.iterations, eval_every_k=s.eval_every_k, reduced=s.reduced)
-        if s.device == "cpu" and not s.reduced:
+        model.sh_degree = fit.sh_degree
+        model.num_random_points = fit.num_random_points
+        model.max_gaussians = fit.max_gaussians
+        model.appearance = fit.appearance
+        model.max_train_seconds = fit.time_budget_s or 0.0
+    else:  # cvd-scene-nerf (FitConfig allows no other method)
+        config = nerf_config(max_steps=fit.iterations, eval_every_k=fit.eval_every_k, reduced=reduced)
+        if device == "cpu" and not reduced:
             # nerfacto's hash grids run in plain torch on the CPU (no tiny-cuda-nn): measured 9.8 s per step
             # with its GPU settings, 0.75 s with these (1024 rays, fewer samples and levels).
             config.pipeline.datamanager.train_num_rays_per_batch = 1024
@@ -93,8 +61,6 @@ def trainer_config(run_dir: Path, out_dir: Path, s: FitSettings):
             model.num_nerf_samples_per_ray = 24
             model.num_levels = 12
             model.log2_hashmap_size = 17
-    else:
-        raise ValueError(f"method must be cvd-scene or cvd-scene-nerf, got {s.method!r}")
     config.data = Path(run_dir).resolve()
     config.pipeline.datamanager.data = config.data
     config.output_dir = Path(out_dir).resolve()
@@ -102,10 +68,10 @@ def trainer_config(run_dir: Path, out_dir: Path, s: FitSettings):
     config.timestamp = "run"
     config.vis = "tensorboard"
     config.viewer.quit_on_train_completion = True
-    config.machine.device_type = s.device
-    config.machine.seed = s.seed
+    config.machine.device_type = device
+    config.machine.seed = seed
     config.logging.local_writer.enable = False
-    config.steps_per_save = max(s.iterations, 1)
+    config.steps_per_save = max(fit.iterations, 1)
     config.steps_per_eval_image = 1_000_000
     config.steps_per_eval_batch = 0
     return config
@@ -183,17 +149,17 @@ class _Progress:
             self.bar.stop()
 
 
-def train(run_dir: Path, out_dir: Path, s: FitSettings):
+def train(run_dir: Path, out_dir: Path, fit: FitConfig, seed: int = 0):
     """Run nerfstudio's trainer; returns ``(trainer, wall seconds, process CPU seconds, steps)``."""
     from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
-    config = trainer_config(run_dir, out_dir, s)
-    torch.manual_seed(s.seed)
+    config = trainer_config(run_dir, out_dir, fit, seed=seed)
+    torch.manual_seed(seed)
     with _quiet_nerfstudio():
         config.save_config()
         trainer = config.setup(local_rank=0, world_size=1)
         trainer.setup()
-        progress = _Progress(config.max_num_iterations, f"fit {s.method}")
+        progress = _Progress(config.max_num_iterations, f"fit {fit.method}")
         steps = [0]
 
         def on_step(step: int) -> None:
@@ -335,18 +301,21 @@ def _rewrite_config(config_path: Path, final_out_dir: Path) -> None:
     config_path.write_text(yaml.dump(config), "utf8")
 
 
-def fit_run_folder(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: Path | None = None) -> dict:
-    """Train, evaluate and write every output of the fit stage into ``out_dir``; returns ``metrics.json``'s data.
+def fit_run_folder(
+    run_dir: Path, out_dir: Path, fit: FitConfig, seed: int = 0, final_out_dir: Path | None = None
+) -> dict:
+    """Train with the stage's config ``fit`` (and nerfstudio's seed ``seed``), evaluate and write every output of
+    the fit stage into ``out_dir``; returns ``metrics.json``'s data.
 
     ``final_out_dir`` is where ``out_dir`` will be renamed to (``RUN_DIR/fit``), for the saved nerfstudio config.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     with _own_event_writers():
-        return _fit(run_dir, out_dir, s, final_out_dir)
+        return _fit(run_dir, out_dir, fit, seed, final_out_dir)
 
 
-def _fit(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: Path | None) -> dict:
-    trainer, seconds, cpu_seconds, steps = train(run_dir, out_dir, s)
+def _fit(run_dir: Path, out_dir: Path, fit: FitConfig, seed: int, final_out_dir: Path | None) -> dict:
+    trainer, seconds, cpu_seconds, steps = train(run_dir, out_dir, fit, seed=seed)
     frame: NerfstudioFrame = trainer.pipeline.datamanager.train_dataparser_outputs.metadata["cvd_frame"]
     base = trainer.config.get_base_dir()
     files = RunLayout.of_stage("fit", out_dir)
@@ -354,18 +323,18 @@ def _fit(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: Path | Non
     t0 = time.perf_counter()
     metrics = evaluate_heldout(trainer, run_dir, out_dir, frame)
     metrics.update(
-        method=s.method,
+        method=fit.method,
         iterations=steps,
-        iterations_planned=s.iterations,
+        iterations_planned=fit.iterations,
         seconds=round(seconds, 2),
         cpu_seconds=round(cpu_seconds, 2),
         seconds_per_iteration=round(seconds / max(steps, 1), 4),
-        device=s.device,
+        device=trainer.config.machine.device_type,
         torch_threads=torch.get_num_threads(),
         train_frames=len(trainer.pipeline.datamanager.train_dataset),
     )
     model = trainer.pipeline.model
-    if s.method == "cvd-scene":
+    if fit.method == "cvd-scene":
         from cvd_scene.export.ply import write_ply
         from cvd_scene.fit.frames import gaussians_to_world
 
@@ -374,7 +343,7 @@ def _fit(run_dir: Path, out_dir: Path, s: FitSettings, final_out_dir: Path | Non
         metrics["gaussians"] = len(gaussians)
     else:
         metrics["gaussians"] = None
-    if s.views:
+    if fit.views:
         metrics["views"] = render_views(trainer, run_dir, out_dir, frame)
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 2)
     if final_out_dir is not None:
