@@ -119,7 +119,7 @@ class _Progress:
     """A rich progress bar on a terminal (cvd_scene.logs settings), else a log line every 10 %."""
 
     def __init__(self, total: int, description: str):
-        from cvd_scene.logs import progress_enabled
+        from cvd_scene.logs import progress_enabled, stderr_console
 
         self.total, self.description = total, description
         self.bar = None
@@ -130,7 +130,7 @@ class _Progress:
 
             self.bar = Progress(
                 TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
+                TimeElapsedColumn(), TimeRemainingColumn(), transient=True, console=stderr_console(),
             )  # fmt: skip
             self.task = self.bar.add_task(description, total=total)
             self.bar.start()
