@@ -1,4 +1,4 @@
-"""The one ``device`` rule (:mod:`cvd_scene.devices`): auto, cpu, cuda and cuda:N, with the config key in errors."""
+"""The one ``device`` rule (:mod:`cvd.devices`): auto, cpu, cuda and cuda:N, with the config key in errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvd_scene.devices import check_device, resolve_device
+from cvd.devices import check_device, resolve_device
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -62,3 +62,15 @@ def test_a_fit_on_cuda_without_cuda_is_refused_naming_fit_device(tmp_path):
     if NO_CUDA:
         with pytest.raises(ValueError, match=r"^fit\.device=cuda:1 but torch sees no CUDA device"):
             trainer_config(Path("run"), tmp_path, FitConfig(device="cuda:1"))
+
+
+def test_generate_and_the_trainer_follow_the_same_rule():
+    """One rule everywhere a config names a device: the generate stage's and the trainer's configs refuse what the
+    fit's refuses, and accept ``cuda:N``."""
+    from cvd.training.config import TrainConfig
+    from cvd_scene.generate.config import GenerateConfig
+
+    for make in (lambda d: GenerateConfig(device=d), lambda d: TrainConfig(device=d)):
+        assert make("cuda:1").device == "cuda:1"
+        with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
+            make("gpu")

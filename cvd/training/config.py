@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cvd.devices import check_device
+
 __all__ = [
     "AutoencoderSection",
     "DataSection",
@@ -279,7 +281,7 @@ class TrainConfig:
     seed: int = 0
     """Seed of the data stream, noise, timesteps and caption dropout."""
     device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu`` or ``cuda``; several GPUs through ``accelerate launch``."""
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; several GPUs through ``accelerate launch``."""
     threads: int | None = None
     """CPU threads for torch (None: torch's default)."""
     data: DataSection = field(default_factory=DataSection)
@@ -307,3 +309,6 @@ class TrainConfig:
     phase: Literal["all", "autoencoder"] = "all"
     """``autoencoder``: stop once the autoencoder of a from-scratch model is trained and saved (so several runs,
     e.g. the arms of an ablation, can share it through ``model.autoencoder``)."""
+
+    def __post_init__(self) -> None:
+        check_device(self.device, "device")

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from cvd.context import epipolar_biases
+from cvd.devices import resolve_device
 from cvd.geometry import homography_bias_pyramid, model_poses, plucker_embedding
 from cvd.model import CVDModel, OfficialFiles
 from cvd.model_config import CVDModelConfig, config_to_dict
@@ -300,10 +301,10 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs
 
         cfg = self.config
-        want = cfg.device
-        cuda = torch.cuda.is_available() and want in ("auto", "cuda")
-        if want == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device=cuda but no CUDA device is available")
+        device = resolve_device(cfg.device, "device")
+        cuda = device != "cpu"
+        if device.startswith("cuda:"):
+            torch.cuda.set_device(device)  # a single process trains on the current CUDA device
         mp = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[cfg.optim.mixed_precision]
         if not cuda and mp == "fp16":
             log.warning("mixed_precision=fp16 needs CUDA; training in float32 on the CPU")

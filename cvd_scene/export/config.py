@@ -70,8 +70,8 @@ class ExportConfig:
     def __post_init__(self) -> None:
         """Every check of the export settings (``ValueError`` names the key); ``formats`` normalised (lower case,
         no repeats)."""
+        from cvd.devices import check_device
         from cvd_scene.config import check_fields
-        from cvd_scene.devices import check_device
         from cvd_scene.export.axes import check_frame
 
         check_fields(

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvd.devices import resolve_device
 from cvd_scene.cameras import Cameras, intrinsics_from_fov, invert_rigid, look_at
-from cvd_scene.devices import resolve_device
 from cvd_scene.gaussians import Gaussians
 from cvd_scene.runfolder import RunLayout
 
@@ -147,7 +147,7 @@ def render_views_from_gaussians(
 ) -> list[View]:
     """Colour and expected depth of ``gaussians`` at every camera, with :func:`cvd_scene.fit.raster.rasterize`
     (gsplat on CUDA, the pure-torch rasteriser on the CPU; ``device`` is read by
-    :func:`cvd_scene.devices.resolve_device`, ``auto``: CUDA when present); pixels with accumulated alpha below
+    :func:`cvd.devices.resolve_device`, ``auto``: CUDA when present); pixels with accumulated alpha below
     ``alpha_min`` get no depth."""
     import torch
 

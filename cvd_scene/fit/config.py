@@ -48,8 +48,8 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         """Every check of the fit settings (``ValueError`` names the key)."""
+        from cvd.devices import check_device
         from cvd_scene.config import check_fields
-        from cvd_scene.devices import check_device
 
         check_fields(
             self,

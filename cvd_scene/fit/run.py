@@ -50,7 +50,7 @@ def run_fit(config, run_dir: Path, out_dir: Path):
     """
     import torch
 
-    from cvd_scene.devices import resolve_device
+    from cvd.devices import resolve_device
     from cvd_scene.fit.train import fit_run_folder
     from cvd_scene.runfolder import RunLayout, StageResult
 

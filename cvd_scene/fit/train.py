@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cvd.devices import resolve_device
 from cvd_scene.camera_io import read_transforms_json, write_json
-from cvd_scene.devices import resolve_device
 from cvd_scene.fit.config import FitConfig
 from cvd_scene.fit.frames import NerfstudioFrame
 from cvd_scene.runfolder import RunLayout, frame_key

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cvd.defaults import DEFAULT_NEGATIVE_PROMPT
+from cvd.devices import check_device
 
 
 @dataclass(kw_only=True)
@@ -102,5 +103,4 @@ class GenerateConfig:
             raise ValueError(
                 f"max_rows_per_call must be >= 4 (one guided pair) or null, got {self.max_rows_per_call}"
             )
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        check_device(self.device, "device")

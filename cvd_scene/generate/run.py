@@ -304,19 +304,14 @@ def _generate_cvd(
     import numpy as np
     import torch
 
+    from cvd.devices import resolve_device
     from cvd.pipeline import CVDPipeline
     from cvd_scene.cameras import scale_intrinsics
     from cvd_scene.generate.cvd_models import load_cvd_model
     from cvd_scene.logs import progress_enabled
 
     gen = config.generate
-    device = torch.device(
-        "cuda"
-        if gen.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if gen.device == "auto" else gen.device)
-    )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"generate.device={gen.device!r} but no CUDA device is available")
+    device = torch.device(resolve_device(gen.device, "generate.device"))
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
         gen.dtype, torch.float16 if device.type == "cuda" else torch.float32
     )

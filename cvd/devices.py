@@ -4,7 +4,8 @@
 :func:`resolve_device` turns the value into the device a stage runs on (``auto``: the first CUDA device when torch
 sees one, else the CPU) and refuses a CUDA device torch does not see, naming the config key.
 
-A leaf module: imports nothing of the project; torch only inside :func:`resolve_device`.
+A leaf module of `cvd` (the model library and cvd-scene's stages share the rule): imports nothing of the project;
+torch only inside :func:`resolve_device`, so configs can check a value without loading torch.
 """
 
 from __future__ import annotations
