@@ -170,3 +170,41 @@ def test_level_world_without_a_plane_uses_the_cameras_up():
     assert world[0, 1, 3] == pytest.approx(1.6)
     up = -world[:, :3, 1].mean(axis=0)
     assert np.degrees(np.arccos(up[1] / np.linalg.norm(up))) < 1e-6  # the cameras' mean up is +y
+
+
+def test_unknown_cameras_take_the_field_of_view_from_exif_else_the_default(tmp_path):
+    from PIL import Image
+
+    from cvd_scene.generate.imported import SourceError, source_videos, unknown_cameras
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, focal in enumerate((None, 26, 28)):  # the first picture with a focal length sets it
+        exif = Image.Exif()
+        exif[0x0112] = 6  # stored turned: 60x40 on disk, 40x60 upright
+        if focal is not None:
+            exif.get_ifd(0x8769)[0xA405] = focal
+        Image.new("RGB", (60, 40), (100, 120, 140)).save(photos / f"p{i}.jpg", exif=exif)
+    cams = unknown_cameras(source_videos(photos), 60.0)
+    assert not cams.poses_known and (cams.width, cams.height) == (40, 60)
+    width_mm = np.hypot(36, 24) * 40 / np.hypot(40, 60)  # the upright width of a 35 mm-equivalent frame
+    assert cams.K[0, 0, 0, 0] == pytest.approx(26 * 40 / width_mm)
+    assert "26 mm (p1.jpg)" in cams.extras["intrinsics"]["from"]
+    for p in photos.iterdir():
+        Image.open(p).save(p)  # EXIF dropped: stored 60x40, no orientation, no focal length
+    cams = unknown_cameras(source_videos(photos), 50.0)
+    assert (cams.width, cams.height) == (60, 40)
+    assert cams.K[0, 0, 0, 0] == pytest.approx(30 / np.tan(np.radians(25)))
+    Image.new("RGB", (64, 40)).save(photos / "p3.jpg")
+    with pytest.raises(SourceError, match=r"p3.jpg is 64x40 \(upright\), .*p0.jpg is 60x40"):
+        unknown_cameras(source_videos(photos), 50.0)
+
+
+def test_pairs_without_poses_are_sequential_and_loop_within_videos_and_strided_across():
+    from cvd_scene.register.registration import unposed_pairs
+
+    pairs = set(unposed_pairs(2, 12, sequential_overlap=2, loop_gaps=True))
+    within = {(a[1], b[1]) for a, b in pairs if a[0] == b[0] == 0}
+    assert within == {(f, f + g) for g in (1, 2, 4, 8) for f in range(12) if f + g < 12}
+    across = {(a[1], b[1]) for a, b in pairs if a[0] != b[0]}
+    assert across == {(i, j) for i in (0, 4, 8) for j in (0, 4, 8)}
