@@ -208,3 +208,12 @@ def test_pairs_without_poses_are_sequential_and_loop_within_videos_and_strided_a
     assert within == {(f, f + g) for g in (1, 2, 4, 8) for f in range(12) if f + g < 12}
     across = {(a[1], b[1]) for a, b in pairs if a[0] != b[0]}
     assert across == {(i, j) for i in (0, 4, 8) for j in (0, 4, 8)}
+
+
+def test_a_generator_refuses_a_plan_without_poses(imported, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(imported, run)
+    assert main(["generate", str(run), "--generator", "reference", "--redo", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has no poses" in err and "generate.generator=reference" in err, err
+    assert (run / "generate" / "frames" / "images" / "0000.png").is_file()  # the imported frames are kept

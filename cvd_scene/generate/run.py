@@ -78,6 +78,11 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
     validate(config, PlanSize(cams.num_videos, cams.num_frames, cams.width, cams.height, str(cams_path),
                               {"plan": str(cams_path)}))  # fmt: skip
     gen = config.generate
+    if not cams.poses_known and gen.generator != "imported":
+        raise StageRefused(
+            f"generate.generator={gen.generator}: {cams_path} has no poses (pictures imported without poses); only "
+            "the imported generator reads such a plan"
+        )
     picture = _read_image(gen, cams, out_dir) if gen.image is not None else None
     t0 = time.perf_counter()
     if gen.generator == "reference":
