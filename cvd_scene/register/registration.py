@@ -342,38 +342,34 @@ def _match(run: _Run, covisibility: np.ndarray | None, overlap: np.ndarray | Non
     """Match and verify the chosen frame pairs; returns how many pairs were matched."""
     opt, plan, names = run.opt, run.plan, run.names
     V, F = plan.num_videos, plan.num_frames
-    if not plan.poses_known and opt.pairing != "exhaustive" and V * F > opt.exhaustive_below:
-        pairs = unposed_pairs(V, F, opt.sequential_overlap, opt.loop_gaps)
-        run.extra["pairing"] = f"no poses: sequential + loop within videos ({V * F} frames > exhaustive_below)"
-        colmap.match_pairs_in_database(
-            run.database,
-            [(names[a[0]][a[1]], names[b[0]][b[1]]) for a, b in pairs],
-            run.work_dir / "pairs.txt",
-            num_threads=run.num_threads,
-            min_num_inliers=opt.min_num_inliers,
-            seed=run.seed,
+    exhaustive = opt.pairing == "exhaustive" or (not plan.poses_known and V * F <= opt.exhaustive_below)
+    if not plan.poses_known:  # no plan to choose pairs from
+        run.extra["pairing"] = (
+            f"no poses: every pair ({V * F} frames <= register.exhaustive_below={opt.exhaustive_below})"
+            if exhaustive
+            else f"no poses: sequential + loop within videos, every 4th frame across ({V * F} frames)"
         )
-        return len(pairs)
-    if opt.pairing == "exhaustive" or not plan.poses_known:
-        if not plan.poses_known:
-            run.extra["pairing"] = f"no poses: every pair ({V * F} frames <= exhaustive_below={opt.exhaustive_below})"
+    if exhaustive:
         colmap.match_all_in_database(
             run.database, num_threads=run.num_threads, min_num_inliers=opt.min_num_inliers, seed=run.seed
         )
         return V * F * (V * F - 1) // 2
-    if overlap is None and opt.overlap_top_k > 0:
-        overlap = frame_overlap(plan)
-    pairs = select_pairs(
-        V,
-        F,
-        covisibility,
-        overlap,
-        opt.sequential_overlap,
-        opt.loop_gaps,
-        opt.cross_neighbours,
-        opt.covisibility_min,
-        opt.overlap_top_k,
-    )
+    if not plan.poses_known:
+        pairs = unposed_pairs(V, F, opt.sequential_overlap, opt.loop_gaps)
+    else:
+        if overlap is None and opt.overlap_top_k > 0:
+            overlap = frame_overlap(plan)
+        pairs = select_pairs(
+            V,
+            F,
+            covisibility,
+            overlap,
+            opt.sequential_overlap,
+            opt.loop_gaps,
+            opt.cross_neighbours,
+            opt.covisibility_min,
+            opt.overlap_top_k,
+        )
     colmap.match_pairs_in_database(
         run.database,
         [(names[a[0]][a[1]], names[b[0]][b[1]]) for a, b in pairs],
@@ -639,7 +635,7 @@ def _level_world(
     idx = [(v, f) for v in range(V) for f in range(F) if names[v][f] in poses]
     if not idx:
         return None, world_from_cam, registered, Sim3.identity(), {}
-    src = np.stack([poses[names[v][f]] for v, f in idx])  # [N, 4, 4] model frame, first camera first
+    src = np.stack([poses[names[v][f]] for v, f in idx])  # [N, 4, 4] model frame; the first registered camera first
     sim, info = level_world(src, model.points()[0], opt.camera_height_m, opt.scale_m, seed=run.seed)
     model.transform(sim.scale, sim.rotation, sim.translation)
     for (v, f), T in zip(idx, sim.apply_poses(src)):

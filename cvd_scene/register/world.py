@@ -142,9 +142,7 @@ def level_world(
             f"register.camera_height_m = {camera_height_m:g} m"
         )
     # Origin: under the first camera, on the plane (floor at y = 0) or camera_height_m below it.
-    first_height_m = scale * (float(centres[0] @ plane[0] - plane[1]) if plane is not None else height_model)
-    if plane is None:
-        first_height_m = camera_height_m
+    first_height_m = scale * float(centres[0] @ plane[0] - plane[1]) if plane is not None else camera_height_m
     translation = np.array([0.0, first_height_m, 0.0]) - scale * R @ centres[0]
     sim = Sim3(float(scale), R, translation)
     info.update(
