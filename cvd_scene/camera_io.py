@@ -29,7 +29,9 @@ from cvd_scene.paths import UnsafePathError, check_id
 from cvd_scene.runfolder import frame_name
 
 CAMERAS_FORMAT = "cvd-scene/cameras"
-CAMERAS_VERSION = 1
+CAMERAS_VERSION = 2
+"""Version 2 adds ``"poses": "unknown"`` (pictures imported without poses: frames carry no ``world_from_cam``)."""
+CAMERAS_VERSIONS_READ = (1, 2)
 
 
 class CameraFileError(ValueError):
@@ -56,9 +58,10 @@ def cameras_to_dict(cams: Cameras) -> dict:
                     "fy": float(K[1, 1]),
                     "cx": float(K[0, 2]),
                     "cy": float(K[1, 2]),
-                    "world_from_cam": cams.world_from_cam[v, f].tolist(),
                 }
             )
+            if cams.poses_known:
+                frames[-1]["world_from_cam"] = cams.world_from_cam[v, f].tolist()
         videos.append({"id": vid, "frames": frames})
     doc = {
         "format": CAMERAS_FORMAT,
@@ -67,6 +70,7 @@ def cameras_to_dict(cams: Cameras) -> dict:
         "pose": "world_from_cam",
         "units": "m",
         "world_up": "+y",
+        "poses": "known" if cams.poses_known else "unknown",
         "fps": cams.fps,
         "videos": videos,
     }
@@ -85,8 +89,16 @@ def cameras_from_dict(doc: dict, source: str = "cameras.json") -> Cameras:
         raise fail("top level must be a JSON object")
     if doc.get("format") != CAMERAS_FORMAT:
         raise fail(f"'format' must be {CAMERAS_FORMAT!r}, got {doc.get('format')!r}")
-    if doc.get("version") != CAMERAS_VERSION:
-        raise fail(f"unsupported version {doc.get('version')!r} (this cvd-scene reads version {CAMERAS_VERSION})")
+    version = doc.get("version")
+    if isinstance(version, bool) or version not in CAMERAS_VERSIONS_READ:
+        raise fail(
+            f"unsupported version {version!r} (this cvd-scene reads versions "
+            f"{', '.join(map(str, CAMERAS_VERSIONS_READ))})"
+        )
+    poses = doc.get("poses", "known")
+    if poses not in ("known", "unknown") or (version == 1 and poses != "known"):
+        raise fail(f"'poses' must be 'known' or 'unknown' (version 2 and later), got {poses!r} in version {version}")
+    poses_known = poses == "known"
     for key, want in (("convention", "opencv"), ("pose", "world_from_cam"), ("units", "m"), ("world_up", "+y")):
         if doc.get(key, want) != want:
             raise fail(f"'{key}' must be {want!r}, got {doc.get(key)!r}")
@@ -120,7 +132,8 @@ def cameras_from_dict(doc: dict, source: str = "cameras.json") -> Cameras:
             where = f"videos[{vi}].frames[{fi}]"
             if not isinstance(fr, dict):
                 raise fail(f"{where} must be a JSON object, got {fr!r}")
-            missing = [k for k in ("width", "height", "fx", "fy", "cx", "cy", "world_from_cam") if k not in fr]
+            needed = ("width", "height", "fx", "fy", "cx", "cy") + (("world_from_cam",) if poses_known else ())
+            missing = [k for k in needed if k not in fr]
             if missing:
                 raise fail(f"{where} is missing key {missing[0]!r}")
             wh = tuple(_integer(fr[k], f"{where}.{k}", fail, lo=1, hi=MAX_IMAGE_SIDE) for k in ("width", "height"))
@@ -133,8 +146,10 @@ def cameras_from_dict(doc: dict, source: str = "cameras.json") -> Cameras:
                         f"{wh[0]}x{wh[1]} image"
                     )
             K = intrinsics_matrix(fx, fy, cx, cy)
+            if not poses_known and fr.get("world_from_cam") is not None:
+                raise fail(f"{where}.world_from_cam is given but 'poses' is 'unknown'")
             try:
-                T = np.asarray(fr["world_from_cam"], dtype=np.float64)
+                T = np.asarray(fr["world_from_cam"] if poses_known else np.eye(4), dtype=np.float64)
             except (TypeError, ValueError) as e:
                 raise fail(f"{where}.world_from_cam: {e}") from None
             if T.shape != (4, 4) or not np.all(np.isfinite(T)):
@@ -170,6 +185,7 @@ def cameras_from_dict(doc: dict, source: str = "cameras.json") -> Cameras:
         time_s=np.asarray(times),
         fps=fps,
         extras=dict(extras),
+        poses_known=poses_known,
     )
 
 

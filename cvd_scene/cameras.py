@@ -48,6 +48,9 @@ class Cameras:
     """Frame rate used for ``time_s`` when it is not given and for videos."""
     extras: dict = field(default_factory=dict, compare=False)
     """Free-form metadata carried along (e.g. the look-at point of a planned pattern)."""
+    poses_known: bool = True
+    """False for pictures imported without poses: ``world_from_cam`` then holds identities that mean nothing
+    (only the intrinsics and sizes are real), and every stage that needs poses skips or estimates them."""
 
     def __post_init__(self) -> None:
         c2w = np.asarray(self.world_from_cam, dtype=np.float64)
@@ -104,12 +107,16 @@ class Cameras:
             time_s=np.asarray(self.time_s)[fsel],
             fps=self.fps,
             extras=dict(self.extras),
+            poses_known=self.poses_known,
         )
 
     def resized(self, width: int, height: int) -> Cameras:
         """The same cameras for an image resized (not cropped) to ``width`` x ``height``."""
         K = scale_intrinsics(self.K, width / self.width, height / self.height)
-        return Cameras(self.world_from_cam, K, width, height, self.video_ids, self.time_s, self.fps, dict(self.extras))
+        return Cameras(
+            self.world_from_cam, K, width, height, self.video_ids, self.time_s, self.fps, dict(self.extras),
+            self.poses_known,
+        )
 
 
 # --------------------------------------------------------------------------------------------- basic pieces

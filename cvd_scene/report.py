@@ -159,6 +159,8 @@ def _section_plan(run_dir: Path) -> str:
             f"<p class='muted'>{len(vids)} videos × {len(vids[0]['frames'])} frames at "
             f"{fr['width']}×{fr['height']}</p>"
         )
+    if cams.get("poses") == "unknown":
+        extra += "<p>Pictures imported without poses: the registration stage estimates the cameras.</p>"
     return f"<section><h2>Plan</h2>{extra}<div class='row'>{''.join(p for p in parts if p)}</div></section>"
 
 
@@ -256,6 +258,14 @@ def _section_register(run_dir: Path) -> str:
             else "register.mode is planned: the fit uses the planned cameras, not poses estimated from the frames"
         )
         banner = f"<p class='banner'><b>Planned cameras:</b> {_esc(why)}.</p>"
+    align = rep.get("alignment") or {}
+    if str(rep.get("poses", "")).startswith("estimated (no known poses)"):
+        fov = (align.get("intrinsics") or {}).get("fov_x_deg")
+        banner = (
+            "<p class='banner'><b>Pictures without poses:</b> nothing to compare with; the world is levelled from the "
+            f"cameras themselves. Up: {_esc(align.get('up', '?'))}. Scale: {_esc(align.get('scale_from', '?'))}. "
+            f"Field of view after refinement: {_fmt(fov)}°.</p>"
+        )
     return (
         f"<section><h2>Registration</h2>{banner}<p>{_esc(rep.get('message', ''))}</p>"
         f"<p class='muted'>medians against the plan, after a similarity alignment</p>{head}{table}"
@@ -319,6 +329,8 @@ def _section_evaluate(run_dir: Path) -> str:
     cons = _read_json(RunLayout(run_dir).consistency)
     if cons is None:
         return ""
+    if cons.get("skipped"):
+        return f"<section><h2>Geometric consistency</h2><p>{_esc(cons['skipped'])}.</p></section>"
     headers = ["", "rot AUC@5", "@10", "@20", "trans AUC@5", "@10", "@20", "precision", "matching score"]
     out = ["<section><h2>Geometric consistency (the CVD paper's protocol, SIFT matches)</h2>"]
     for key, title, paper in (

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
+from cvd_scene.cameras import opencv_to_opengl
 from cvd_scene.cli import main
 from cvd_scene.runfolder import config_hash
 
@@ -45,3 +48,21 @@ def test_a_run_made_before_a_key_existed_resumes_and_the_key_still_counts_when_s
     capsys.readouterr()
     assert main(["run", str(run), "--until", "generate", *TINY, "generate.memory=low"]) == 2
     assert "generate.memory" in capsys.readouterr().err
+
+
+def test_a_run_whose_cameras_json_is_version_1_still_runs(tmp_path):
+    """``plan/cameras.json`` version 2 added ``"poses"`` (pictures imported without poses); a run folder whose file is
+    version 1, without that key, is read as before: its cameras are known and the next stage runs on them."""
+    run = tmp_path / "run"
+    assert main(["run", str(run), "--until", "plan", *TINY]) == 0
+    path = run / "plan" / "cameras.json"
+    doc = json.loads(path.read_text())
+    assert doc["version"] == 2 and doc.pop("poses") == "known"
+    doc["version"] = 1
+    path.write_text(json.dumps(doc))
+    assert main(["run", str(run), "--until", "generate", *TINY]) == 0
+    transforms = json.loads((run / "generate" / "transforms.json").read_text())
+    planned = [fr["world_from_cam"] for v in doc["videos"] for fr in v["frames"]]
+    assert len(transforms["frames"]) == len(planned) == 6
+    got = [fr["transform_matrix"] for fr in transforms["frames"]]
+    assert np.allclose(got, opencv_to_opengl(np.asarray(planned)))  # the version 1 poses, used as they are

@@ -44,8 +44,8 @@ EXHAUSTIVE_MAX_FRAMES = 150
 
 def import_overrides(overrides: tuple[str, ...], source: str, cameras: str | None) -> dict:
     """The config overrides of ``cvd-scene import``: the source folder and the cameras file (absolute paths), the
-    ``imported`` generator; the folder and the cameras are read now, so bad input is one line before anything
-    is written."""
+    ``imported`` generator; without cameras the poses are unknown and ``register.mode`` is ``free``. The folder
+    and the cameras are read now, so bad input is one line before anything is written."""
     from cvd_scene.camera_io import CameraFileError, read_cameras_json
     from cvd_scene.generate.imported import SourceError, check_videos, decode_videos, source_videos
 
@@ -53,14 +53,23 @@ def import_overrides(overrides: tuple[str, ...], source: str, cameras: str | Non
         videos = source_videos(source)
     except SourceError as e:
         raise CliError(str(e)) from None
-    if cameras is None:
-        raise CliError(
-            f"import {source}: {len(videos)} video(s) without cameras: registering pictures without poses is not "
-            "built yet; give their cameras with --cameras FILE (a cameras.json, docs/architecture.md)"
-        )
+    ov = parse_overrides(list(overrides))
+    for key in ("plan", "generate", "register"):
+        if not isinstance(ov.setdefault(key, {}), dict):
+            raise CliError(f"override {key}={ov[key]!r} must set keys of the {key} section")
+    if cameras is None:  # poses unknown: the plan stage reads the pictures, register maps them
+        from cvd_scene.generate.imported import unknown_cameras
+
+        try:
+            unknown_cameras(videos, 60.0)
+        except SourceError as e:
+            raise CliError(str(e)) from None
+        ov["plan"].update(cameras_file=None, re10k_files=[])
+        ov["generate"].update(generator="imported", source=os.path.abspath(source))
+        ov["register"].setdefault("mode", "free")
+        return ov
     if not Path(cameras).is_file():
         raise CliError(f"--cameras {cameras}: no such file")
-    ov = parse_overrides(list(overrides))
     try:
         cams = read_cameras_json(cameras)
         fps = (ov.get("generate") or {}).get("import_fps") if isinstance(ov.get("generate"), dict) else None
@@ -68,9 +77,6 @@ def import_overrides(overrides: tuple[str, ...], source: str, cameras: str | Non
         check_videos(videos, cams.video_ids, cams.num_frames, cams.width, cams.height, decoded)
     except (CameraFileError, SourceError, OSError, UnicodeDecodeError) as e:
         raise CliError(str(e)) from None
-    for key in ("plan", "generate"):
-        if not isinstance(ov.setdefault(key, {}), dict):
-            raise CliError(f"override {key}={ov[key]!r} must set keys of the {key} section")
     ov["plan"].update(cameras_file=os.path.abspath(cameras), re10k_files=[])
     ov["generate"].update(generator="imported", source=os.path.abspath(source))
     return ov
@@ -89,8 +95,9 @@ def import_command(
     quiet: bool = False,
     verbose: bool = False,
 ) -> None:
-    """Start RUN_DIR from your own pictures: plan/ from --cameras (or a capture's own cameras), generate/ from SOURCE
-    (frames, videos, contact sheet, transforms.json; no ground truth); then register, fit and export it as any run.
+    """Start RUN_DIR from your own pictures: plan/ from --cameras or a capture's own cameras (without either: poses
+    unknown, the field of view from EXIF or plan.fov_x_deg), generate/ from SOURCE (frames, videos, contact sheet;
+    no ground truth); then `cvd-scene run RUN_DIR` registers (register.mode=free without cameras), fits and exports.
 
     Args:
         run_dir: The run folder (created if missing).
@@ -102,7 +109,8 @@ def import_command(
             picture. Not needed when SOURCE is a capture with its own cameras: a nerfstudio / instant-ngp
             transforms.json (or its folder) or a COLMAP model (a folder with cameras/images/points3D .bin or .txt,
             or one holding sparse/0); its poses are converted into the run's world once, its lens distortion
-            removed from the pictures.
+            removed from the pictures. Without either the poses are unknown: register --mode free estimates them
+            and levels the world from the cameras (register.camera_height_m, register.scale_m).
         images: COLMAP model: the folder of its pictures (default: an images/ folder next to the model or above).
         downscale: Capture with its own cameras: read its images_N/ copies (N = 2, 4, 8, ...).
         preset: Run preset for the later stages: a name in configs/run/ or a path to a YAML file.

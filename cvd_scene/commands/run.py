@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from cvd_scene.commands.common import CliError, Overrides, RunDir, app, command_line, log
-from cvd_scene.config import load_config, parse_overrides
+from cvd_scene.commands.common import CliError, Overrides, RunDir, app, command_line, log, resolve_config
+from cvd_scene.config import parse_overrides
 from cvd_scene.preflight import validate_stages
-from cvd_scene.runconfig import RunConfig
 from cvd_scene.runfolder import check_run_dir
 from cvd_scene.stages import STAGE_ORDER, downstream
 
@@ -14,7 +13,7 @@ from cvd_scene.stages import STAGE_ORDER, downstream
 def run(
     run_dir: RunDir,
     overrides: Overrides = (),
-    preset: str = "demo",
+    preset: str | None = None,
     prompt: str | None = None,
     image: str | None = None,
     until: str | None = None,
@@ -28,7 +27,8 @@ def run(
     Args:
         run_dir: The run folder (created if missing).
         overrides: Config overrides as KEY=VALUE, e.g. fit.iterations=300 plan.num_videos=6.
-        preset: Run preset: a name in configs/run/ (demo, default, quality) or a path to a YAML file.
+        preset: Run preset: a name in configs/run/ (demo, default, quality) or a path to a YAML file (default: the
+            run folder's own config, e.g. after cvd-scene import, else demo).
         prompt: Text prompt (also settable as prompt=...).
         image: A picture that becomes frame 0 of every video (CVD generator, e.g. --preset demo-learned); the
             prompt is then optional, and the plan's field of view comes from the EXIF focal length when present.
@@ -45,7 +45,7 @@ def run(
     ov = parse_overrides(list(overrides))
     if prompt is not None:
         ov["prompt"] = prompt
-    config = load_config(RunConfig, "run", preset, ov)
+    config, preset = resolve_config(run_dir, preset, ov)
     if image is not None:
         from cvd_scene.generate.picture import PictureError, image_overrides
 
@@ -53,7 +53,7 @@ def run(
             ov = image_overrides(ov, image, plan_size=(config.plan.width, config.plan.height))
         except PictureError as e:
             raise CliError(str(e)) from None
-        config = load_config(RunConfig, "run", preset, ov)
+        config, preset = resolve_config(run_dir, preset, ov)
     for name, value in (("--until", until), ("--redo", redo)):
         if value is not None and value not in STAGE_ORDER:
             raise CliError(f"{name} {value!r} is not a stage; stages are {', '.join(STAGE_ORDER)}")

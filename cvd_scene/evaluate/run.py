@@ -35,6 +35,15 @@ def run_evaluate(config, run_dir: Path, out_dir: Path):
     run = RunLayout(run_dir)
     files = run.writing("evaluate", out_dir)
     plan = read_cameras_json(run.cameras)
+    if not plan.poses_known:
+        why = (
+            "skipped: the CVD paper's protocol compares the poses estimated between frames with the planned ones, "
+            "and these pictures were imported without poses"
+        )
+        log.info("evaluate: %s", why)
+        write_json(files.consistency, {"format": "cvd-scene/consistency", "skipped": why})
+        files.consistency_md.write_text(f"Geometric consistency: {why}.\n")
+        return StageResult(status="finished", summary={"skipped": "no planned poses"}, message=why)
     covisibility = read_covisibility(run.covisibility, plan)
     frames = read_frames(run.frames, plan.video_ids, plan.num_frames)  # [V, F, H, W, 3]
     depth = planned_depth(run_dir, plan)

@@ -73,6 +73,9 @@ def run_export(config, run_dir: Path, out_dir: Path):
     planned = read_cameras_json(planned_path) if planned_path.is_file() else None
     views = load_fit_views(fit_dir, registered) if registered is not None and run.fit_views.is_dir() else []
     splats_path = run.fit_gaussians
+    if planned is not None and not planned.poses_known:  # pictures imported without poses: the registered ones
+        log.info("export: camera_path.json follows the registered cameras (the plan has no poses)")
+        planned = None
     path_cameras = planned or registered
     method = fit_method(config, run_dir)
     if method in GAUSSIAN_METHODS or splats_path.is_file():

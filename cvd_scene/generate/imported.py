@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvd_scene.cameras import Cameras
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 """File name endings read as pictures (any case); other files are ignored."""
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm")
@@ -217,3 +219,67 @@ def read_videos(videos: list[SourceVideo], width: int, height: int,
                 )
             out[i, f] = pic.rgb.astype(np.float32) / 255.0
     return out
+
+
+def unknown_cameras(videos: list[SourceVideo], default_fov_x_deg: float, fps: float = 8.0) -> Cameras:
+    """The cameras of pictures imported without poses (``poses_known=False``): every video the first video's
+    frame count and every picture the first picture's upright size (:class:`SourceError` names the first that
+    differs); one shared pinhole, its field of view from the first EXIF 35 mm-equivalent focal length found,
+    else ``default_fov_x_deg``. ``extras`` records which (``intrinsics``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from cvd_scene.cameras import intrinsics_from_fov
+    from cvd_scene.generate.picture import EXIF_IFD, FOCAL_35MM_TAG, FULL_FRAME_DIAGONAL_MM, ORIENTATION_TAG
+
+    size, focal_mm, focal_from = None, None, None
+    for video in videos:
+        for path in video.files:
+            try:
+                with Image.open(path) as img:
+                    w, h = img.size
+                    exif = img.getexif()
+                    if int(exif.get(ORIENTATION_TAG, 1) or 1) in (5, 6, 7, 8):
+                        w, h = h, w
+                    focal = exif.get_ifd(EXIF_IFD).get(FOCAL_35MM_TAG)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                raise SourceError(f"import: {path}: not an image that can be read ({type(e).__name__}: {e})") from None
+            if size is None:
+                size = (w, h)
+            elif (w, h) != size:
+                raise SourceError(
+                    f"import: {path} is {w}x{h} (upright), {videos[0].files[0]} is {size[0]}x{size[1]}; pictures "
+                    "imported without poses need one size"
+                )
+            try:
+                focal = float(focal) if focal is not None else None
+            except (TypeError, ValueError):
+                focal = None
+            if focal_mm is None and focal is not None and np.isfinite(focal) and focal > 0:
+                focal_mm, focal_from = focal, path
+    counts = {v.id: len(v.files) for v in videos}
+    if len(set(counts.values())) > 1:
+        raise SourceError(
+            f"import: the videos have different frame counts ({', '.join(f'{k}: {n}' for k, n in counts.items())}); "
+            "every video needs the same number of frames"
+        )
+    width, height = size
+    if focal_mm is not None:
+        width_mm = FULL_FRAME_DIAGONAL_MM * width / np.hypot(width, height)
+        fov = float(np.degrees(2 * np.arctan(width_mm / (2 * focal_mm))))
+        intrinsics = {"fov_x_deg": round(fov, 3), "from": f"EXIF 35 mm-equivalent focal length {focal_mm:g} mm "
+                      f"({focal_from.name})"}  # fmt: skip
+    else:
+        fov = float(default_fov_x_deg)
+        intrinsics = {"fov_x_deg": fov, "from": "no EXIF focal length: plan.fov_x_deg (assumed; registration "
+                      "refines it)"}  # fmt: skip
+    V, F = len(videos), len(videos[0].files)
+    return Cameras(
+        world_from_cam=np.tile(np.eye(4), (V, F, 1, 1)),
+        K=intrinsics_from_fov(fov, width, height),
+        width=width,
+        height=height,
+        video_ids=tuple(v.id for v in videos),
+        fps=fps,
+        extras={"source": "import without poses", "intrinsics": intrinsics},
+        poses_known=False,
+    )

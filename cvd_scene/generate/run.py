@@ -79,6 +79,11 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
     validate(config, PlanSize(cams.num_videos, cams.num_frames, cams.width, cams.height, str(cams_path),
                               {"plan": str(cams_path)}))  # fmt: skip
     gen = config.generate
+    if not cams.poses_known and gen.generator != "imported":
+        raise StageRefused(
+            f"generate.generator={gen.generator}: {cams_path} has no poses (pictures imported without poses); only "
+            "the imported generator reads such a plan"
+        )
     picture = _read_image(gen, cams, out_dir) if gen.image is not None else None
     t0 = time.perf_counter()
     if gen.generator == "reference":
@@ -141,7 +146,8 @@ def run_generate(config: RunConfig, run_dir: Path, out_dir: Path) -> StageResult
 def write_generate_outputs(
     frames: np.ndarray, cams: Cameras, out_dir: Path, contact_sheet_frames: int = 8
 ) -> float:
-    """Write what every generator writes: frames, videos, contact sheet and ``transforms.json``; returns seconds.
+    """Write what every generator writes: frames, videos, contact sheet and ``transforms.json`` (not for cameras
+    with unknown poses); returns seconds.
 
     ``frames`` [V, F, H, W, 3] float in [0, 1] must match the plan ``cams`` (videos, frames, size).
     """
@@ -173,9 +179,12 @@ def write_generate_outputs(
     contact_sheet(
         frames, files.contact_sheet, max_frames=contact_sheet_frames, video_ids=cams.video_ids
     )
-    write_transforms_json(
-        cams, files.generate_transforms, files.relative(files.frames, files.generate_transforms.parent)
-    )
+    if cams.poses_known:
+        write_transforms_json(
+            cams, files.generate_transforms, files.relative(files.frames, files.generate_transforms.parent)
+        )
+    else:
+        log.info("generate: no transforms.json (the pictures' poses are unknown; register writes one)")
     return time.perf_counter() - t0
 
 

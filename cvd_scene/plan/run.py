@@ -43,6 +43,19 @@ def scene_kind(config) -> str:
     return scene_kind_from_prompt(config.prompt)
 
 
+def imported_cameras(config):
+    """The cameras of an import without poses (``generate.generator=imported``, no ``plan.cameras_file``): the
+    pictures of ``generate.source`` with unknown poses, their field of view from EXIF or ``plan.fov_x_deg``
+    (:func:`cvd_scene.generate.imported.unknown_cameras`); None for any other run. ``SourceError`` (a
+    ``ValueError``) names the file that does not fit."""
+    from cvd_scene.generate.imported import source_videos, unknown_cameras
+
+    plan, gen = config.plan, config.generate
+    if gen.generator != "imported" or plan.cameras_file or plan.re10k_files or not gen.source:
+        return None
+    return unknown_cameras(source_videos(gen.source), plan.fov_x_deg, plan.fps)
+
+
 def build_plan(plan: PlanConfig, kind: str, seed: int = 0):
     """The :class:`cvd_scene.cameras.Cameras` of a plan config in the layout of scene ``kind``: from
     ``cameras_file``, else from ``re10k_files``, else from the pattern."""
@@ -64,6 +77,7 @@ def build_plan(plan: PlanConfig, kind: str, seed: int = 0):
             cams.time_s,
             cams.fps,
             extras,
+            cams.poses_known,
         )
     pattern = planning.DEFAULT_PATTERN[kind] if plan.pattern == "auto" else plan.pattern
     params = planning.trajectory_params(
@@ -143,7 +157,7 @@ def run_plan(config, run_dir: Path, out_dir: Path):
     kind = scene_kind(config)
     layout = planning.scene_layout(kind)
     try:
-        cams = build_plan(plan, kind, config.seed)
+        cams = imported_cameras(config) or build_plan(plan, kind, config.seed)
     except ValueError as e:  # a malformed pose file or cameras.json, or parameters no pattern can use
         raise StageRefused(f"plan: {e}") from None
     from cvd_scene.stages import PlanSize
@@ -161,6 +175,17 @@ def run_plan(config, run_dir: Path, out_dir: Path):
         kind,
     )
     write_cameras_json(cams, files.cameras)
+    if not cams.poses_known:
+        log.info(
+            "plan: pictures without poses; field of view %.1f deg (%s); no co-visibility or trajectory plot (they "
+            "need poses): register --mode free estimates the cameras",
+            cams.extras["intrinsics"]["fov_x_deg"],
+            cams.extras["intrinsics"]["from"],
+        )
+        summary = {"videos": cams.num_videos, "frames": cams.num_frames, "size": [cams.width, cams.height],
+                   "source": cams.extras.get("source"), "poses": "unknown",
+                   "fov_x_deg": cams.extras["intrinsics"]["fov_x_deg"]}  # fmt: skip
+        return StageResult(status="finished", summary=summary, message="poses unknown: estimated at register")
 
     problems = []
     start_err = planning.common_start_error(cams)

@@ -322,6 +322,11 @@ class Model:
             out[image.name] = invert_rigid(cam_from_world)
         return out
 
+    def intrinsics(self) -> np.ndarray:
+        """[3, 3] pinhole matrix of the model's shared camera (after any refinement)."""
+        camera = next(iter(self._rec.cameras.values()))
+        return np.asarray(camera.calibration_matrix(), np.float64)
+
     def observations(self) -> dict[str, int]:
         """Number of triangulated keypoints (3D point observations) of every image with a pose, by name."""
         return {im.name: int(im.num_points3D) for im in self._rec.images.values() if im.has_pose}
@@ -466,6 +471,8 @@ class MapperSettings:
     """Do not triangulate points seen in only two images while registering further images."""
     max_reg_trials: int = 3
     """How often the mapper retries an image that failed to register."""
+    refine_focal_length: bool = False
+    """Let bundle adjustment refine the shared focal length (pictures whose field of view is a guess or EXIF's)."""
     seed: int = 0
     """Random seed of every RANSAC."""
     num_threads: int = -1
@@ -482,7 +489,7 @@ def incremental_mapping(
     opts.random_seed = int(settings.seed)
     opts.min_num_matches = int(settings.min_num_matches)
     opts.min_model_size = 2
-    opts.ba_refine_focal_length = False
+    opts.ba_refine_focal_length = bool(settings.refine_focal_length)
     opts.ba_refine_principal_point = False
     opts.ba_refine_extra_params = False
     opts.mapper.init_min_num_inliers = int(settings.init_min_num_inliers)
@@ -521,7 +528,7 @@ def global_mapping(
     mapper.global_positioning.random_seed = opts.random_seed
     mapper.rotation_averaging.random_seed = opts.random_seed
     ba = mapper.bundle_adjustment
-    ba.refine_focal_length = False
+    ba.refine_focal_length = bool(settings.refine_focal_length)
     ba.refine_principal_point = False
     ba.refine_extra_params = False
     ba.ceres.use_gpu = False

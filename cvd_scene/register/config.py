@@ -16,7 +16,8 @@ class RegisterConfig:
 
     mode: Literal["known-poses", "free", "planned"] = "known-poses"
     """``known-poses``: triangulate with the planned cameras then bundle-adjust; ``free``: incremental mapping then a
-    similarity alignment to the plan; ``planned``: trust the plan's cameras (the ones the generator was conditioned
+    similarity alignment to the plan (pictures imported without poses: the world levelled from the cameras and the
+    sparse points instead, see ``camera_height_m``); ``planned``: trust the plan's cameras (the ones the generator was conditioned
     on) for every frame, seeding points from the matches that verify and from random points inside the views."""
     fallback: Literal["none", "planned"] = "none"
     """What to do when ``known-poses`` or ``free`` registration fails: ``none`` (the stage fails: later stages refuse,
@@ -68,6 +69,16 @@ class RegisterConfig:
     min_baseline_fraction: float = 1e-3
     """Frame pairs whose planned baseline is below this fraction of the plan's extent have no translation direction
     and are left out of the translation-direction error."""
+    exhaustive_below: int = 100
+    """free, pictures without poses: match every pair of frames when there are at most this many frames; above it,
+    each frame with the next ``sequential_overlap`` and (``loop_gaps``) frames 4, 8, 16, ... further in its video,
+    and every 4th frame of each video with every 4th frame of the others."""
+    camera_height_m: float = 1.6
+    """free, pictures without poses: the scale: the cameras' median height above the dominant horizontal plane of
+    the sparse points in metres (without such a plane, the median depth of the points), unless ``scale_m``."""
+    scale_m: float | None = None
+    """free, pictures without poses: the distance from the first to the last picture's camera, metres, when known;
+    it sets the scale instead of ``camera_height_m``."""
     keep_database: bool = False
     """Keep the COLMAP database (``register/colmap/database.db``, several MB) for inspection."""
 
@@ -91,6 +102,9 @@ class RegisterConfig:
                 "init_min_tri_angle_deg": "in [0, 180)",
                 "min_tri_angle_deg": "in [0, 180)",
                 "min_baseline_fraction": ">= 0",
+                "exhaustive_below": ">= 0",
+                "camera_height_m": "> 0",
+                "scale_m": "> 0 or null",
             },
         )
     text_model: bool = False

@@ -135,6 +135,23 @@ def select_pairs(
     return sorted(pairs)
 
 
+def unposed_pairs(
+    num_videos: int, num_frames: int, sequential_overlap: int = 3, loop_gaps: bool = True, stride: int = 4
+) -> list[tuple[FrameId, FrameId]]:
+    """Frame pairs worth matching when no pose is known (sorted, no duplicates): within a video, each frame with
+    the next ``sequential_overlap`` frames and (``loop_gaps``) frames 4, 8, 16, ... further; across videos, every
+    ``stride``-th frame of one with every ``stride``-th frame of the other."""
+    V, F = int(num_videos), int(num_frames)
+    pairs = set(select_pairs(1, F, None, None, sequential_overlap, loop_gaps, 0, 0.0, 0))
+    pairs = {((v, a[1]), (v, b[1])) for v in range(V) for a, b in pairs}
+    keys = [(v, f) for v in range(V) for f in range(0, F, max(int(stride), 1))]
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            if a[0] != b[0]:
+                pairs.add((a, b))
+    return sorted(pairs)
+
+
 # ------------------------------------------------------------------------------------ pose errors
 
 
@@ -214,6 +231,11 @@ def register_frames(
         raise ValueError(f"fallback must be 'none' or 'planned', got {opt.fallback!r}")
     if opt.pairing not in ("structured", "exhaustive"):
         raise ValueError(f"pairing must be 'structured' or 'exhaustive', got {opt.pairing!r}")
+    if not plan.poses_known and opt.mode != "free":
+        raise ValueError(
+            f"register.mode={opt.mode}: the cameras' poses are unknown (pictures imported without poses); only "
+            "register.mode=free registers them"
+        )
     if not np.allclose(plan.K, plan.K[0, 0], rtol=1e-6, atol=1e-6):
         raise ValueError(
             "registration uses one shared camera: every frame of the plan needs the same intrinsics"
@@ -257,9 +279,10 @@ def register_frames(
         else:
             model = _solve_known_poses(run) if opt.mode == "known-poses" else _solve_free(run)
             with run.timed("alignment"):
-                model, world_from_cam, registered, sim, alignment = _align_to_plan(run, model)
+                align = _align_to_plan if plan.poses_known else _level_world
+                model, world_from_cam, registered, sim, alignment = align(run, model)
             n_reg = int(registered.sum())
-            if opt.fallback == "planned" and (n_reg == 0 or n_reg < opt.min_registered_fraction * V * F):
+            if plan.poses_known and opt.fallback == "planned" and (n_reg == 0 or n_reg < opt.min_registered_fraction * V * F):
                 log.warning(
                     "register: %s registered %d/%d frames; falling back to the planned cameras",
                     opt.mode,
@@ -303,6 +326,8 @@ class _Run:
     """When the planned cameras replaced a failed registration: its mode, frames registered and problems."""
     seed_points: tuple[np.ndarray, np.ndarray] | None = None
     """Random points [P, 3] and colours [P, 3] uint8 added to the triangulated ones (planned cameras)."""
+    K: np.ndarray | None = None
+    """[3, 3] the shared intrinsics the mapper refined (cameras without known poses); None: the plan's."""
 
     @contextlib.contextmanager
     def timed(self, step: str) -> Iterator[None]:
@@ -317,24 +342,34 @@ def _match(run: _Run, covisibility: np.ndarray | None, overlap: np.ndarray | Non
     """Match and verify the chosen frame pairs; returns how many pairs were matched."""
     opt, plan, names = run.opt, run.plan, run.names
     V, F = plan.num_videos, plan.num_frames
-    if opt.pairing == "exhaustive":
+    exhaustive = opt.pairing == "exhaustive" or (not plan.poses_known and V * F <= opt.exhaustive_below)
+    if not plan.poses_known:  # no plan to choose pairs from
+        run.extra["pairing"] = (
+            f"no poses: every pair ({V * F} frames <= register.exhaustive_below={opt.exhaustive_below})"
+            if exhaustive
+            else f"no poses: sequential + loop within videos, every 4th frame across ({V * F} frames)"
+        )
+    if exhaustive:
         colmap.match_all_in_database(
             run.database, num_threads=run.num_threads, min_num_inliers=opt.min_num_inliers, seed=run.seed
         )
         return V * F * (V * F - 1) // 2
-    if overlap is None and opt.overlap_top_k > 0:
-        overlap = frame_overlap(plan)
-    pairs = select_pairs(
-        V,
-        F,
-        covisibility,
-        overlap,
-        opt.sequential_overlap,
-        opt.loop_gaps,
-        opt.cross_neighbours,
-        opt.covisibility_min,
-        opt.overlap_top_k,
-    )
+    if not plan.poses_known:
+        pairs = unposed_pairs(V, F, opt.sequential_overlap, opt.loop_gaps)
+    else:
+        if overlap is None and opt.overlap_top_k > 0:
+            overlap = frame_overlap(plan)
+        pairs = select_pairs(
+            V,
+            F,
+            covisibility,
+            overlap,
+            opt.sequential_overlap,
+            opt.loop_gaps,
+            opt.cross_neighbours,
+            opt.covisibility_min,
+            opt.overlap_top_k,
+        )
     colmap.match_pairs_in_database(
         run.database,
         [(names[a[0]][a[1]], names[b[0]][b[1]]) for a, b in pairs],
@@ -506,6 +541,7 @@ def _solve_free(run: _Run) -> colmap.Model | None:
         min_tri_angle_deg=opt.min_tri_angle_deg,
         seed=run.seed,
         num_threads=run.num_threads,
+        refine_focal_length=not run.plan.poses_known,
     )
     models: list[colmap.Model] = []
     counts: dict[str, int] = {}
@@ -581,6 +617,43 @@ def _align_to_plan(
     return model, world_from_cam, registered, sim, info
 
 
+def _level_world(
+    run: _Run, model: colmap.Model | None
+) -> tuple[colmap.Model | None, np.ndarray, np.ndarray, Sim3, dict]:
+    """Cameras without known poses: the similarity into the run's world from the cameras and the sparse points
+    themselves (:func:`cvd_scene.register.world.level_world`), applied to the model; returns what
+    :func:`_align_to_plan` returns."""
+    from cvd_scene.register.world import level_world
+
+    plan, names, opt = run.plan, run.names, run.opt
+    V, F = plan.num_videos, plan.num_frames
+    registered = np.zeros((V, F), bool)
+    world_from_cam = np.full((V, F, 4, 4), np.nan)
+    if model is None:
+        return None, world_from_cam, registered, Sim3.identity(), {}
+    poses = model.world_from_cam()
+    idx = [(v, f) for v in range(V) for f in range(F) if names[v][f] in poses]
+    if not idx:
+        return None, world_from_cam, registered, Sim3.identity(), {}
+    src = np.stack([poses[names[v][f]] for v, f in idx])  # [N, 4, 4] model frame; the first registered camera first
+    sim, info = level_world(src, model.points()[0], opt.camera_height_m, opt.scale_m, seed=run.seed)
+    model.transform(sim.scale, sim.rotation, sim.translation)
+    for (v, f), T in zip(idx, sim.apply_poses(src)):
+        world_from_cam[v, f] = T
+        registered[v, f] = True
+    K = model.intrinsics()
+    info["intrinsics"] = {
+        "before": plan.extras.get("intrinsics"),
+        "fx": float(K[0, 0]),
+        "fy": float(K[1, 1]),
+        "fov_x_deg": round(float(np.degrees(2 * np.arctan(plan.width / (2 * K[0, 0])))), 3),
+        "refined": "focal length refined by bundle adjustment",
+    }
+    run.K = K
+    log.info("register: world levelled: up from %s; scale %s", info["up"], info["scale_from"])
+    return model, world_from_cam, registered, sim, info
+
+
 def _report(
     run: _Run,
     model: colmap.Model | None,
@@ -609,12 +682,17 @@ def _report(
     if run.seed_points is not None:
         xyz = np.concatenate([xyz, run.seed_points[0]])
         rgb = np.concatenate([rgb, run.seed_points[1]])
-    errors = pose_errors(
-        np.where(registered[..., None, None], world_from_cam, plan.world_from_cam),
-        registered,
-        plan,
-        opt.min_baseline_fraction,
-    )
+    if plan.poses_known:
+        errors = pose_errors(
+            np.where(registered[..., None, None], world_from_cam, plan.world_from_cam),
+            registered,
+            plan,
+            opt.min_baseline_fraction,
+        )
+    else:  # nothing to compare with
+        nan = np.full((V, F), np.nan)
+        errors = {"rotation_deg": nan, "position_m": nan, "translation_direction_deg": np.zeros(0),
+                  "relative_rotation_deg": np.zeros(0), "pairs_zero_baseline": 0, "extent_m": float("nan")}  # fmt: skip
     videos, video_problems = _diagnose_videos(plan, names, registered, stats, observations, opt)
     for v, vid in enumerate(plan.video_ids):
         videos[vid]["rotation_error_deg"] = error_stats(errors["rotation_deg"][v][registered[v]])
@@ -714,6 +792,18 @@ def _report(
             report[key] = {"note": "not measured: the poses are the plan's"}
         for row in report["per_frame"]:
             row["rotation_error_deg"] = row["position_error_m"] = None
+    elif not plan.poses_known:
+        report["poses"] = "estimated (no known poses)"
+        report["plan_extent_m"] = None
+        for key in ("rotation_error_deg_median", "position_error_m_median", "translation_direction_error_deg_median"):
+            report[key] = None
+        for key in ("rotation_error_deg", "position_error_m", "position_error_fraction_of_extent",
+                    "translation_direction_error_deg", "relative_rotation_error_deg"):
+            report[key] = {"note": "not measured: the pictures were imported without poses"}
+        for row in report["per_frame"]:
+            row["rotation_error_deg"] = row["position_error_m"] = None
+        for vid in plan.video_ids:
+            videos[vid]["rotation_error_deg"] = videos[vid]["position_error_m"] = None
     elif opt.mode == "known-poses":
         report["pose_change"] = {
             "note": "how far bundle adjustment moved the planned poses (after the similarity alignment)",
@@ -722,7 +812,7 @@ def _report(
         }
     cams = Cameras(
         world_from_cam=world_from_cam,
-        K=plan.K,
+        K=plan.K if run.K is None else run.K,
         width=plan.width,
         height=plan.height,
         video_ids=plan.video_ids,

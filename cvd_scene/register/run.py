@@ -37,16 +37,25 @@ def run_register(config, run_dir: Path, out_dir: Path):
     from cvd_scene.plan.overlap import frame_overlap, planned_depth
     from cvd_scene.pointcloud import write_points_ply
     from cvd_scene.register.registration import register_frames
-    from cvd_scene.runfolder import RunLayout, StageResult
+    from cvd_scene.runfolder import RunLayout, StageRefused, StageResult
 
     run = RunLayout(run_dir)
     files = run.writing("register", out_dir)
     cfg: RegisterConfig = config.register
     plan = read_cameras_json(run.cameras)
-    covisibility = read_covisibility(run.covisibility, plan)
-    if covisibility is None:
-        log.info("register: no usable %s; matching every same-index pair across videos", run.covisibility)
-    overlap = frame_overlap(plan, planned_depth(run_dir, plan)) if cfg.overlap_top_k > 0 else None
+    if not plan.poses_known and cfg.mode != "free":
+        raise StageRefused(
+            f"register: {run.cameras} has no poses (pictures imported without poses): register.mode={cfg.mode} "
+            "needs them; use register.mode=free (cvd-scene register RUN --mode free)"
+        )
+    if plan.poses_known:
+        covisibility = read_covisibility(run.covisibility, plan)
+        if covisibility is None:
+            log.info("register: no usable %s; matching every same-index pair across videos", run.covisibility)
+        overlap = frame_overlap(plan, planned_depth(run_dir, plan)) if cfg.overlap_top_k > 0 else None
+    else:
+        log.info("register: the pictures' poses are unknown: pairs without a plan, world levelled from the cameras")
+        covisibility = overlap = None
     reg = register_frames(
         run.frames,
         plan,
