@@ -73,7 +73,7 @@ def test_applied_transform_opengl_axes_and_instant_ngp_focal(tmp_path):
     doc["camera_angle_x"] = 2 * np.arctan(0.5 * doc["w"] / fx)
     shutil.copytree(DATA / "images", tmp_path / "images")
     # The model's points as the capture's ply_file_path, in the file's applied world (as ns-process-data writes it).
-    from cvd_scene.register.registration import write_points_ply
+    from cvd_scene.pointcloud import write_points_ply
 
     colmap = read_posed_source(MODEL)
     write_points_ply(tmp_path / "sparse_pc.ply", colmap.points @ applied[:3, :3].T + applied[:3, 3], colmap.colors)
