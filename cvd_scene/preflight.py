@@ -45,20 +45,14 @@ def plan_size(config, run_dir: Path | None = None, planning: bool = True) -> Pla
         return PlanSize(cams.num_videos, cams.num_frames, cams.width, cams.height, "plan.cameras_file",
                         {"plan.cameras_file": plan.cameras_file})  # fmt: skip
     if config.generate.generator == "imported" and not plan.re10k_files and config.generate.source:
-        from cvd_scene.generate.imported import SourceError, source_videos
+        from cvd_scene.generate.imported import SourceError, source_videos, unknown_cameras
 
         try:
-            videos = source_videos(config.generate.source)
+            cams = unknown_cameras(source_videos(config.generate.source), plan.fov_x_deg, plan.fps,
+                                   config.generate.import_fps)  # fmt: skip
         except SourceError as e:
             raise PreflightError(str(e)) from None
-        from PIL import Image
-
-        try:
-            with Image.open(videos[0].files[0]) as img:
-                width, height = img.size
-        except OSError as e:
-            raise PreflightError(f"import: {videos[0].files[0]}: not an image that can be read ({e})") from None
-        return PlanSize(len(videos), max(len(v.files) for v in videos), width, height, "generate.source",
+        return PlanSize(cams.num_videos, cams.num_frames, cams.width, cams.height, "generate.source",
                         {"generate.source": config.generate.source})  # fmt: skip
     if plan.re10k_files:
         counts = []

@@ -217,3 +217,20 @@ def test_a_generator_refuses_a_plan_without_poses(imported, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "has no poses" in err and "generate.generator=reference" in err, err
     assert (run / "generate" / "frames" / "images" / "0000.png").is_file()  # the imported frames are kept
+
+
+def test_video_files_import_without_poses_at_the_chosen_rate(tmp_path):
+    """A video file without cameras: its frames sampled at ``generate.import_fps`` become one video of unknown
+    poses (size and count from the decoded frames), checked before anything is written."""
+    import imageio.v3 as iio
+
+    src = tmp_path / "clips"
+    src.mkdir()
+    frames = (np.random.default_rng(0).random((24, 48, 64, 3)) * 255).astype(np.uint8)  # 3 s at 8 fps
+    iio.imwrite(src / "walk 1.mp4", frames, fps=8, codec="libx264")
+    run = tmp_path / "run"
+    assert main(["import", str(run), str(src), "--quiet", "generate.import_fps=2"]) == 0
+    cams = json.loads((run / "plan" / "cameras.json").read_text())
+    assert cams["poses"] == "unknown" and [v["id"] for v in cams["videos"]] == ["walk_1"]
+    assert len(cams["videos"][0]["frames"]) == 6 and cams["videos"][0]["frames"][0]["width"] == 64
+    assert len(list((run / "generate" / "frames" / "walk_1").glob("*.png"))) == 6

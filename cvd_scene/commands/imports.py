@@ -60,8 +60,9 @@ def import_overrides(overrides: tuple[str, ...], source: str, cameras: str | Non
     if cameras is None:  # poses unknown: the plan stage reads the pictures, register maps them
         from cvd_scene.generate.imported import unknown_cameras
 
+        fps = ov["generate"].get("import_fps")
         try:
-            unknown_cameras(videos, 60.0)
+            unknown_cameras(videos, 60.0, sample_fps=float(fps) if isinstance(fps, (int, float)) and fps > 0 else None)
         except SourceError as e:
             raise CliError(str(e)) from None
         ov["plan"].update(cameras_file=None, re10k_files=[])

@@ -149,7 +149,7 @@ def check_videos(videos: list[SourceVideo], video_ids: tuple[str, ...] | list[st
         )
     if sorted(ids) == sorted(video_ids):
         videos = [videos[ids.index(vid)] for vid in video_ids]
-    counts = {v.id: len(v.files) for v in videos}
+    counts = {v.id: len(decoded[v.id]) if v.is_file else len(v.files) for v in videos}
     if len(set(counts.values())) > 1:
         raise SourceError(
             f"import: the videos have different frame counts ({', '.join(f'{k}: {n}' for k, n in counts.items())}); "
@@ -196,7 +196,7 @@ def read_videos(videos: list[SourceVideo], width: int, height: int,
     (as :func:`check_videos` returns them) take their ``decoded`` frames."""
     from cvd_scene.generate.picture import PictureError, read_picture
 
-    counts = {v.id: len(v.files) for v in videos}
+    counts = {v.id: len(decoded[v.id]) if v.is_file else len(v.files) for v in videos}
     if len(set(counts.values())) > 1:
         raise SourceError(
             f"import: the videos have different frame counts ({', '.join(f'{k}: {n}' for k, n in counts.items())}); "
@@ -221,19 +221,31 @@ def read_videos(videos: list[SourceVideo], width: int, height: int,
     return out
 
 
-def unknown_cameras(videos: list[SourceVideo], default_fov_x_deg: float, fps: float = 8.0) -> Cameras:
+def unknown_cameras(
+    videos: list[SourceVideo], default_fov_x_deg: float, fps: float = 8.0, sample_fps: float | None = None
+) -> Cameras:
     """The cameras of pictures imported without poses (``poses_known=False``): every video the first video's
     frame count and every picture the first picture's upright size (:class:`SourceError` names the first that
     differs); one shared pinhole, its field of view from the first EXIF 35 mm-equivalent focal length found,
-    else ``default_fov_x_deg``. ``extras`` records which (``intrinsics``)."""
+    else ``default_fov_x_deg``. ``extras`` records which (``intrinsics``). Video files are decoded at
+    ``sample_fps`` (default ``fps``) for their frame count and size (:func:`decode_videos`)."""
     from PIL import Image, UnidentifiedImageError
 
     from cvd_scene.cameras import intrinsics_from_fov
     from cvd_scene.generate.picture import EXIF_IFD, FOCAL_35MM_TAG, FULL_FRAME_DIAGONAL_MM, ORIENTATION_TAG
 
     size, focal_mm, focal_from = None, None, None
+    decoded = decode_videos(videos, sample_fps or fps) if any(v.is_file for v in videos) else {}
+    for vid, frames in decoded.items():
+        if size is None:
+            size = (frames.shape[2], frames.shape[1])
+        elif (frames.shape[2], frames.shape[1]) != size:
+            raise SourceError(
+                f"import: video {vid} is {frames.shape[2]}x{frames.shape[1]}, the pictures {size[0]}x{size[1]}; "
+                "a run imported without poses needs one size"
+            )
     for video in videos:
-        for path in video.files:
+        for path in [] if video.is_file else video.files:
             try:
                 with Image.open(path) as img:
                     w, h = img.size
@@ -256,7 +268,7 @@ def unknown_cameras(videos: list[SourceVideo], default_fov_x_deg: float, fps: fl
                 focal = None
             if focal_mm is None and focal is not None and np.isfinite(focal) and focal > 0:
                 focal_mm, focal_from = focal, path
-    counts = {v.id: len(v.files) for v in videos}
+    counts = {v.id: len(decoded[v.id]) if v.is_file else len(v.files) for v in videos}
     if len(set(counts.values())) > 1:
         raise SourceError(
             f"import: the videos have different frame counts ({', '.join(f'{k}: {n}' for k, n in counts.items())}); "
@@ -272,7 +284,7 @@ def unknown_cameras(videos: list[SourceVideo], default_fov_x_deg: float, fps: fl
         fov = float(default_fov_x_deg)
         intrinsics = {"fov_x_deg": fov, "from": "no EXIF focal length: plan.fov_x_deg (assumed; registration "
                       "refines it)"}  # fmt: skip
-    V, F = len(videos), len(videos[0].files)
+    V, F = len(videos), counts[videos[0].id]
     return Cameras(
         world_from_cam=np.tile(np.eye(4), (V, F, 1, 1)),
         K=intrinsics_from_fov(fov, width, height),

@@ -53,7 +53,7 @@ def imported_cameras(config):
     plan, gen = config.plan, config.generate
     if gen.generator != "imported" or plan.cameras_file or plan.re10k_files or not gen.source:
         return None
-    return unknown_cameras(source_videos(gen.source), plan.fov_x_deg, plan.fps)
+    return unknown_cameras(source_videos(gen.source), plan.fov_x_deg, plan.fps, gen.import_fps)
 
 
 def build_plan(plan: PlanConfig, kind: str, seed: int = 0):
