@@ -67,6 +67,20 @@ class Registration:
 # ---------------------------------------------------------------------------------------- pairs
 
 
+MAX_POINT_ERROR_PX = 16.0
+"""Triangulated points whose mean reprojection error exceeds this (4x COLMAP's mapper filter), or that are not
+finite, are dropped from the sparse points and the report's error statistics."""
+
+
+def sane_points(xyz: np.ndarray, rgb: np.ndarray, err: np.ndarray, track: np.ndarray, max_error_px: float = MAX_POINT_ERROR_PX):
+    """The points (``xyz`` [P, 3], ``rgb`` [P, 3], ``err`` [P] px, ``track`` [P]) that are finite with an error
+    within ``max_error_px``, and how many were dropped. A degenerate triangulation (rays nearly parallel) can leave
+    a point whose error is astronomically large or not finite: it would dominate the mean error and seed the fit
+    far from the scene."""
+    keep = np.isfinite(err) & np.all(np.isfinite(xyz), axis=1) & (err <= max_error_px)
+    return (xyz[keep], rgb[keep], err[keep], track[keep]), int((~keep).sum())
+
+
 def select_pairs(
     num_videos: int,
     num_frames: int,
@@ -667,9 +681,11 @@ def _report(
     """Errors against the plan, status, message and the ``report.json`` document."""
     opt, plan, names = run.opt, run.plan, run.names
     V, F = plan.num_videos, plan.num_frames
+    n_dropped = 0
     if model is not None:
         xyz, rgb, err, track = model.points()
         observations = model.observations()
+        (xyz, rgb, err, track), n_dropped = sane_points(xyz, rgb, err, track)
     else:
         xyz, rgb, err, track = (
             np.zeros((0, 3)),
@@ -741,6 +757,8 @@ def _report(
         "total": n_all,
         "num_points": len(xyz),
         "reprojection_error_px": float(np.mean(err)) if len(err) else None,
+        "reprojection_error_px_median": float(np.median(err)) if len(err) else None,
+        "points_dropped_degenerate": n_dropped,
         "mean_track_length": float(np.mean(track)) if len(track) else None,
         "plan_extent_m": extent,
         "rotation_error_deg_median": error_stats(rot)["median"],
