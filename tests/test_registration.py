@@ -75,7 +75,7 @@ def test_degenerate_points_are_dropped_and_do_not_dominate_the_error():
     rgb = np.arange(15, dtype=np.uint8).reshape(5, 3)
     err = np.array([0.4, 2.5e151, 0.3, np.nan, MAX_POINT_ERROR_PX])
     (x, c, e, t), dropped = sane_points(xyz, rgb, err, np.arange(5))
-    assert dropped == 3 and t.tolist() == [0, 4] and c.tolist() == [[0, 1, 2], [12, 13, 14]]
+    assert dropped == 3 and x.tolist() == [[0, 1, 2], [3, 3, 3]] and t.tolist() == [0, 4] and c.tolist() == [[0, 1, 2], [12, 13, 14]]
     assert np.mean(e) < MAX_POINT_ERROR_PX
 
 
