@@ -42,6 +42,19 @@ def gt_views(run: Path) -> list[View]:
     return views
 
 
+def test_a_view_without_depth_among_others_is_skipped_not_an_open3d_crash():
+    """A fit of a few splats can render a view with no depth at all: it adds nothing to the fusion (open3d aborted
+    on it: "No block is touched in TSDF volume"), the other views still make the mesh; views all empty are one
+    clear error."""
+    K = np.array([[20.0, 0, 16], [0, 20.0, 12], [0, 0, 1]])
+    rgb = np.zeros((24, 32, 3), np.uint8)
+    full = View(rgb=rgb, depth_m=np.full((24, 32), 2.0, np.float32), K=K, world_from_cam=np.eye(4))
+    empty = View(rgb=rgb, depth_m=np.zeros((24, 32), np.float32), K=K, world_from_cam=np.eye(4))
+    assert fuse_tsdf([full, empty], voxel_m=0.05).info["triangles"] == fuse_tsdf([full], voxel_m=0.05).info["triangles"] > 0
+    with pytest.raises(ValueError, match="no valid depth"):
+        fuse_tsdf([empty, empty], voxel_m=0.05)
+
+
 def test_raycast_depth_of_a_plane_is_its_z_depth():
     from cvd_scene.cameras import intrinsics_from_fov, look_at
     from cvd_scene.export.mesh import MeshResult

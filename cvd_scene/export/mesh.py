@@ -268,12 +268,17 @@ def fuse_tsdf(
         # depth image left blocks along the views' edges out (measured on the 48 px test room: the first view's
         # mesh covered 89.6 % of its depth pixels, the views 94.7 %; with these blocks 94.4 % and 97.3 %).
         points, _ = backproject(v)  # [M, 3] world
+        if len(points) == 0:
+            continue  # a view without depth adds nothing (and open3d refuses an empty block list)
         points_t = o3d.t.geometry.PointCloud(o3c.Tensor(points.astype(np.float32), device=cpu))
         blocks = grid.compute_unique_block_coordinates(points_t, trunc_voxel_multiplier=trunc_voxels)
         grid.integrate(
             blocks, depth_t, color_t, K, cam_from_world, 1.0, depth_max, trunc_voxel_multiplier=trunc_voxels
         )
-    mesh = grid.extract_triangle_mesh(weight_threshold=float(min_weight)).to_legacy()
+    try:
+        mesh = grid.extract_triangle_mesh(weight_threshold=float(min_weight)).to_legacy()
+    except RuntimeError as e:  # open3d: "No block is touched" when no view had depth inside the grid
+        raise ValueError(f"TSDF fusion produced an empty mesh (depth views empty or inconsistent: {e})") from None
     fused = len(mesh.triangles)
     if fused == 0:
         raise ValueError("TSDF fusion produced an empty mesh (depth views empty or inconsistent)")
