@@ -72,6 +72,17 @@ MAX_POINT_ERROR_PX = 16.0
 finite, are dropped from the sparse points and the report's error statistics."""
 
 
+def _errors_not_measured(report: dict, why: str) -> None:
+    """Blank the pose-error entries of a registration ``report`` whose poses were not compared with a plan."""
+    for key in ("rotation_error_deg_median", "position_error_m_median", "translation_direction_error_deg_median"):
+        report[key] = None
+    for key in ("rotation_error_deg", "position_error_m", "position_error_fraction_of_extent",
+                "translation_direction_error_deg", "relative_rotation_error_deg"):
+        report[key] = {"note": f"not measured: {why}"}
+    for row in report["per_frame"]:
+        row["rotation_error_deg"] = row["position_error_m"] = None
+
+
 def sane_points(xyz: np.ndarray, rgb: np.ndarray, err: np.ndarray, track: np.ndarray, max_error_px: float = MAX_POINT_ERROR_PX):
     """The points (``xyz`` [P, 3], ``rgb`` [P, 3], ``err`` [P] px, ``track`` [P]) that are finite with an error
     within ``max_error_px``, and how many were dropped. A degenerate triangulation (rays nearly parallel) can leave
@@ -803,23 +814,11 @@ def _report(
     }
     if run.planned:
         report["num_points_triangulated"] = n_triangulated
-        for key in ("rotation_error_deg_median", "position_error_m_median", "translation_direction_error_deg_median"):
-            report[key] = None
-        for key in ("rotation_error_deg", "position_error_m", "position_error_fraction_of_extent",
-                    "translation_direction_error_deg", "relative_rotation_error_deg"):
-            report[key] = {"note": "not measured: the poses are the plan's"}
-        for row in report["per_frame"]:
-            row["rotation_error_deg"] = row["position_error_m"] = None
+        _errors_not_measured(report, "the poses are the plan's")
     elif not plan.poses_known:
         report["poses"] = "estimated (no known poses)"
         report["plan_extent_m"] = None
-        for key in ("rotation_error_deg_median", "position_error_m_median", "translation_direction_error_deg_median"):
-            report[key] = None
-        for key in ("rotation_error_deg", "position_error_m", "position_error_fraction_of_extent",
-                    "translation_direction_error_deg", "relative_rotation_error_deg"):
-            report[key] = {"note": "not measured: the pictures were imported without poses"}
-        for row in report["per_frame"]:
-            row["rotation_error_deg"] = row["position_error_m"] = None
+        _errors_not_measured(report, "the pictures were imported without poses")
         for vid in plan.video_ids:
             videos[vid]["rotation_error_deg"] = videos[vid]["position_error_m"] = None
     elif opt.mode == "known-poses":
