@@ -3,7 +3,7 @@
 The reference renderer's scene of the run's prompt (kind, seed, objects as the ``generate`` section names them) is
 rendered along the plan: colour and z-depth of every camera. The CVD model then generates the plan with video 0's
 first frame given, the ground-truth render held as frame 0 of every video (the pipeline's fixed first-frame latent,
-as ``generate.image`` holds a picture), so its videos depict the scene whose depth is known. Three videos sets are
+as ``generate.image`` holds a picture), so its videos depict the scene whose depth is known. Three sets of videos are
 scored with :func:`cvd_scene.evaluate.warp_consistency.warp_consistency` against the ground-truth depth:
 
 - ``generated``: the model as it is;

@@ -36,8 +36,8 @@ def generate_cvd(
 
     The model generates at the plan's size rounded up to its stride (64 px for SD1.5), with the intrinsics scaled
     to match, and the frames are resized back to the plan's size. ``plan/covisibility.json`` (when present)
-    weights the ``covisibility`` pairing. ``picture`` (the ``generate`` stage's reading of ``generate.image``) is cover-cropped to the
-    generated size and held as frame 0 of every video; ``first_frame_rgb`` (a frame of the plan's size, e.g. a
+    weights the ``covisibility`` pairing. ``picture`` (the ``generate`` stage's reading of ``generate.image``) is
+    cover-cropped to the generated size and held as frame 0 of every video; ``first_frame_rgb`` (a frame of the plan's size, e.g. a
     ground-truth render) is held the same way, resized to the generated size. ``cross_view=False`` samples every
     video alone, the cross-view modules skipped (the pipeline's ``cross_view``), with the same noise and conditioning.
     """
@@ -97,7 +97,9 @@ def generate_cvd(
     elif first_frame_rgb is not None:
         first_frame = torch.as_tensor(np.asarray(first_frame_rgb, np.float32)).permute(2, 0, 1)[None]  # [1, 3, H, W]
         if (Hg, Wg) != (H, W):
-            first_frame = torch.nn.functional.interpolate(first_frame, size=(Hg, Wg), mode="bilinear", align_corners=False)
+            first_frame = torch.nn.functional.interpolate(
+                first_frame, size=(Hg, Wg), mode="bilinear", align_corners=False
+            )  # [1, 3, Hg, Wg]
         first_frame = first_frame[0].permute(1, 2, 0).clamp(0, 1).contiguous()  # [Hg, Wg, 3]
     out = pipe(
         config.prompt,
