@@ -48,6 +48,7 @@ def tiny_run(tmp_path_factory):
     run_dir = root / "run"
     results = run_stages(run_dir, config, ["plan", "generate", "evaluate"])
     assert results["evaluate"].status in ("finished", "partial"), results["evaluate"]
+    assert {"warp_psnr", "warp_ceiling_psnr", "warp_floor_psnr"} <= set(results["evaluate"].summary)
     return run_dir, config, root
 
 

@@ -118,6 +118,11 @@ def _known_scene_warp(config, plan, run_dir: Path, files) -> dict:
     files.warp_contact_sheet.parent.mkdir(parents=True, exist_ok=True)
     sheet = np.concatenate([videos.ceiling, videos.generated, videos.floor])  # [3 V, F, H, W, 3]
     contact_sheet(sheet, files.warp_contact_sheet, max_frames=config.generate.contact_sheet_frames, video_ids=ids)
+    if warp["psnr"] is None:
+        log.warning(
+            "warp measure on the known %s scene: no frame pair of the plan sees a common surface; nothing scored",
+            videos.info["scene_kind"],
+        )
     for arm, m in (("generated", warp), ("ceiling", warp["ceiling"]), ("floor", warp["floor"])):
         if m["psnr"] is not None:
             log.info(
