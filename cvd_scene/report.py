@@ -345,8 +345,32 @@ def _section_evaluate(run_dir: Path) -> str:
         out.append(f"<h3>{_esc(title)}</h3>{_table(headers, rows)}")
         if skipped:
             out.append(f"<p class='muted'>{_esc(', '.join(f'{k}: {v}' for k, v in skipped.items()))}</p>")
+    warp = cons.get("warp")
+    if isinstance(warp, dict) and warp.get("psnr") is not None:
+        out.append(_warp_table(warp))
     out.append("</section>")
     return "".join(out)
+
+
+def _warp_table(warp: dict) -> str:
+    """The warp measure (ground-truth depth), with its ceiling and floor when the run scored them."""
+    rows = [["these videos", warp.get("psnr"), warp.get("ssim"), warp.get("kept_fraction")]]
+    for arm, name in (("ceiling", "ceiling: ground-truth renders"), ("floor", "floor: same model, cross-view off")):
+        m = warp.get(arm)
+        if isinstance(m, dict):
+            rows.append([name, m.get("psnr"), m.get("ssim"), m.get("kept_fraction")])
+    scene = warp.get("known_scene")
+    note = (
+        f"<p class='muted'>Generated again on the reference {_esc(scene.get('scene_kind', '?'))} scene of the prompt, "
+        "its ground-truth first frame held (evaluate/warp_known_scene.png).</p>"
+        if isinstance(scene, dict)
+        else ""
+    )
+    return (
+        "<h3>Warp measure (ground-truth depth; any sharpness)</h3>"
+        + _table(["", "PSNR (dB)", "SSIM", "kept fraction"], rows)
+        + note
+    )
 
 
 def _section_export(run_dir: Path) -> str:

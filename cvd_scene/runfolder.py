@@ -332,6 +332,11 @@ class RunLayout:
     def consistency_md(self) -> Path:
         return self.stage("evaluate") / "consistency.md"
 
+    @property
+    def warp_contact_sheet(self) -> Path:
+        """``evaluate/warp_known_scene.png``: ground truth, generated and cross-view-off videos of the known scene."""
+        return self.stage("evaluate") / "warp_known_scene.png"
+
     # fit
     @property
     def fit_gaussians(self) -> Path:
@@ -652,7 +657,7 @@ KNOWN_OUTPUTS: dict[str, tuple[str, ...]] = {
         "scene.ply", "scene.splat", "scene.spz", "scene_v4.spz", "scene_khr.glb", "mesh.glb", "points.ply",
         "camera_path.json", "viewer_settings.json", "report.json",
     ),
-    "evaluate": ("consistency.json", "consistency.md"),
+    "evaluate": ("consistency.json", "consistency.md", "warp_known_scene.png"),
 }  # fmt: skip
 """What each stage is known to write (``*``: one name, ``**``: anything below), for run folders whose ``run.json``
 predates output manifests: ``--overwrite`` and ``--redo`` remove only these there."""

@@ -88,7 +88,7 @@ def _plan_and_covisibility():
 
 
 def test_one_covisibility_reader_takes_the_file_in_any_video_order(tmp_path):
-    from cvd_scene.generate.run import _plan_covisibility
+    from cvd_scene.generate.cvd_sampling import plan_covisibility
 
     cams, doc = _plan_and_covisibility()
     cov = np.asarray(doc["covisibility"])  # [V, V, F] in the plan's order
@@ -101,7 +101,7 @@ def test_one_covisibility_reader_takes_the_file_in_any_video_order(tmp_path):
     shuffled = dict(doc, videos=[doc["videos"][i] for i in order], covisibility=cov[np.ix_(order, order)].tolist())
     write_json(run.covisibility, shuffled)
     np.testing.assert_array_equal(C.read_covisibility(run.covisibility, cams), cov)
-    got, source = _plan_covisibility(tmp_path, cams)  # the generate stage reads it the same way
+    got, source = plan_covisibility(tmp_path, cams)  # the generate stage reads it the same way
     np.testing.assert_array_equal(got, cov)
     assert source == "plan/covisibility.json"
 

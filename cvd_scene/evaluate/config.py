@@ -26,6 +26,12 @@ class EvaluateConfig:
     warp_rel_tol: float = 0.03
     """Warp measure (where ground-truth depth exists): a pixel is kept when its depth projected into the other
     view is within this fraction of the depth there (occlusion test)."""
+    warp_known_scene: bool = False
+    """CVD runs: also score the warp measure on the reference renderer's scene of the run's prompt (its kind and
+    seed as ``generate`` names them): render the plan's ground-truth frames and depth, generate again with video 0's
+    ground-truth first frame held as frame 0 of every video, and report the generated videos next to the ceiling
+    (the ground-truth renders) and the floor (the same model, cross-view modules off, same seed). Costs two
+    generations and one render; off by default."""
     covisibility_min: float = 0.2
     """Pairs whose planned co-visibility (either direction) is below this are skipped and counted: an essential
     matrix from the few matches of a sliver of shared view is ill-conditioned (on the demo run, pairs sharing under

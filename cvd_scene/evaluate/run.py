@@ -2,8 +2,10 @@
 
 Reads ``generate/frames`` and the plan, writes ``evaluate/consistency.json`` (and ``consistency.md``, the table next
 to the paper's numbers, which is also logged). Where the generator left ground-truth depth (``generate/gt/depth``)
-it also scores the warp measure (:mod:`cvd_scene.evaluate.warp_consistency`), which works at any sharpness. Import-light: numpy and pycolmap are imported inside
-:func:`run_evaluate`.
+it also scores the warp measure (:mod:`cvd_scene.evaluate.warp_consistency`), which works at any sharpness; with
+``evaluate.warp_known_scene`` a CVD run scores it on the prompt's reference scene, with ceiling and floor
+(:mod:`cvd_scene.evaluate.known_scene`, ``warp_known_scene.png``). Import-light: numpy and pycolmap are imported
+inside :func:`run_evaluate`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ log = logging.getLogger(__name__)
 
 
 def validate(config, size) -> None:
-    """Before any stage runs: nothing beyond the fields' own checks (:meth:`EvaluateConfig.__post_init__`)."""
+    """Before any stage runs: the fields' own checks (:meth:`EvaluateConfig.__post_init__`) and, with
+    ``evaluate.warp_known_scene``, a CVD run without a picture (:func:`cvd_scene.evaluate.known_scene.check_known_scene`)."""
+    if config.evaluate.warp_known_scene:
+        from cvd_scene.evaluate.known_scene import check_known_scene
+
+        check_known_scene(config)
 
 
 def run_evaluate(config, run_dir: Path, out_dir: Path):
@@ -67,6 +74,8 @@ def run_evaluate(config, run_dir: Path, out_dir: Path):
                 "warp measure against ground-truth depth: PSNR %.2f dB, SSIM %.3f over %.0f %% of the pixels",
                 warp["psnr"], warp["ssim"], 100 * warp["kept_fraction"],
             )  # fmt: skip
+    if config.evaluate.warp_known_scene:
+        result["warp"] = _known_scene_warp(config, plan, run_dir, files)
     write_json(files.consistency, result)
     table = format_table(result)
     files.consistency_md.write_text(table + "\n")
@@ -81,6 +90,9 @@ def run_evaluate(config, run_dir: Path, out_dir: Path):
     if result.get("warp", {}).get("psnr") is not None:
         summary["warp_psnr"] = result["warp"]["psnr"]
         summary["warp_ssim"] = result["warp"]["ssim"]
+        for arm in ("ceiling", "floor"):
+            if arm in result["warp"]:
+                summary[f"warp_{arm}_psnr"] = result["warp"][arm]["psnr"]
     scored = sum(result[k]["pairs_scored"] for k in ("cross_video", "within_video"))
     if scored == 0:
         return StageResult(
@@ -94,3 +106,36 @@ def run_evaluate(config, run_dir: Path, out_dir: Path):
         summary=summary,
         message=f"rotation AUC@5 {g['rot_auc'][0]:.1f} {which} ({g['pairs_scored']} pairs); table in evaluate/consistency.md",
     )
+
+
+def _known_scene_warp(config, plan, run_dir: Path, files) -> dict:
+    """``evaluate.warp_known_scene``: the warp measure of the CVD model on the prompt's reference scene with its
+    ceiling and floor (:mod:`cvd_scene.evaluate.known_scene`), logged, and the three videos' contact sheet."""
+    import numpy as np
+
+    from cvd_scene.evaluate.known_scene import check_known_scene, known_scene_videos, score_known_scene
+    from cvd_scene.media import contact_sheet
+    from cvd_scene.runfolder import StageRefused
+
+    try:
+        check_known_scene(config, plan)
+    except ValueError as e:
+        raise StageRefused(str(e)) from None
+    videos = known_scene_videos(config, plan, run_dir)
+    warp = score_known_scene(videos, plan, rel_tol=config.evaluate.warp_rel_tol)
+    ids = [f"{arm} {vid}" for arm in ("gt", "cvd", "solo") for vid in plan.video_ids]
+    files.warp_contact_sheet.parent.mkdir(parents=True, exist_ok=True)
+    sheet = np.concatenate([videos.ceiling, videos.generated, videos.floor])  # [3 V, F, H, W, 3]
+    contact_sheet(sheet, files.warp_contact_sheet, max_frames=config.generate.contact_sheet_frames, video_ids=ids)
+    if warp["psnr"] is None:
+        log.warning(
+            "warp measure on the known %s scene: no frame pair of the plan sees a common surface; nothing scored",
+            videos.info["scene_kind"],
+        )
+    for arm, m in (("generated", warp), ("ceiling", warp["ceiling"]), ("floor", warp["floor"])):
+        if m["psnr"] is not None:
+            log.info(
+                "warp measure on the known %s scene, %s: PSNR %.2f dB, SSIM %.3f over %.0f %% of the pixels",
+                videos.info["scene_kind"], arm, m["psnr"], m["ssim"], 100 * m["kept_fraction"],
+            )  # fmt: skip
+    return warp
