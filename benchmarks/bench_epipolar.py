@@ -58,9 +58,9 @@ def _ours(K, c2w, device):
     from cvd.geometry import epipolar_bias_pyramid
 
     # Queries of A attend to B and queries of B attend to A: stack both directions as a leading dim.
-    c2w_q = c2w  # [2, F, 4, 4]
-    c2w_k = c2w.flip(0)  # [2, F, 4, 4]
-    return epipolar_bias_pyramid(K, c2w_q, K, c2w_k, (IMAGE, IMAGE), LEVELS)
+    world_from_q = c2w  # [2, F, 4, 4]
+    world_from_k = c2w.flip(0)  # [2, F, 4, 4]
+    return epipolar_bias_pyramid(K, world_from_q, K, world_from_k, (IMAGE, IMAGE), LEVELS)
 
 
 def _release_style_attention(F_rows, first_rows, feat: int, generator):

@@ -257,7 +257,7 @@ def plucker_embedding(
     """Per-pixel Plücker rays ``[o x d, d]`` (CameraCtrl formula) of a ``height x width`` image.
 
     Pixel ``(u, v)`` has centre ``(u+0.5, v+0.5)``; its camera ray ``((u+0.5-cx)/fx, (v+0.5-cy)/fy, 1)`` is
-    normalised and rotated into the world, ``d = R_c2w · ray``, with origin ``o = t_c2w`` (pass poses relative to
+    normalised and rotated into the world, ``d = R_world_from_cam · ray``, with origin ``o = t_world_from_cam`` (pass poses relative to
     each video's first frame, in model units). Computed in the promoted dtype of the inputs (float32 at least);
     returned in ``dtype`` (default: that compute dtype). Skew in ``K`` is ignored, as in CameraCtrl.
     """
@@ -266,9 +266,9 @@ def plucker_embedding(
     height, width = _check_hw("(height, width)", (height, width))
     compute = torch.promote_types(torch.promote_types(K.dtype, world_from_cam.dtype), torch.float32)
     K = K.to(compute)
-    c2w = world_from_cam.to(compute)
-    batch = torch.broadcast_shapes(K.shape[:-2], c2w.shape[:-2])
-    device = c2w.device
+    world_from_cam = world_from_cam.to(compute)
+    batch = torch.broadcast_shapes(K.shape[:-2], world_from_cam.shape[:-2])
+    device = world_from_cam.device
     v, u = torch.meshgrid(
         torch.arange(height, device=device, dtype=compute) + 0.5,
         torch.arange(width, device=device, dtype=compute) + 0.5,
@@ -281,9 +281,9 @@ def plucker_embedding(
     x, y = torch.broadcast_tensors(x, y)
     ray = torch.stack([x, y, torch.ones_like(x)], dim=-1)  # [..., H, W, 3]
     ray = ray / torch.linalg.vector_norm(ray, dim=-1, keepdim=True)
-    R = c2w[..., None, None, :3, :3]  # [..., 1, 1, 3, 3]
+    R = world_from_cam[..., None, None, :3, :3]  # [..., 1, 1, 3, 3]
     d = (R @ ray[..., None])[..., 0]  # [..., H, W, 3]
-    o = c2w[..., None, None, :3, 3].expand_as(d)  # [..., H, W, 3]
+    o = world_from_cam[..., None, None, :3, 3].expand_as(d)  # [..., H, W, 3]
     moment = torch.linalg.cross(o, d, dim=-1)  # [..., H, W, 3]
     out = torch.cat([moment, d], dim=-1).movedim(-1, -3).contiguous()  # [..., 6, H, W]
     assert out.shape == (*batch, 6, height, width), out.shape
@@ -316,12 +316,12 @@ def model_poses(world_from_cam, model_units_per_metre: float):  # [..., F, 4, 4]
 
 
 
-def relative_pose(c2w_src: Tensor, c2w_tgt: Tensor) -> Tensor:  # [..., 4, 4] x2 -> [..., 4, 4]
-    """``tgt_from_src = inv(c2w_tgt) · c2w_src`` (rigid inverse), so ``x_tgt = R x_src + t``."""
-    c2w_src = _check_square("c2w_src", c2w_src, 4)
-    c2w_tgt = _check_square("c2w_tgt", c2w_tgt, 4)
-    dtype = torch.promote_types(c2w_src.dtype, c2w_tgt.dtype)
-    return invert_rigid(c2w_tgt.to(dtype)) @ c2w_src.to(dtype)
+def relative_pose(world_from_src: Tensor, world_from_tgt: Tensor) -> Tensor:  # [..., 4, 4] x2 -> [..., 4, 4]
+    """``tgt_from_src = inv(world_from_tgt) · world_from_src`` (rigid inverse), so ``x_tgt = R x_src + t``."""
+    world_from_src = _check_square("world_from_src", world_from_src, 4)
+    world_from_tgt = _check_square("world_from_tgt", world_from_tgt, 4)
+    dtype = torch.promote_types(world_from_src.dtype, world_from_tgt.dtype)
+    return invert_rigid(world_from_tgt.to(dtype)) @ world_from_src.to(dtype)
 
 
 def _skew(t: Tensor) -> Tensor:  # [..., 3] -> [..., 3, 3] with skew(t) @ x == t x x
@@ -339,20 +339,20 @@ def _skew(t: Tensor) -> Tensor:  # [..., 3] -> [..., 3, 3] with skew(t) @ x == t
 
 def fundamental_matrix(
     K_src: Tensor,  # [..., 3, 3]
-    c2w_src: Tensor,  # [..., 4, 4]
+    world_from_src: Tensor,  # [..., 4, 4]
     K_tgt: Tensor,  # [..., 3, 3]
-    c2w_tgt: Tensor,  # [..., 4, 4]
+    world_from_tgt: Tensor,  # [..., 4, 4]
 ) -> Tensor:  # [..., 3, 3]
     """Fundamental matrix with ``p_tgtᵀ F p_src = 0`` for pixel coordinates (pixel centres at +0.5).
 
-    ``[R|t] = inv(c2w_tgt) · c2w_src``, ``E = [t]x R``, ``F = K_tgt^{-T} E K_src^{-1}``; ``F p_src`` is the
+    ``[R|t] = inv(world_from_tgt) · world_from_src``, ``E = [t]x R``, ``F = K_tgt^{-T} E K_src^{-1}``; ``F p_src`` is the
     epipolar line ``(a, b, c)`` in the target image, ``Fᵀ`` the reverse direction. Computed in float64, returned
     in the promoted input dtype. Not normalised: F is 0 for zero baseline (see :func:`infinite_homography`).
     """
-    for name, x, n in (("K_src", K_src, 3), ("c2w_src", c2w_src, 4), ("K_tgt", K_tgt, 3), ("c2w_tgt", c2w_tgt, 4)):
+    for name, x, n in (("K_src", K_src, 3), ("world_from_src", world_from_src, 4), ("K_tgt", K_tgt, 3), ("world_from_tgt", world_from_tgt, 4)):
         _check_square(name, x, n)
-    out_dtype = torch.promote_types(torch.promote_types(K_src.dtype, c2w_src.dtype), torch.promote_types(K_tgt.dtype, c2w_tgt.dtype))
-    T = relative_pose(_to64(c2w_src), _to64(c2w_tgt))  # [..., 4, 4]
+    out_dtype = torch.promote_types(torch.promote_types(K_src.dtype, world_from_src.dtype), torch.promote_types(K_tgt.dtype, world_from_tgt.dtype))
+    T = relative_pose(_to64(world_from_src), _to64(world_from_tgt))  # [..., 4, 4]
     E = _skew(T[..., :3, 3]) @ T[..., :3, :3]  # [..., 3, 3]
     F = torch.linalg.inv(_to64(K_tgt)).transpose(-1, -2) @ E @ torch.linalg.inv(_to64(K_src))
     return F.to(out_dtype)
@@ -360,16 +360,16 @@ def fundamental_matrix(
 
 def infinite_homography(
     K_src: Tensor,  # [..., 3, 3]
-    c2w_src: Tensor,  # [..., 4, 4]
+    world_from_src: Tensor,  # [..., 4, 4]
     K_tgt: Tensor,  # [..., 3, 3]
-    c2w_tgt: Tensor,  # [..., 4, 4]
+    world_from_tgt: Tensor,  # [..., 4, 4]
 ) -> Tensor:  # [..., 3, 3]
     """``H = K_tgt R K_src^{-1}``: maps source pixels to target pixels of points at infinity (exact for any depth
     when the baseline is zero). Computed in float64, returned in the promoted input dtype."""
-    for name, x, n in (("K_src", K_src, 3), ("c2w_src", c2w_src, 4), ("K_tgt", K_tgt, 3), ("c2w_tgt", c2w_tgt, 4)):
+    for name, x, n in (("K_src", K_src, 3), ("world_from_src", world_from_src, 4), ("K_tgt", K_tgt, 3), ("world_from_tgt", world_from_tgt, 4)):
         _check_square(name, x, n)
-    out_dtype = torch.promote_types(torch.promote_types(K_src.dtype, c2w_src.dtype), torch.promote_types(K_tgt.dtype, c2w_tgt.dtype))
-    T = relative_pose(_to64(c2w_src), _to64(c2w_tgt))
+    out_dtype = torch.promote_types(torch.promote_types(K_src.dtype, world_from_src.dtype), torch.promote_types(K_tgt.dtype, world_from_tgt.dtype))
+    T = relative_pose(_to64(world_from_src), _to64(world_from_tgt))
     H = _to64(K_tgt) @ T[..., :3, :3] @ torch.linalg.inv(_to64(K_src))
     return H.to(out_dtype)
 
@@ -438,26 +438,26 @@ def _draw_angles(
 
 def _camera_geometry(
     K_q: Tensor,
-    c2w_q: Tensor,
+    world_from_q: Tensor,
     K_k: Tensor,
-    c2w_k: Tensor,
+    world_from_k: Tensor,
     config: EpipolarBiasConfig,
     generator: torch.Generator | None,
     line_angle_rad: Tensor | float | None,
 ) -> _PairGeometry:
-    for name, x, n in (("K_q", K_q, 3), ("c2w_q", c2w_q, 4), ("K_k", K_k, 3), ("c2w_k", c2w_k, 4)):
+    for name, x, n in (("K_q", K_q, 3), ("world_from_q", world_from_q, 4), ("K_k", K_k, 3), ("world_from_k", world_from_k, 4)):
         _check_square(name, x, n)
         _check_finite(name, x)
     try:
-        batch = torch.broadcast_shapes(K_q.shape[:-2], c2w_q.shape[:-2], K_k.shape[:-2], c2w_k.shape[:-2])
+        batch = torch.broadcast_shapes(K_q.shape[:-2], world_from_q.shape[:-2], K_k.shape[:-2], world_from_k.shape[:-2])
     except RuntimeError:
         raise ValueError(
             "camera batch dims do not broadcast: "
-            f"K_q {tuple(K_q.shape)}, c2w_q {tuple(c2w_q.shape)}, K_k {tuple(K_k.shape)}, c2w_k {tuple(c2w_k.shape)}"
+            f"K_q {tuple(K_q.shape)}, world_from_q {tuple(world_from_q.shape)}, K_k {tuple(K_k.shape)}, world_from_k {tuple(world_from_k.shape)}"
         ) from None
     K_q64 = _to64(K_q).expand(*batch, 3, 3)
     K_k64 = _to64(K_k).expand(*batch, 3, 3)
-    T = relative_pose(_to64(c2w_q), _to64(c2w_k)).expand(*batch, 4, 4)  # key_from_query
+    T = relative_pose(_to64(world_from_q), _to64(world_from_k)).expand(*batch, 4, 4)  # key_from_query
     R, t = T[..., :3, :3], T[..., :3, 3]  # [..., 3, 3], [..., 3]
     t_norm = torch.linalg.vector_norm(t, dim=-1)  # [...]
     zero = t_norm <= config.baseline_eps
@@ -528,9 +528,9 @@ def _lines_and_points(
 
 def correspondence_lines(
     K_q: Tensor,  # [..., 3, 3]
-    c2w_q: Tensor,  # [..., 4, 4]
+    world_from_q: Tensor,  # [..., 4, 4]
     K_k: Tensor,  # [..., 3, 3]
-    c2w_k: Tensor,  # [..., 4, 4]
+    world_from_k: Tensor,  # [..., 4, 4]
     query_px: Tensor,  # [Q, 2] or [..., Q, 2] pixel coordinates in the query image
     config: EpipolarBiasConfig | None = None,
     generator: torch.Generator | None = None,
@@ -544,7 +544,7 @@ def correspondence_lines(
     (normal angle, or random) through the infinite-homography correspondence ``H·p``.
     """
     config = config or EpipolarBiasConfig()
-    geom = _camera_geometry(K_q, c2w_q, K_k, c2w_k, config, generator, line_angle_rad)
+    geom = _camera_geometry(K_q, world_from_q, K_k, world_from_k, config, generator, line_angle_rad)
     if not isinstance(query_px, Tensor) or query_px.shape[-1] != 2:
         raise ValueError(f"query_px must be a [..., Q, 2] tensor, got {getattr(query_px, 'shape', query_px)!r}")
     q = _to64(query_px)
@@ -677,9 +677,9 @@ def _check_grids(grids: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
 @torch.no_grad()
 def epipolar_bias_pyramid(
     K_q: Tensor,  # [..., 3, 3] query video's frame
-    c2w_q: Tensor,  # [..., 4, 4]
+    world_from_q: Tensor,  # [..., 4, 4]
     K_k: Tensor,  # [..., 3, 3] partner video's same-index frame
-    c2w_k: Tensor,  # [..., 4, 4]
+    world_from_k: Tensor,  # [..., 4, 4]
     image_hw: Sequence[int],
     grids: Sequence[Sequence[int]] = ((32, 32), (16, 16), (8, 8), (4, 4)),
     config: EpipolarBiasConfig | None = None,
@@ -693,7 +693,7 @@ def epipolar_bias_pyramid(
     config = config or EpipolarBiasConfig()
     image_hw = _check_hw("image_hw", image_hw)
     grids = _check_grids(grids)
-    geom = _camera_geometry(K_q, c2w_q, K_k, c2w_k, config, generator, line_angle_rad)
+    geom = _camera_geometry(K_q, world_from_q, K_k, world_from_k, config, generator, line_angle_rad)
     results = [_bias_one_level(geom, g, image_hw, config) for g in grids]
     biases = [b for b, _ in results]
     return (biases, [s for _, s in results]) if return_stats else biases
@@ -702,9 +702,9 @@ def epipolar_bias_pyramid(
 @torch.no_grad()
 def epipolar_bias(
     K_q: Tensor,  # [..., 3, 3] query video's frame
-    c2w_q: Tensor,  # [..., 4, 4]
+    world_from_q: Tensor,  # [..., 4, 4]
     K_k: Tensor,  # [..., 3, 3] partner video's same-index frame
-    c2w_k: Tensor,  # [..., 4, 4]
+    world_from_k: Tensor,  # [..., 4, 4]
     grid_hw: Sequence[int],
     image_hw: Sequence[int],
     config: EpipolarBiasConfig | None = None,
@@ -723,7 +723,7 @@ def epipolar_bias(
     config = config or EpipolarBiasConfig()
     grid_hw = _check_hw("grid_hw", grid_hw)
     image_hw = _check_hw("image_hw", image_hw)
-    geom = _camera_geometry(K_q, c2w_q, K_k, c2w_k, config, generator, line_angle_rad)
+    geom = _camera_geometry(K_q, world_from_q, K_k, world_from_k, config, generator, line_angle_rad)
     bias, stats = _bias_one_level(geom, grid_hw, image_hw, config)
     return (bias, stats) if return_stats else bias
 

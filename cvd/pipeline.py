@@ -1025,16 +1025,16 @@ class CVDPipeline(DiffusionPipeline):
         scheduler = scheduler if scheduler is not None else self.scheduler
         height = cfg.height_px if height is None else height
         width = cfg.width_px if width is None else width
-        c2w = _as_tensor("world_from_cam", world_from_cam)
+        world_from_cam = _as_tensor("world_from_cam", world_from_cam)
         K = _as_tensor("K", K)
-        if K.shape == (3, 3) and c2w.ndim == 4:
-            K = K.expand(*c2w.shape[:2], 3, 3).clone()
+        if K.shape == (3, 3) and world_from_cam.ndim == 4:
+            K = K.expand(*world_from_cam.shape[:2], 3, 3).clone()
 
         # 1. Check inputs.
         self.check_inputs(
             prompt=prompt,
             negative_prompt=negative_prompt,
-            world_from_cam=c2w,
+            world_from_cam=world_from_cam,
             K=K,
             num_frames=num_frames,
             height=height,
@@ -1054,7 +1054,7 @@ class CVDPipeline(DiffusionPipeline):
             max_pairs_per_call=max_pairs_per_call,
             first_frame=first_frame,
         )
-        V, F = c2w.shape[:2]
+        V, F = world_from_cam.shape[:2]
         if isinstance(pairing, PairingSchedule):
             changes = {
                 k: v
@@ -1084,13 +1084,13 @@ class CVDPipeline(DiffusionPipeline):
         device = self._execution_device
         dtype = self.unet.dtype
         reset_peak_memory(device)
-        if V > 1 and not shares_first_camera(c2w):
+        if V > 1 and not shares_first_camera(world_from_cam):
             log.warning(
                 "the %d videos do not start at one common camera: CVD was trained on videos that share their first "
                 "frame, so this is outside its training distribution (frame 0 uses the true fundamental matrix)",
                 V,
             )
-        shared_first = V == 1 or shares_first_camera(c2w)
+        shared_first = V == 1 or shares_first_camera(world_from_cam)
         cross_view = cross_view and V > 1 and cfg.cvsm.enabled
 
         # 2. Randomness: one generator for the pairing draws, pseudo-line orientations and noise.
@@ -1104,9 +1104,9 @@ class CVDPipeline(DiffusionPipeline):
 
         # 3. Encode the prompt and the cameras once.
         text = self.encode_prompt(prompt, negative_prompt, guided, device)  # [branches, L, D]
-        poses = model_poses(c2w, cfg.model_units_per_metre)  # [V, F, 4, 4]
+        poses = model_poses(world_from_cam, cfg.model_units_per_metre)  # [V, F, 4, 4]
         features = self.encode_cameras(K, poses, height, width, device)  # per level [V, F, C, h, w]
-        world_model = c2w.clone()
+        world_model = world_from_cam.clone()
         world_model[..., :3, 3] *= cfg.model_units_per_metre  # one world for all videos, model units
 
         # 4. Timesteps and the pairing schedule.

@@ -111,7 +111,7 @@ def cameras_from_dict(doc: dict, source: str = "cameras.json") -> Cameras:
         raise fail(f"'extras' must be a JSON object, got {extras!r}")
     n_frames = None
     size = None
-    c2w, Ks, ids, times = [], [], [], None
+    world_from_cam, Ks, ids, times = [], [], [], None
     for vi, video in enumerate(videos):
         frames = video.get("frames") if isinstance(video, dict) else None
         if not isinstance(frames, list) or not frames:
@@ -127,7 +127,7 @@ def cameras_from_dict(doc: dict, source: str = "cameras.json") -> Cameras:
             raise fail(str(e)) from None
         if vid in ids[:-1]:
             raise fail(f"videos[{vi}].id {vid!r} is used by an earlier video; ids must be distinct")
-        vc2w, vK, vt = [], [], []
+        video_world_from_cam, vK, vt = [], [], []
         for fi, fr in enumerate(frames):
             where = f"videos[{vi}].frames[{fi}]"
             if not isinstance(fr, dict):
@@ -164,20 +164,20 @@ def cameras_from_dict(doc: dict, source: str = "cameras.json") -> Cameras:
             index = _integer(fr.get("index", fi), f"{where}.index", fail)
             if index != fi:
                 raise fail(f"{where}.index is {index}, expected {fi}")
-            vc2w.append(T)
+            video_world_from_cam.append(T)
             vK.append(K)
             vt.append(_number(fr.get("time_s", fi / fps), f"{where}.time_s", fail))
-        c2w.append(vc2w)
+        world_from_cam.append(video_world_from_cam)
         Ks.append(vK)
         if times is None:
             times = vt
-    c2w_arr = np.asarray(c2w)
+    world_from_cam_arr = np.asarray(world_from_cam)
     try:
-        check_rotations(c2w_arr, atol=1e-4)
+        check_rotations(world_from_cam_arr, atol=1e-4)
     except ValueError as e:
         raise fail(str(e)) from None
     return Cameras(
-        world_from_cam=c2w_arr,
+        world_from_cam=world_from_cam_arr,
         K=np.asarray(Ks),
         width=size[0],
         height=size[1],
@@ -303,12 +303,12 @@ def read_transforms_json(path: str | os.PathLike) -> TransformsFrames:
     F = max(max(d) for d in entries.values()) + 1
     w = int(doc.get("w", frames[0].get("w", 0)))
     h = int(doc.get("h", frames[0].get("h", 0)))
-    c2w = np.full((len(ids), F, 4, 4), np.nan)
+    world_from_cam = np.full((len(ids), F, 4, 4), np.nan)
     K = np.tile(np.eye(3), (len(ids), F, 1, 1))
     paths = [["" for _ in range(F)] for _ in ids]
     for v, vid in enumerate(ids):
         for f, fr in entries[vid].items():
-            c2w[v, f] = opengl_to_opencv(np.asarray(fr["transform_matrix"], dtype=np.float64))
+            world_from_cam[v, f] = opengl_to_opencv(np.asarray(fr["transform_matrix"], dtype=np.float64))
             K[v, f] = intrinsics_matrix(
                 float(fr.get("fl_x", doc.get("fl_x"))),
                 float(fr.get("fl_y", doc.get("fl_y"))),
@@ -318,7 +318,7 @@ def read_transforms_json(path: str | os.PathLike) -> TransformsFrames:
             paths[v][f] = fr["file_path"]
     extra = {k: v for k, v in doc.items() if k != "frames"}
     try:
-        cams = Cameras(world_from_cam=c2w, K=K, width=w, height=h, video_ids=tuple(ids))
+        cams = Cameras(world_from_cam=world_from_cam, K=K, width=w, height=h, video_ids=tuple(ids))
     except ValueError as e:
         raise CameraFileError(f"{path}: {e}") from None
     return TransformsFrames(cameras=cams, file_paths=paths, extra=extra)
@@ -461,8 +461,8 @@ def read_re10k(
         w2c, intr = w2c[::-1], intr[::-1]
     if max_frames is not None:
         w2c, intr = w2c[:max_frames], intr[:max_frames]
-    c2w = invert_rigid(w2c)
-    rel = invert_rigid(c2w[:1]) @ c2w
+    world_from_cam = invert_rigid(w2c)
+    rel = invert_rigid(world_from_cam[:1]) @ world_from_cam
     rel[:, :3, 3] *= metres_per_unit
     K = re10k_intrinsics(intr, clip.source_aspect, width, height)
     return world_from_start @ rel, K, clip

@@ -53,17 +53,17 @@ class Cameras:
     (only the intrinsics and sizes are real), and every stage that needs poses skips or estimates them."""
 
     def __post_init__(self) -> None:
-        c2w = np.asarray(self.world_from_cam, dtype=np.float64)
+        world_from_cam = np.asarray(self.world_from_cam, dtype=np.float64)
         K = np.asarray(self.K, dtype=np.float64)
-        if c2w.ndim != 4 or c2w.shape[-2:] != (4, 4):
-            raise ValueError(f"world_from_cam must be [V, F, 4, 4], got {c2w.shape=}")
+        if world_from_cam.ndim != 4 or world_from_cam.shape[-2:] != (4, 4):
+            raise ValueError(f"world_from_cam must be [V, F, 4, 4], got {world_from_cam.shape=}")
         if K.shape == (3, 3):
-            K = np.broadcast_to(K, c2w.shape[:2] + (3, 3)).copy()
-        if K.shape != c2w.shape[:2] + (3, 3):
-            raise ValueError(f"K must be [V, F, 3, 3] matching world_from_cam, got {K.shape=} {c2w.shape=}")
+            K = np.broadcast_to(K, world_from_cam.shape[:2] + (3, 3)).copy()
+        if K.shape != world_from_cam.shape[:2] + (3, 3):
+            raise ValueError(f"K must be [V, F, 3, 3] matching world_from_cam, got {K.shape=} {world_from_cam.shape=}")
         if int(self.width) <= 0 or int(self.height) <= 0:
             raise ValueError(f"image size must be positive, got width={self.width} height={self.height}")
-        V, F = c2w.shape[:2]
+        V, F = world_from_cam.shape[:2]
         ids = tuple(self.video_ids) if self.video_ids else tuple(f"v{i:02d}" for i in range(V))
         if len(ids) != V or len(set(ids)) != V:
             raise ValueError(f"need {V} distinct video ids, got {ids}")
@@ -72,7 +72,7 @@ class Cameras:
         time_s = np.arange(F, dtype=np.float64) / self.fps if self.time_s is None else np.asarray(self.time_s, np.float64)
         if time_s.shape != (F,):
             raise ValueError(f"time_s must be [F]={F}, got {time_s.shape=}")
-        object.__setattr__(self, "world_from_cam", c2w)
+        object.__setattr__(self, "world_from_cam", world_from_cam)
         object.__setattr__(self, "K", K)
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
@@ -96,10 +96,10 @@ class Cameras:
         """A sub-plan of some videos and/or frames (same image size)."""
         vsel = slice(None) if videos is None else videos
         fsel = slice(None) if frames is None else frames
-        c2w = self.world_from_cam[vsel][:, fsel]
+        world_from_cam = self.world_from_cam[vsel][:, fsel]
         ids = np.asarray(self.video_ids, dtype=object)[vsel]
         return Cameras(
-            world_from_cam=c2w,
+            world_from_cam=world_from_cam,
             K=self.K[vsel][:, fsel],
             width=self.width,
             height=self.height,
@@ -242,8 +242,8 @@ def to_model_poses(world_from_cam: np.ndarray, model_units_per_metre: float) -> 
     Returns ``first_from_cam`` float32 [..., F, 4, 4] with frame 0 the identity and translations multiplied by
     ``model_units_per_metre`` (CameraCtrl/CVD were trained on RealEstate10K's arbitrary SLAM scale).
     """
-    c2w = np.asarray(world_from_cam, dtype=np.float64)
-    rel = invert_rigid(c2w[..., :1, :, :]) @ c2w
+    world_from_cam = np.asarray(world_from_cam, dtype=np.float64)
+    rel = invert_rigid(world_from_cam[..., :1, :, :]) @ world_from_cam
     rel[..., :3, 3] *= model_units_per_metre
     return rel.astype(np.float32)
 

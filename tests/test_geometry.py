@@ -350,9 +350,9 @@ def test_released_soft_formula_hand_made_case():
     32x32 tokens on 256²: max d = 31·8 = 248 px, band = 3/128·248 = 5.8125 px, bias = -(d - band)·3/band.
     """
     K = torch.tensor([[220.0, 0.0, 128.0], [0.0, 220.0, 128.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
-    c2w_k = torch.eye(4, dtype=torch.float64)
-    c2w_k[0, 3] = 0.3
-    bias, stats = epipolar_bias(K, torch.eye(4, dtype=torch.float64), K, c2w_k, (32, 32), (256, 256),
+    world_from_k = torch.eye(4, dtype=torch.float64)
+    world_from_k[0, 3] = 0.3
+    bias, stats = epipolar_bias(K, torch.eye(4, dtype=torch.float64), K, world_from_k, (32, 32), (256, 256),
                                 EpipolarBiasConfig(dtype="float32"), return_stats=True)
     assert float(stats.band_px) == pytest.approx(5.8125, rel=1e-6)
     q = 5 * 32 + 7  # token (row 5, column 7)
@@ -473,10 +473,10 @@ def test_zero_baseline_threshold_and_the_released_silent_drop():
 def test_query_on_the_epipole_gets_no_constraint():
     """Forward motion: the epipole is the principal point, a token centre of an odd grid; its line is degenerate."""
     K = torch.tensor([[50.0, 0.0, 20.0], [0.0, 50.0, 20.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
-    c2w_k = torch.eye(4, dtype=torch.float64)
-    c2w_k[2, 3] = 0.5
+    world_from_k = torch.eye(4, dtype=torch.float64)
+    world_from_k[2, 3] = 0.5
     for mode in ("soft", "binary"):
-        bias, stats = epipolar_bias(K, torch.eye(4, dtype=torch.float64), K, c2w_k, (5, 5), (40, 40),
+        bias, stats = epipolar_bias(K, torch.eye(4, dtype=torch.float64), K, world_from_k, (5, 5), (40, 40),
                                     EpipolarBiasConfig(mode=mode), return_stats=True)
         assert int(stats.unconstrained_rows) == 1
         assert bias[12].abs().max() == 0 and torch.isfinite(bias).all()
@@ -528,7 +528,7 @@ def test_bad_inputs_name_the_value():
         EpipolarBiasConfig(mode="hard")
     with pytest.raises(ValueError, match="zero_baseline"):
         EpipolarBiasConfig(zero_baseline="ignore")
-    with pytest.raises(ValueError, match="c2w_q.shape"):
+    with pytest.raises(ValueError, match="world_from_q.shape"):
         epipolar_bias(K, torch.eye(3), K, torch.eye(4), (4, 4), (32, 32))
     with pytest.raises(ValueError, match="grid_hw"):
         epipolar_bias(K, torch.eye(4), K, torch.eye(4), (4, 0), (32, 32))
@@ -567,11 +567,11 @@ def test_bias_on_cuda_matches_cpu():
 RE10K_DIR = __import__("pathlib").Path(__file__).parent / "data" / "re10k_poses"
 
 
-def release_bias_reference(Kq, c2w_q, Kk, c2w_k, feat: int, size: int) -> np.ndarray:
+def release_bias_reference(Kq, world_from_q, Kk, world_from_k, feat: int, size: int) -> np.ndarray:
     """The released bias from its formula (cvd-reference.md), one query at a time, vectorised over the keys:
     token centres s·i + (s-1)/2, F = K_k^-T [t]x R K_q^-1 from the relative pose as given, l = F p,
     d = |l·p'| / (|(l1, l2)| + 1e-6), band = 3/(S/2)·max d, bias = -max(0, d - band)·3/(band + 1e-6)."""
-    T = np.linalg.inv(c2w_k) @ c2w_q
+    T = np.linalg.inv(world_from_k) @ world_from_q
     R, t = T[:3, :3], T[:3, 3]
     tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
     F = np.linalg.inv(Kk).T @ tx @ R @ np.linalg.inv(Kq)
@@ -598,8 +598,8 @@ def folded_re10k_pair(name: str, size: int):
     return K[a], c2w[a], K[b], c2w[b]
 
 
-def epipole_inside(Kk: np.ndarray, c2w_q: np.ndarray, c2w_k: np.ndarray, size: int) -> bool:
-    t = (np.linalg.inv(c2w_k) @ c2w_q)[:3, 3]  # the query camera's centre in the key camera
+def epipole_inside(Kk: np.ndarray, world_from_q: np.ndarray, world_from_k: np.ndarray, size: int) -> bool:
+    t = (np.linalg.inv(world_from_k) @ world_from_q)[:3, 3]  # the query camera's centre in the key camera
     e = Kk @ t
     return abs(e[2]) > 1e-12 and bool(np.all((e[:2] / e[2] >= 0) & (e[:2] / e[2] <= size)))
 

@@ -106,7 +106,7 @@ def parse_re10k_pose_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarr
     """A RealEstate10K/CameraCtrl pose file: ``(timestamps_us [N], intrinsics_norm [N, 4] = fx, fy, cx, cy
     normalised by the source width/height, world_from_cam [N, 4, 4])`` (the file stores world-to-camera)."""
     path = Path(path)
-    ts, intr, c2w = [], [], []
+    ts, intr, world_from_cam = [], [], []
     for lineno, line in enumerate(path.read_text().splitlines()[1:], start=2):
         parts = line.split()
         if not parts:
@@ -122,10 +122,10 @@ def parse_re10k_pose_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarr
         w2c[:3, :3] = u @ vt
         ts.append(int(vals[0]))
         intr.append(vals[1:5])
-        c2w.append(invert_rigid(w2c))
+        world_from_cam.append(invert_rigid(w2c))
     if not ts:
         raise ValueError(f"{path}: no pose lines after the URL line")
-    return np.asarray(ts, np.int64), np.asarray(intr), np.asarray(c2w)
+    return np.asarray(ts, np.int64), np.asarray(intr), np.asarray(world_from_cam)
 
 
 def _find_frames(root: Path, clip_id: str) -> Path | None:
@@ -236,14 +236,14 @@ class Re10kPairs:
     def load_pair(self, index: int, start: int) -> PairSample:
         """The folded pair of clip ``index`` starting at pose line ``start``."""
         clip_id, pose_path, frames_path = self.clips[index]
-        _, intr, c2w = self._poses(index)
+        _, intr, world_from_cam = self._poses(index)
         idx = start + self.stride * np.arange(2 * self.num_frames - 1)
-        if idx[-1] >= len(c2w):
-            raise IndexError(f"{clip_id}: window {start}..{idx[-1]} beyond its {len(c2w)} poses")
+        if idx[-1] >= len(world_from_cam):
+            raise IndexError(f"{clip_id}: window {start}..{idx[-1]} beyond its {len(world_from_cam)} poses")
         if frames_path.is_dir():
             images = _list_images(frames_path)
-            if len(images) != len(c2w):
-                raise ValueError(f"{frames_path}: {len(images)} images for {len(c2w)} pose lines in {pose_path}")
+            if len(images) != len(world_from_cam):
+                raise ValueError(f"{frames_path}: {len(images)} images for {len(world_from_cam)} pose lines in {pose_path}")
             frames = _read_images([images[i] for i in idx])
         else:
             frames = _read_video(frames_path, idx)
@@ -253,7 +253,7 @@ class Re10kPairs:
         K[:, 0, 0], K[:, 1, 1] = n[:, 0] * w, n[:, 1] * h
         K[:, 0, 2], K[:, 1, 2] = n[:, 2] * w, n[:, 3] * h
         K[:, 2, 2] = 1.0
-        poses = c2w[idx].copy()
+        poses = world_from_cam[idx].copy()
         poses[:, :3, 3] *= self.scale
         frames, K = fit_clip_size(frames, K, self.height, self.width)
         f2, p2, k2 = fold_clip(frames, poses, K)

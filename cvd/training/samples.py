@@ -120,18 +120,18 @@ def flip_pair(sample: PairSample) -> PairSample:
     W = sample.image_hw[1]
     frames = np.ascontiguousarray(sample.frames[:, :, :, ::-1])
     valid = None if sample.valid is None else np.ascontiguousarray(sample.valid[:, :, :, ::-1])
-    K = c2w = hom = None
+    K = world_from_cam = hom = None
     if sample.K is not None:
         K = sample.K.copy()
         K[..., 0, 2] = W - K[..., 0, 2]
         K[..., 0, 1] = -K[..., 0, 1]
     if sample.world_from_cam is not None:
-        c2w = _MIRROR @ sample.world_from_cam @ _MIRROR
+        world_from_cam = _MIRROR @ sample.world_from_cam @ _MIRROR
     if sample.homography is not None:
         m = np.array([[-1.0, 0.0, W], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # its own inverse
         hom = m @ sample.homography @ m
     keys = tuple(None if k is None else f"{k}|flip" for k in sample.keys)
-    return replace(sample, frames=frames, valid=valid, K=K, world_from_cam=c2w, homography=hom, keys=keys)
+    return replace(sample, frames=frames, valid=valid, K=K, world_from_cam=world_from_cam, homography=hom, keys=keys)
 
 
 def swap_pair(sample: PairSample) -> PairSample:

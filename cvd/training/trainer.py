@@ -193,14 +193,14 @@ def prepare_inputs(
         posed = batch["kind"] == "posed"
         if posed:
             K = batch["K"].reshape(n, f, 3, 3).to(device)
-            c2w = batch["world_from_cam"].reshape(n, f, 4, 4).to(device)
-            rel = model_poses(c2w, mcfg.model_units_per_metre)
+            world_from_cam = batch["world_from_cam"].reshape(n, f, 4, 4).to(device)
+            rel = model_poses(world_from_cam, mcfg.model_units_per_metre)
             rays = plucker_embedding(K.float(), rel.float(), h, w)  # [N, F, 6, H, W]
         if mcfg.cvsm.enabled and mcfg.epipolar_bias.mode != "none":
             bgen = torch.Generator().manual_seed(int(bias_seed))
             grids = model.unet.level_grids(latents.shape[-2:])
             if posed:
-                bias = epipolar_biases(K, c2w, partner, image_hw=(h, w), grids=grids, config=mcfg.epipolar_bias,
+                bias = epipolar_biases(K, world_from_cam, partner, image_hw=(h, w), grids=grids, config=mcfg.epipolar_bias,
                                        generator=bgen)
             else:
                 H = batch["homography"].reshape(n, f, 3, 3).to(device)

@@ -98,18 +98,18 @@ def importance(gaussians: Gaussians, cameras: Cameras | None = None, max_cameras
     opacity = g.opacities.astype(np.float64)  # [N]
     if cameras is None:
         return opacity * area_m2
-    c2w = cameras.world_from_cam.reshape(-1, 4, 4)  # [V*F, 4, 4]
+    world_from_cam = cameras.world_from_cam.reshape(-1, 4, 4)  # [V*F, 4, 4]
     K = cameras.K.reshape(-1, 3, 3)  # [V*F, 3, 3]
-    valid = np.all(np.isfinite(c2w.reshape(len(c2w), -1)), axis=1)
-    c2w, K = c2w[valid], K[valid]
-    if len(c2w) == 0:
+    valid = np.all(np.isfinite(world_from_cam.reshape(len(world_from_cam), -1)), axis=1)
+    world_from_cam, K = world_from_cam[valid], K[valid]
+    if len(world_from_cam) == 0:
         return opacity * area_m2
-    pick = np.unique(np.linspace(0, len(c2w) - 1, min(max_cameras, len(c2w))).round().astype(int))
+    pick = np.unique(np.linspace(0, len(world_from_cam) - 1, min(max_cameras, len(world_from_cam))).round().astype(int))
     W, H = cameras.width, cameras.height
     means = g.means.astype(np.float64)  # [N, 3]
     pixels = np.zeros(len(g))
     for i in pick:
-        R, t = c2w[i, :3, :3], c2w[i, :3, 3]
+        R, t = world_from_cam[i, :3, :3], world_from_cam[i, :3, 3]
         x_cam = (means - t) @ R  # [N, 3] = R^T (p - t)
         z = x_cam[:, 2]
         front = z > 1e-3

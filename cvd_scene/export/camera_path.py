@@ -31,13 +31,13 @@ def vertical_fov_deg(fy: float, height: int) -> float:
     return math.degrees(2.0 * math.atan(height / (2.0 * fy)))
 
 
-def _interpolate(c2w_a: np.ndarray, c2w_b: np.ndarray, t: np.ndarray) -> np.ndarray:
+def _interpolate(world_from_a: np.ndarray, world_from_b: np.ndarray, t: np.ndarray) -> np.ndarray:
     """[T, 4, 4] poses between two poses: positions lerped, rotations slerped, at fractions ``t`` in [0, 1]."""
     from scipy.spatial.transform import Rotation, Slerp
 
-    rots = Rotation.from_matrix(np.stack([c2w_a[:3, :3], c2w_b[:3, :3]]))
+    rots = Rotation.from_matrix(np.stack([world_from_a[:3, :3], world_from_b[:3, :3]]))
     R = Slerp([0.0, 1.0], rots)(t).as_matrix()  # [T, 3, 3]
-    p = (1 - t)[:, None] * c2w_a[:3, 3] + t[:, None] * c2w_b[:3, 3]  # [T, 3]
+    p = (1 - t)[:, None] * world_from_a[:3, 3] + t[:, None] * world_from_b[:3, 3]  # [T, 3]
     return rigid(R, p)
 
 
@@ -62,27 +62,27 @@ def flythrough(
         if len(idx) == 0:
             continue
         times = np.asarray(cameras.time_s, np.float64)[idx]
-        c2w = cameras.world_from_cam[v, idx]  # [F', 4, 4]
+        world_from_cam = cameras.world_from_cam[v, idx]  # [F', 4, 4]
         fov = np.array([vertical_fov_deg(cameras.K[v, i, 1, 1], cameras.height) for i in idx])  # [F']
         if last is not None and transition_s > 0:
             n = max(1, round(transition_s * fps))
             t = np.arange(1, n + 1) / (n + 1)
             ease = t * t * (3 - 2 * t)  # smoothstep: starts and ends at rest
-            poses.append(_interpolate(last[0], c2w[0], ease))
+            poses.append(_interpolate(last[0], world_from_cam[0], ease))
             fovs.append((1 - ease) * last[1] + ease * fov[0])
         if len(idx) == 1:
-            samples_c2w, samples_fov = c2w, fov
+            samples_world_from_cam, samples_fov = world_from_cam, fov
         else:
             ts = np.arange(times[0], times[-1] + 1e-9, 1.0 / fps)  # [T_v]
             seg = np.clip(np.searchsorted(times, ts, side="right") - 1, 0, len(times) - 2)
             frac = (ts - times[seg]) / np.maximum(times[seg + 1] - times[seg], 1e-12)
-            samples_c2w = np.stack(
-                [_interpolate(c2w[s], c2w[s + 1], np.array([f]))[0] for s, f in zip(seg, frac)]
+            samples_world_from_cam = np.stack(
+                [_interpolate(world_from_cam[s], world_from_cam[s + 1], np.array([f]))[0] for s, f in zip(seg, frac)]
             )  # [T_v, 4, 4]
             samples_fov = (1 - frac) * fov[seg] + frac * fov[seg + 1]
-        poses.append(samples_c2w)
+        poses.append(samples_world_from_cam)
         fovs.append(samples_fov)
-        last = (c2w[-1], fov[-1])
+        last = (world_from_cam[-1], fov[-1])
     if not poses:
         raise ValueError("no camera with a finite pose: cannot make a camera path")
     return np.concatenate(poses), np.concatenate(fovs)
@@ -128,8 +128,8 @@ def camera_path_json(
         out[..., :3, :3] /= scale  # keep a pure rotation: the scale acts on positions only
         return out
 
-    c2w, fov = flythrough(cameras, fps, transition_s)
-    frames = to_path_frame(c2w)  # [T, 4, 4]
+    world_from_cam, fov = flythrough(cameras, fps, transition_s)
+    frames = to_path_frame(world_from_cam)  # [T, 4, 4]
     seconds = len(frames) / fps
     ok = [
         (v, f)
@@ -171,7 +171,7 @@ def camera_path_json(
             "world_up": "+y",
             "units": "m",
             "videos": [cameras.video_ids[v] for v in range(cameras.num_videos)],
-            "world_camera_to_world_opengl": [opencv_to_opengl(m).reshape(-1).tolist() for m in c2w],
+            "world_camera_to_world_opengl": [opencv_to_opengl(m).reshape(-1).tolist() for m in world_from_cam],
         },
     }
 
@@ -187,15 +187,15 @@ def supersplat_viewer_settings(
     run's world and these settings are in it: ``splat-transform scene.ply --viewer-settings viewer_settings.json
     scene.html`` writes a self-contained web page that plays this path.
     """
-    c2w, fov = flythrough(cameras, fps, transition_s)
-    step = max(1, math.ceil(len(c2w) / max_keyframes))
-    idx = np.arange(0, len(c2w), step)
-    if idx[-1] != len(c2w) - 1:
-        idx = np.append(idx, len(c2w) - 1)
-    positions = c2w[idx, :3, 3]  # [K, 3]
-    targets = positions + c2w[idx, :3, 2]  # one metre along the optical axis (OpenCV +z)
+    world_from_cam, fov = flythrough(cameras, fps, transition_s)
+    step = max(1, math.ceil(len(world_from_cam) / max_keyframes))
+    idx = np.arange(0, len(world_from_cam), step)
+    if idx[-1] != len(world_from_cam) - 1:
+        idx = np.append(idx, len(world_from_cam) - 1)
+    positions = world_from_cam[idx, :3, 3]  # [K, 3]
+    targets = positions + world_from_cam[idx, :3, 2]  # one metre along the optical axis (OpenCV +z)
     fovs = np.clip(fov[idx], 10.0, 120.0)
-    duration = max((len(c2w) - 1) / fps, 0.1)
+    duration = max((len(world_from_cam) - 1) / fps, 0.1)
     initial = {"position": positions[0].tolist(), "target": targets[0].tolist(), "fov": float(fovs[0])}
     return {
         "version": 2,

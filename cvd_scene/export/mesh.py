@@ -82,8 +82,8 @@ def load_fit_views(fit_dir: str | os.PathLike, cameras: Cameras) -> list[View]:
         for f in range(cameras.num_frames):
             rgb_path = fit.fit_view_rgb(vid, f)
             depth_path = fit.fit_view_depth(vid, f)
-            c2w = cameras.world_from_cam[v, f]
-            if not (rgb_path.is_file() and depth_path.is_file() and np.all(np.isfinite(c2w))):
+            world_from_cam = cameras.world_from_cam[v, f]
+            if not (rgb_path.is_file() and depth_path.is_file() and np.all(np.isfinite(world_from_cam))):
                 continue
             rgb = np.asarray(iio.imread(rgb_path))[..., :3]
             depth = np.load(depth_path).astype(np.float32)
@@ -97,7 +97,7 @@ def load_fit_views(fit_dir: str | os.PathLike, cameras: Cameras) -> list[View]:
             if (w, h) != (cameras.width, cameras.height):  # views rendered at another size
                 K[0] *= w / cameras.width
                 K[1] *= h / cameras.height
-            views.append(View(rgb=rgb, depth_m=depth, K=K, world_from_cam=c2w))
+            views.append(View(rgb=rgb, depth_m=depth, K=K, world_from_cam=world_from_cam))
     return views
 
 
@@ -137,9 +137,9 @@ def ring_cameras(
             eye[1] = centre[1] + 0.5 * half[1] * math.sin(math.radians(pitch))
             in_poses.append(look_at(eye, centre))
             in_K.append(k_in)
-    c2w = np.stack([np.stack(out_poses), np.stack(in_poses)])  # [2, F, 4, 4]
+    world_from_cam = np.stack([np.stack(out_poses), np.stack(in_poses)])  # [2, F, 4, 4]
     K = np.stack([np.stack(out_K), np.stack(in_K)])  # [2, F, 3, 3]
-    return Cameras(world_from_cam=c2w, K=K, width=size_px, height=size_px, video_ids=("out", "in"))
+    return Cameras(world_from_cam=world_from_cam, K=K, width=size_px, height=size_px, video_ids=("out", "in"))
 
 
 def render_views_from_gaussians(
@@ -168,13 +168,13 @@ def render_views_from_gaussians(
     means, quats = t(g.means), t(g.quats_wxyz)
     scales, opac = t(np.exp(g.log_scales)), t(g.opacities)
     coeffs = t(np.concatenate([g.sh_dc[:, None, :], g.sh_rest], axis=1))  # [N, K+1, 3]
-    c2w = cameras.world_from_cam.reshape(-1, 4, 4)  # [C, 4, 4]
+    world_from_cam = cameras.world_from_cam.reshape(-1, 4, 4)  # [C, 4, 4]
     Ks = cameras.K.reshape(-1, 3, 3)  # [C, 3, 3]
     views = []
     with torch.no_grad():
-        for start in track(range(0, len(c2w), batch), description="rendering depth views for the mesh"):
+        for start in track(range(0, len(world_from_cam), batch), description="rendering depth views for the mesh"):
             sl = slice(start, start + batch)
-            viewmats = t(invert_rigid(c2w[sl]))  # [B, 4, 4] world-to-camera
+            viewmats = t(invert_rigid(world_from_cam[sl]))  # [B, 4, 4] world-to-camera
             render, alpha, _ = rasterize(
                 means, quats, scales, opac, coeffs, viewmats, t(Ks[sl]), cameras.width, cameras.height,
                 sh_degree=g.sh_degree, render_mode="RGB+ED",
@@ -183,7 +183,7 @@ def render_views_from_gaussians(
             for b in range(render.shape[0]):
                 rgb = np.clip(render[b, ..., :3] * 255.0 + 0.5, 0, 255).astype(np.uint8)
                 depth = np.where(alpha[b] >= alpha_min, render[b, ..., 3], 0.0).astype(np.float32)
-                views.append(View(rgb=rgb, depth_m=depth, K=Ks[start + b], world_from_cam=c2w[start + b]))
+                views.append(View(rgb=rgb, depth_m=depth, K=Ks[start + b], world_from_cam=world_from_cam[start + b]))
     return views
 
 

@@ -139,9 +139,9 @@ def nerfstudio_cameras(frame: NerfstudioFrame, world_from_cam: np.ndarray, K: np
                        height: int) -> NsCameras:
     """Pinhole cameras ``world_from_cam [I, 4, 4]`` (run world, OpenCV axes) and ``K [I, 3, 3]`` as nerfstudio
     ``Cameras`` in ``frame`` (OpenGL axes, nerfstudio's normalised world)."""
-    c2w = frame.poses_to_ns(world_from_cam)  # [I, 3, 4]
+    camera_to_worlds_gl = frame.poses_to_ns(world_from_cam)  # [I, 3, 4]
     return NsCameras(
-        camera_to_worlds=torch.from_numpy(c2w).float(),
+        camera_to_worlds=torch.from_numpy(camera_to_worlds_gl).float(),
         fx=torch.from_numpy(K[:, 0, 0:1]).float(),
         fy=torch.from_numpy(K[:, 1, 1:2]).float(),
         cx=torch.from_numpy(K[:, 0, 2:3]).float(),

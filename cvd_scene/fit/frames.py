@@ -56,10 +56,10 @@ class NerfstudioFrame:
 
     def viewmats(self, world_from_cam: np.ndarray) -> np.ndarray:
         """World-to-camera [..., 4, 4] (OpenCV axes) in the nerfstudio frame, for rasterising registered cameras."""
-        c2w = np.asarray(world_from_cam, np.float64).copy()
-        c2w[..., :3, :3] = self.rotation @ c2w[..., :3, :3]
-        c2w[..., :3, 3] = self.points_to_ns(c2w[..., :3, 3])
-        return invert_rigid(c2w)
+        ns_world_from_cam = np.asarray(world_from_cam, np.float64).copy()
+        ns_world_from_cam[..., :3, :3] = self.rotation @ ns_world_from_cam[..., :3, :3]
+        ns_world_from_cam[..., :3, 3] = self.points_to_ns(ns_world_from_cam[..., :3, 3])
+        return invert_rigid(ns_world_from_cam)
 
     def to_json(self) -> dict:
         return {"transform": self.transform.tolist(), "scale": float(self.scale)}

@@ -134,12 +134,12 @@ def make_lpips(setting: str):
     return LearnedPerceptualImagePatchSimilarity(normalize=True)
 
 
-def viewmats_from_camera_to_worlds(c2w: torch.Tensor) -> torch.Tensor:
+def viewmats_from_camera_to_worlds(camera_to_worlds_gl: torch.Tensor) -> torch.Tensor:
     """nerfstudio ``camera_to_worlds`` [C, 3, 4] (OpenGL axes) -> world-to-camera [C, 4, 4] (OpenCV axes)."""
-    R = c2w[:, :3, :3] * torch.tensor([1.0, -1.0, -1.0], device=c2w.device, dtype=c2w.dtype)  # [C, 3, 3]
-    t = c2w[:, :3, 3:4]  # [C, 3, 1]
+    R = camera_to_worlds_gl[:, :3, :3] * torch.tensor([1.0, -1.0, -1.0], device=camera_to_worlds_gl.device, dtype=camera_to_worlds_gl.dtype)  # [C, 3, 3]
+    t = camera_to_worlds_gl[:, :3, 3:4]  # [C, 3, 1]
     Rt = R.transpose(1, 2)
-    view = torch.zeros(c2w.shape[0], 4, 4, device=c2w.device, dtype=c2w.dtype)
+    view = torch.zeros(camera_to_worlds_gl.shape[0], 4, 4, device=camera_to_worlds_gl.device, dtype=camera_to_worlds_gl.dtype)
     view[:, :3, :3] = Rt
     view[:, :3, 3:4] = -Rt @ t
     view[:, 3, 3] = 1.0
@@ -296,9 +296,9 @@ class CvdSplatModel(SplatfactoModel):
         if self.training:
             if camera.shape[0] != 1:
                 raise ValueError(f"training renders one camera at a time, got {camera.shape[0]}")
-            c2w = self.camera_optimizer.apply_to_camera(camera)
+            camera_to_worlds_gl = self.camera_optimizer.apply_to_camera(camera)
         else:
-            c2w = camera.camera_to_worlds
+            camera_to_worlds_gl = camera.camera_to_worlds
         if self.crop_box is not None and not self.training:
             keep = self.crop_box.within(self.means).squeeze()
             if keep.sum() == 0:
@@ -311,7 +311,7 @@ class CvdSplatModel(SplatfactoModel):
 
         scale = self._get_downscale_factor()
         camera.rescale_output_resolution(1 / scale)
-        viewmats = viewmats_from_camera_to_worlds(c2w)  # [1, 4, 4]
+        viewmats = viewmats_from_camera_to_worlds(camera_to_worlds_gl)  # [1, 4, 4]
         Ks = camera.get_intrinsics_matrices().to(self.device)  # [1, 3, 3]
         W, H = int(camera.width.item()), int(camera.height.item())
         self.last_size = (H, W)

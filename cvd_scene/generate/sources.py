@@ -511,7 +511,7 @@ def posed_cameras(src: PosedSource, scale: float = 1.0, fps: float = 8.0) -> Cam
     poses in the run's world (:func:`level_world`). ``extras["import"]`` records what the generate stage reads:
     the folder, every frame's file and lens, and the similarity applied."""
     run_from_source = level_world(src.world_from_cam, scale)
-    c2w = apply_similarity(run_from_source, src.world_from_cam)[None]  # [1, F, 4, 4]
+    world_from_cam = apply_similarity(run_from_source, src.world_from_cam)[None]  # [1, F, 4, 4]
     K = np.stack([src.lenses[i].pinhole_K() for i in src.lens_of_frame])[None]  # [1, F, 3, 3]
     extras = {
         "import": {
@@ -525,7 +525,7 @@ def posed_cameras(src: PosedSource, scale: float = 1.0, fps: float = 8.0) -> Cam
             "points": len(src.points),
         }
     }
-    return Cameras(c2w, K, src.width, src.height, (src.video_id,), fps=fps, extras=extras)
+    return Cameras(world_from_cam, K, src.width, src.height, (src.video_id,), fps=fps, extras=extras)
 
 
 def capture_points(imported: dict) -> tuple[np.ndarray, np.ndarray]:

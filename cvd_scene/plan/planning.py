@@ -408,8 +408,8 @@ def perturb(world_from_cam: np.ndarray, position_m: float, rotation_deg: float, 
     """[V, F, 4, 4] trajectories with a seeded random drift that grows linearly from 0 at the first frame (so
     the common first camera stays) to about ``position_m`` / ``rotation_deg`` (standard deviations) at the
     last."""
-    c2w = np.asarray(world_from_cam, dtype=np.float64)
-    V, F = c2w.shape[:2]
+    world_from_cam = np.asarray(world_from_cam, dtype=np.float64)
+    V, F = world_from_cam.shape[:2]
     if position_m < 0 or rotation_deg < 0:
         raise ValueError(
             f"perturbation must be >= 0, got position_m={position_m} rotation_deg={rotation_deg}"
@@ -423,8 +423,8 @@ def perturb(world_from_cam: np.ndarray, position_m: float, rotation_deg: float, 
         angle[:, None] > 0, rotvec / np.maximum(angle, 1e-300)[:, None], np.array([1.0, 0.0, 0.0])
     )
     dR = axis_angle_to_rotation(axis[:, None, :], angle[:, None] * t)  # [V, F, 3, 3] in camera axes
-    out = c2w.copy()
-    out[..., :3, :3] = c2w[..., :3, :3] @ dR
+    out = world_from_cam.copy()
+    out[..., :3, :3] = world_from_cam[..., :3, :3] @ dR
     out[..., :3, 3] += dp[:, None, :] * t[None, :, None]
     return out
 
@@ -568,9 +568,9 @@ def plan_pattern(name: str, num_videos: int, num_frames: int, params: Trajectory
         raise ValueError(f"unknown pattern {name!r}; known patterns: {', '.join(PATTERNS)}")
     _check_counts(num_videos, num_frames)
     check_params(params)
-    c2w = PATTERNS[name](num_videos, num_frames, params)
-    assert c2w.shape == (num_videos, num_frames, 4, 4), c2w.shape
-    return c2w
+    world_from_cam = PATTERNS[name](num_videos, num_frames, params)
+    assert world_from_cam.shape == (num_videos, num_frames, 4, 4), world_from_cam.shape
+    return world_from_cam
 
 
 def make_cameras(
@@ -615,17 +615,17 @@ def cameras_from_re10k(
     kwargs = {} if world_from_start is None else {"world_from_start": world_from_start}
     trajs, Ks = [], []
     for path in paths:
-        c2w, K, _ = read_re10k(
+        world_from_cam, K, _ = read_re10k(
             path, width, height, metres_per_unit, reverse=reverse, max_frames=max_frames, **kwargs
         )
-        trajs.append(c2w)
+        trajs.append(world_from_cam)
         Ks.append(K)
     n = min(len(c) for c in trajs)
     if any(len(c) != n for c in trajs):
         log.warning(
             "RealEstate10K files have %s frames; using the first %d of each", [len(c) for c in trajs], n
         )
-    c2w = np.stack([c[:n] for c in trajs])  # [V, F, 4, 4]
+    world_from_cam = np.stack([c[:n] for c in trajs])  # [V, F, 4, 4]
     K = np.stack([k[:n] for k in Ks])  # [V, F, 3, 3]
     ids = tuple(f"v{i:02d}" for i in range(len(paths)))
     if blend_videos:
@@ -634,7 +634,7 @@ def cameras_from_re10k(
         if blend_videos < 1:
             raise ValueError(f"blend_videos must be >= 1, got {blend_videos}")
         w = np.linspace(0.0, 1.0, blend_videos) if blend_videos > 1 else np.zeros(1)
-        c2w = interpolate_trajectories(c2w[0], c2w[1], w)
+        world_from_cam = interpolate_trajectories(world_from_cam[0], world_from_cam[1], w)
         K = K[0] + (K[1] - K[0]) * w[:, None, None, None]
         ids = tuple(f"v{i:02d}" for i in range(blend_videos))
     extras = {
@@ -643,7 +643,7 @@ def cameras_from_re10k(
         "re10k_scale_m": metres_per_unit,
         "reversed": bool(reverse),
     }
-    return Cameras(world_from_cam=c2w, K=K, width=width, height=height, video_ids=ids, fps=fps, extras=extras)
+    return Cameras(world_from_cam=world_from_cam, K=K, width=width, height=height, video_ids=ids, fps=fps, extras=extras)
 
 
 # --------------------------------------------------------------------------------------------- checks

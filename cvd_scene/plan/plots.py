@@ -26,13 +26,13 @@ def video_colours(n: int) -> list:
     return [cmap(i / n) for i in range(n)]
 
 
-def _frustum_lines(c2w: np.ndarray, K: np.ndarray, width: int, height: int, depth_m: float) -> np.ndarray:
+def _frustum_lines(world_from_cam: np.ndarray, K: np.ndarray, width: int, height: int, depth_m: float) -> np.ndarray:
     """[8, 2, 3] segments of a camera's frustum (4 edges from the centre, 4 of the far rectangle), world
     frame."""
     corners_px = np.array([[0, 0, 1], [width, 0, 1], [width, height, 1], [0, height, 1]], dtype=np.float64)
     rays = corners_px @ np.linalg.inv(K).T  # [4, 3] camera-z = 1
-    pts = (rays * depth_m) @ c2w[:3, :3].T + c2w[:3, 3]  # [4, 3]
-    centre = c2w[:3, 3]
+    pts = (rays * depth_m) @ world_from_cam[:3, :3].T + world_from_cam[:3, 3]  # [4, 3]
+    centre = world_from_cam[:3, 3]
     segs = [(centre, p) for p in pts] + [(pts[i], pts[(i + 1) % 4]) for i in range(4)]
     return np.asarray(segs)
 

@@ -108,19 +108,19 @@ def build_plan(plan: PlanConfig, kind: str, seed: int = 0):
             world_from_start=planning.start_pose(params),
             fps=plan.fps,
         )
-        c2w = cams.world_from_cam
+        world_from_cam = cams.world_from_cam
         extras = dict(cams.extras)
     else:
-        c2w = planning.plan_pattern(pattern, plan.num_videos, plan.num_frames, params)
+        world_from_cam = planning.plan_pattern(pattern, plan.num_videos, plan.num_frames, params)
         extras = {"source": "pattern", "pattern": pattern}
         cams = None
     if plan.perturb_m > 0 or plan.perturb_deg > 0:
-        c2w = planning.perturb(c2w, plan.perturb_m, plan.perturb_deg, seed)
+        world_from_cam = planning.perturb(world_from_cam, plan.perturb_m, plan.perturb_deg, seed)
         extras.update(perturb_m=plan.perturb_m, perturb_deg=plan.perturb_deg, seed=seed)
     extras.update(scene=kind, start_m=list(params.start_m), look_at_m=list(params.look_at_m))
     if cams is not None:
-        return type(cams)(c2w, cams.K, cams.width, cams.height, cams.video_ids, cams.time_s, cams.fps, extras)
-    return planning.make_cameras(c2w, plan.width, plan.height, plan.fov_x_deg, plan.fps, extras)
+        return type(cams)(world_from_cam, cams.K, cams.width, cams.height, cams.video_ids, cams.time_s, cams.fps, extras)
+    return planning.make_cameras(world_from_cam, plan.width, plan.height, plan.fov_x_deg, plan.fps, extras)
 
 
 def _reference_depth_fn(config, kind: str):

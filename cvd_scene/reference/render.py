@@ -436,10 +436,10 @@ def render(
     def run(task) -> None:
         f, v0, v1, p0, p1 = task
         time_s = float(cameras.time_s[f])
-        c2w = cameras.world_from_cam[v0:v1, f]  # [G, 4, 4]
+        world_from_cam = cameras.world_from_cam[v0:v1, f]  # [G, 4, 4]
         K = cameras.K[v0:v1, f]  # [G, 3, 3]
         G, P = v1 - v0, p1 - p0
-        o, d = camera_rays(c2w, K, sample_xy[:, p0:p1])  # [G, 3], [G, S, P, 3]
+        o, d = camera_rays(world_from_cam, K, sample_xy[:, p0:p1])  # [G, 3], [G, S, P, 3]
         d = d.reshape(-1, 3)
         o = np.repeat(o, S * P, axis=0)
         hits = cast(scene, o, d, time_s)
@@ -447,7 +447,7 @@ def render(
         out = rgb[v0:v1, f].reshape(G, H * W, 3)
         out[:, p0:p1] = col[:, 0] if S == 1 else col.mean(axis=1)
         if S > 1:  # one more cast through the pixel centres for depth, mask and surface id
-            oc, dc = camera_rays(c2w, K, base[p0:p1] + np.float32(0.5))
+            oc, dc = camera_rays(world_from_cam, K, base[p0:p1] + np.float32(0.5))
             hits = cast(scene, np.repeat(oc, P, axis=0), dc.reshape(-1, 3), time_s)
         z, sid = _centre_outputs(scene, hits)
         depth[v0:v1, f].reshape(G, H * W)[:, p0:p1] = z.reshape(G, P)

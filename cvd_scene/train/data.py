@@ -118,11 +118,11 @@ def random_plan(kind: str, rng: np.random.Generator, num_videos: int, num_frames
         over = {"orbit_arc_deg": float(rng.uniform(40, 150)), "orbit_swing_deg": float(rng.uniform(5, 25)),
                 "orbit_radius_m": float(rng.uniform(1.0, 1.5))}
     params = trajectory_params(layout, pattern, start_m=tuple(start), look_at_m=tuple(look), **over)
-    c2w = plan_pattern(pattern, num_videos, num_frames, params)
+    world_from_cam = plan_pattern(pattern, num_videos, num_frames, params)
     if num_videos > 1:  # the pattern's videos in a random order (pairs then see every direction)
-        c2w = c2w[rng.permutation(num_videos)]
+        world_from_cam = world_from_cam[rng.permutation(num_videos)]
     fov = float(rng.uniform(50.0, 70.0))
-    return Cameras(world_from_cam=c2w, K=intrinsics_from_fov(fov, width, height), width=width, height=height)
+    return Cameras(world_from_cam=world_from_cam, K=intrinsics_from_fov(fov, width, height), width=width, height=height)
 
 
 def _texels_per_m(kind: str, height: int, width: int) -> float:
@@ -168,8 +168,8 @@ def render_folded_pair(
     cams = random_plan(scene.kind, rng, 1, 2 * num_frames - 1, height, width)
     out = render(scene, cams, samples_per_pixel=samples_per_pixel, progress=False, threads=1)
     frames = (np.clip(out.rgb[0], 0, 1) * 255 + 0.5).astype(np.uint8)
-    f2, c2w, K = fold_clip(frames, cams.world_from_cam[0], cams.K[0])
-    return PairSample(frames=f2, caption=scene.caption, kind="posed", K=K, world_from_cam=c2w)
+    f2, world_from_cam, K = fold_clip(frames, cams.world_from_cam[0], cams.K[0])
+    return PairSample(frames=f2, caption=scene.caption, kind="posed", K=K, world_from_cam=world_from_cam)
 
 
 class RenderedPairs:
