@@ -595,8 +595,8 @@ def test_pair_with_fixed_partner_matches_the_trainers_pair_sampler(pipe):
     """The toy measure's sampling: ``CVDPipeline`` with a fixed ground-truth partner (default pairing and seed)
     and the trainer's pair sampler (``cvd.training.sampling.sample_pair``, the pipeline with fixed latents) agree
     for the same noise."""
-    from cvd.training import sampling
     from cvd.model import CVDModel
+    from cvd.training import sampling
 
     model = CVDModel(
         config=pipe.model_config,
