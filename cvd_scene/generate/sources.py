@@ -11,8 +11,8 @@ folder or a COLMAP model, read once into the run's world, and the lens distortio
   undistorted by :func:`undistort` (an exact remap through pycolmap's camera models: same size, pinhole K with
   the lens's focal lengths and principal point).
 
-Pure numpy, PIL, scipy and pycolmap (imported inside the functions that need it); must not import torch or any
-stage.
+Pure numpy, PIL and scipy; pycolmap only through :mod:`cvd_scene.register.colmap` (imported inside the
+functions); must not import torch or any stage.
 """
 
 from __future__ import annotations
@@ -408,17 +408,16 @@ def _read_transforms(path: Path, downscale: int) -> PosedSource:
 
 
 def _read_colmap(path: Path, images: str | os.PathLike | None, downscale: int) -> PosedSource:
-    import pycolmap
+    from cvd_scene.register.colmap import Model
 
     model_dir = _colmap_model_dir(path)
     assert model_dir is not None  # posed_source_kind said so
     try:
-        rec = pycolmap.Reconstruction(str(model_dir))
-    except (ValueError, RuntimeError, OSError) as e:  # pycolmap's failed checks arrive as ValueError
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SourceFormatError(f"{model_dir}: not a COLMAP model that can be read ({why})") from None
-    regs = [im for im in rec.images.values() if im.has_pose]
-    if not regs:
+        model = Model.read(model_dir)
+    except ValueError as e:
+        raise SourceFormatError(f"{model_dir}: not a COLMAP model that can be read ({e})") from None
+    poses_by_name, lens_by_name = model.world_from_cam(), model.lenses()
+    if not poses_by_name:
         raise SourceFormatError(f"{model_dir}: the COLMAP model has no registered images")
     if images is not None:
         root = Path(images)
@@ -435,27 +434,22 @@ def _read_colmap(path: Path, images: str | os.PathLike | None, downscale: int) -
         root = root.with_name(f"{root.name}_{downscale}")
         if not root.is_dir():
             raise SourceFormatError(f"{model_dir}: downscale {downscale} needs the folder {root}")
-    regs.sort(key=lambda im: _natural_key(im.name))
+    names = sorted(poses_by_name, key=_natural_key)
     lenses: list[Lens] = []
     lens_of_frame, files, poses = [], [], []
     where = f"{model_dir} (images{'.bin' if (model_dir / 'images.bin').is_file() else '.txt'})"
-    for im in regs:
-        cam = rec.cameras[im.camera_id]
-        file = root / im.name
+    for image_name in names:
+        file = root / image_name
         if not file.is_file():
-            raise SourceFormatError(f"{where}: image {im.name!r} not found in {root}")
-        lens = Lens(cam.model.name, int(cam.width), int(cam.height), tuple(float(p) for p in cam.params))
+            raise SourceFormatError(f"{where}: image {image_name!r} not found in {root}")
+        lens = Lens(*lens_by_name[image_name])
         lens = _check_size(lens, _image_size(file, where), (lens.width, lens.height), downscale, where, file)
         if lens not in lenses:
             lenses.append(lens)
         lens_of_frame.append(lenses.index(lens))
-        files.append(Path(im.name).as_posix())
-        cam_from_world = np.eye(4)
-        cam_from_world[:3] = im.cam_from_world().matrix()
-        poses.append(invert_rigid(cam_from_world))
-    pts = list(rec.points3D.values())
-    points = np.array([p.xyz for p in pts], np.float64).reshape(-1, 3)
-    colors = np.array([p.color for p in pts], np.uint8).reshape(-1, 3)
+        files.append(Path(image_name).as_posix())
+        poses.append(poses_by_name[image_name])
+    points, colors = model.points()[:2]
     name = model_dir.resolve()
     while name.name in ("0", "sparse", "colmap") and name.parent != name:
         name = name.parent
@@ -537,15 +531,12 @@ def capture_points(imported: dict) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
     path = Path(imported["path"])
     if imported.get("kind") == "colmap":
-        import pycolmap
+        from cvd_scene.register.colmap import Model
 
         try:
-            rec = pycolmap.Reconstruction(str(path))
-        except (ValueError, RuntimeError, OSError) as e:
+            xyz, rgb = Model.read(path).points()[:2]
+        except ValueError as e:
             raise SourceFormatError(f"{path}: the COLMAP model cannot be read any more ({e})") from None
-        pts = list(rec.points3D.values())
-        xyz = np.array([p.xyz for p in pts], np.float64).reshape(-1, 3)
-        rgb = np.array([p.color for p in pts], np.uint8).reshape(-1, 3)
     else:
         xyz, rgb = _transforms_points(_transforms_doc(path), path)
     S = np.asarray(imported["run_from_source"], np.float64)
@@ -559,8 +550,9 @@ def undistort(image: np.ndarray, lens: Lens) -> np.ndarray:
     """[H, W, C] float image taken through ``lens`` -> the same-size picture of the pinhole camera
     :meth:`Lens.pinhole_K`: every output pixel centre is cast as a ray and projected through the lens by
     pycolmap's camera model, then sampled bilinearly; pixels whose ray falls outside the picture are 0."""
-    import pycolmap
     from scipy.ndimage import map_coordinates
+
+    from cvd_scene.register.colmap import lens_pixels
 
     if not lens.distorted:
         return image
@@ -570,8 +562,7 @@ def undistort(image: np.ndarray, lens: Lens) -> np.ndarray:
     K = lens.pinhole_K()
     u, v = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)  # [H, W] pixel centres
     rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
-    cam = pycolmap.Camera(model=lens.model, width=lens.width, height=lens.height, params=list(lens.params))
-    uv = np.asarray(cam.img_from_cam(rays), dtype=np.float64).reshape(H, W, 2)  # distorted pixel of each ray
+    uv = lens_pixels(lens.model, lens.width, lens.height, lens.params, rays).reshape(H, W, 2)  # distorted pixel
     coords = [uv[..., 1] - 0.5, uv[..., 0] - 0.5]  # array index = pixel coordinate - 0.5
     out = np.empty_like(image)
     for c in range(image.shape[2]):

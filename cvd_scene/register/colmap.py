@@ -322,6 +322,15 @@ class Model:
             out[image.name] = invert_rigid(cam_from_world)
         return out
 
+    def lenses(self) -> dict[str, tuple[str, int, int, tuple[float, ...]]]:
+        """The camera of every image with a pose, by name: (COLMAP model name, width, height, parameters)."""
+        out = {}
+        for image in self._rec.images.values():
+            if image.has_pose:
+                cam = self._rec.cameras[image.camera_id]
+                out[image.name] = (cam.model.name, int(cam.width), int(cam.height), tuple(float(p) for p in cam.params))
+        return out
+
     def intrinsics(self) -> np.ndarray:
         """[3, 3] pinhole matrix of the model's shared camera (after any refinement)."""
         camera = next(iter(self._rec.cameras.values()))
@@ -368,8 +377,22 @@ class Model:
 
     @staticmethod
     def read(folder: Path) -> Model:
+        """The model in ``folder`` (``cameras/images/points3D`` as ``.bin`` or ``.txt``); ``ValueError`` with
+        pycolmap's first line of explanation when it cannot be read."""
         pycolmap = _pycolmap()
-        return Model(pycolmap.Reconstruction(str(folder)))
+        try:
+            return Model(pycolmap.Reconstruction(str(folder)))
+        except (ValueError, RuntimeError, OSError) as e:  # pycolmap's failed checks arrive as ValueError
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(why) from None
+
+
+def lens_pixels(model: str, width: int, height: int, params: Sequence[float], rays: np.ndarray) -> np.ndarray:
+    """Pixel coordinates [N, 2] (pixel centres at +0.5) where camera rays [N, 3] (OpenCV axes) land through a
+    lens of COLMAP camera ``model`` (``OPENCV``, ``OPENCV_FISHEYE``, ``SIMPLE_RADIAL``, ...) with ``params``."""
+    pycolmap = _pycolmap()
+    cam = pycolmap.Camera(model=model, width=int(width), height=int(height), params=list(params))
+    return np.asarray(cam.img_from_cam(np.asarray(rays, np.float64)), dtype=np.float64).reshape(-1, 2)
 
 
 def triangulate_known_poses(
