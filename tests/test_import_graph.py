@@ -129,3 +129,20 @@ def test_the_command_line_imports_its_commands_by_name():
     commands = {m for m in graph if m.startswith("cvd_scene.commands.") and m != "cvd_scene.commands.common"}
     assert commands and commands <= graph["cvd_scene.cli"]
     assert "importlib" not in (REPO / "cvd_scene" / "cli.py").read_text()
+
+
+@pytest.mark.parametrize(
+    ("library", "home"),
+    [("pycolmap", ("cvd_scene.register.colmap",)), ("nerfstudio", ("cvd_scene.fit.",))],
+)
+def test_a_heavy_library_is_imported_in_its_one_home_only(library, home):
+    """pycolmap only through ``register/colmap.py``, nerfstudio only inside ``fit/`` (every import counts, also
+    inside functions), so each has one place that speaks its types."""
+    offenders = []
+    for mod, source in first_party_sources().items():
+        for node in ast.walk(ast.parse(source)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])  # fmt: skip
+            if any(n == library or n.startswith(library + ".") for n in names) and not mod.startswith(home):
+                offenders.append(mod)
+    assert not offenders, f"{library} imported outside {home}: {sorted(set(offenders))}"
