@@ -397,7 +397,7 @@ def test_odd_frame_size_keeps_frames_and_pads_only_the_video(tmp_path, capsys):
     assert read_mp4(run_dir / "generate" / "videos" / "v00.mp4").shape[1:3] == (10, 8)
     report = json.loads((run_dir / "generate" / "report.json").read_text())
     assert report["video_size"] == [8, 10] and (report["width"], report["height"]) == (7, 9)
-    assert "mp4 are padded to 8x10" in " ".join(capsys.readouterr().out.split())
+    assert "mp4 are padded to 8x10" in " ".join(capsys.readouterr().err.split())
 
 
 def test_truncated_frame_at_register_names_the_file(tmp_path, capsys):
