@@ -6,6 +6,7 @@ model of 1120 points), the config parsed by tyro as ``ns-train`` parses it and n
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def test_without_points_a_capped_random_start_inside_the_cameras(started):
 
     means, cap, outputs = started["none"]
     defaults = CvdSplatModelConfig()
-    assert len(means) == defaults.num_random == 5000
+    assert len(means) == defaults.num_random == 3000
     assert cap == defaults.random_init_max_gaussians == 60000
     centres = outputs.cameras.camera_to_worlds[:, :3, 3]
     lo, hi = centres.min(0).values, centres.max(0).values
@@ -104,6 +105,9 @@ def test_without_points_a_capped_random_start_inside_the_cameras(started):
     assert float((means.max(0).values - means.min(0).values).min()) > float((hi - lo).max()) / 2 * 0.9  # a volume
 
 
-def test_loading_points_can_be_turned_off(folders):
-    pipeline = ns_train_pipeline(folders["ply"], "--pipeline.datamanager.load-3D-points", "False")
-    assert len(pipeline.model.means) == 5000
+def test_loading_points_can_be_turned_off_and_a_random_start_is_logged_once(folders, caplog):
+    with caplog.at_level(logging.WARNING, logger="cvd_scene.fit.splat_model"):
+        pipeline = ns_train_pipeline(folders["ply"], "--pipeline.datamanager.load-3D-points", "False")
+    assert len(pipeline.model.means) == 3000
+    said = [r.getMessage() for r in caplog.records if "random Gaussians" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("no points in the dataset: starting from 3000"), said

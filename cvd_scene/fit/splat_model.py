@@ -104,10 +104,11 @@ class CvdSplatModelConfig(SplatfactoModelConfig):
     max_gaussians: int = 0
     """Densification pauses while there are at least this many Gaussians (0: no limit, or
     ``random_init_max_gaussians`` after a random start); pruning goes on."""
-    num_random: int = 5000
+    num_random: int = 3000
     """Random Gaussians to start from when the dataset has no points (e.g. a nerfstudio-data folder without a PLY
-    or COLMAP model; splatfacto: 50,000): about a run folder's seed count (``register.planned_seed_points``), inside
-    the box of the training cameras' centres, each side at least half the longest."""
+    or COLMAP model; splatfacto: 50,000), inside the box of the training cameras' centres, each side at least half
+    the longest: about a run folder's seed count (the demo registers 3,145 points), so an iteration costs about
+    what it costs on a run folder (an iteration's cost grows with the Gaussian count)."""
     random_init_max_gaussians: int = 60000
     """``max_gaussians`` after a random start when ``max_gaussians`` is 0 (the demo preset's cap), so an iteration
     costs about what it costs on a run folder."""
