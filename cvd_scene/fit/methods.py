@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
-from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecayScheduler, ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
@@ -29,6 +28,7 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
 from cvd_scene.fit.dataparser import CvdSceneDataParserConfig
 from cvd_scene.fit.nerf_model import CvdNerfModelConfig
+from cvd_scene.fit.nsdata import CvdDatamanagerConfig
 from cvd_scene.fit.splat_model import CvdSplatModelConfig
 
 SPLAT_ITERATIONS = 3000
@@ -162,7 +162,7 @@ def splat_config(max_steps: int = SPLAT_ITERATIONS, eval_every_k: int = 6, reduc
         schedule_iterations=schedule_iterations,
         mixed_precision=False,
         pipeline=VanillaPipelineConfig(
-            datamanager=FullImageDatamanagerConfig(
+            datamanager=CvdDatamanagerConfig(
                 dataparser=CvdSceneDataParserConfig(eval_every_k=eval_every_k),
                 cache_images_type="uint8",
             ),

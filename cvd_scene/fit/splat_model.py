@@ -38,6 +38,7 @@ from nerfstudio.utils.colors import get_color
 from pytorch_msssim import SSIM
 from torch.nn import Parameter
 
+from cvd_scene.fit.nsdata import CAMERA_CENTRES_KEY
 from cvd_scene.fit.raster import rasterize
 from cvd_scene.gaussians import Gaussians
 
@@ -101,7 +102,16 @@ class CvdSplatModelConfig(SplatfactoModelConfig):
     raster_tile_size: int = 8
     """Tile size of the pure-torch rasteriser (CPU); gsplat uses 16."""
     max_gaussians: int = 0
-    """Densification pauses while there are at least this many Gaussians (0: no limit); pruning goes on."""
+    """Densification pauses while there are at least this many Gaussians (0: no limit, or
+    ``random_init_max_gaussians`` after a random start); pruning goes on."""
+    num_random: int = 3000
+    """Random Gaussians to start from when the dataset has no points (e.g. a nerfstudio-data folder without a PLY
+    or COLMAP model; splatfacto: 50,000), inside the box of the training cameras' centres, each side at least half
+    the longest: about a run folder's seed count (the demo registers 3,145 points), as an iteration's cost grows
+    with the Gaussian count (measured: about 2x a run folder's on the demo scene, splatfacto's start 4.8x)."""
+    random_init_max_gaussians: int = 60000
+    """``max_gaussians`` after a random start when ``max_gaussians`` is 0 (the demo preset's cap): densification of
+    a random start does not grow without bound."""
     max_train_seconds: float = 0.0
     """Stop training after this many seconds of wall-clock time (0: no limit)."""
     lpips: Literal["auto", "off"] = "auto"
@@ -157,6 +167,18 @@ def mean_neighbour_distance(points: np.ndarray, k: int) -> np.ndarray:
     return d[:, 1:].mean(axis=1)
 
 
+def random_init_box(centres: torch.Tensor | None, random_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corners [3], [3] of the box a random start fills: the box of the cameras' centres [C, 3], every side widened
+    to at least half the longest (cameras on a ring or a plane still bound a volume), or splatfacto's cube of side
+    ``random_scale`` about the origin when there are no centres."""
+    if centres is None or len(centres) == 0:
+        return -torch.ones(3) * random_scale / 2, torch.ones(3) * random_scale / 2
+    lo, hi = centres.float().min(0).values.cpu(), centres.float().max(0).values.cpu()
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    half = half.clamp_min(max(float(half.max()) / 2, 1e-3))
+    return mid - half, mid + half
+
+
 @dataclass
 class CappedDefaultStrategy(DefaultStrategy):
     """gsplat's :class:`DefaultStrategy` whose grow step (duplicate and split) is skipped while there are at least
@@ -183,11 +205,22 @@ class CvdSplatModel(SplatfactoModel):
         cols = [] if seeds is None else [seeds[1].float() / 255.0]
         n_seed = 0 if seeds is None else len(seeds[0])
         n_random = cfg.num_random_points if n_seed else max(cfg.num_random_points, cfg.num_random)
+        metadata = self.kwargs.get("metadata") or {}
+        max_gaussians = cfg.max_gaussians
         if n_random:
             if n_seed:
                 lo, hi = seeds[0].min(0).values, seeds[0].max(0).values
             else:
-                lo, hi = -torch.ones(3) * cfg.random_scale / 2, torch.ones(3) * cfg.random_scale / 2
+                lo, hi = random_init_box(metadata.get(CAMERA_CENTRES_KEY), cfg.random_scale)
+                max_gaussians = max_gaussians or cfg.random_init_max_gaussians
+                log.warning(
+                    "%s: starting from %d random Gaussians %s, densification %s "
+                    "(pipeline.model.num-random, pipeline.model.max-gaussians)",
+                    "random_init set" if cfg.random_init else "no points in the dataset",
+                    n_random,
+                    "inside the cameras' bounds" if CAMERA_CENTRES_KEY in metadata else "in splatfacto's cube",
+                    f"capped at {max_gaussians} Gaussians" if max_gaussians else "not capped",
+                )
             gen = torch.Generator().manual_seed(0)
             pts.append(lo + (hi - lo) * torch.rand(n_random, 3, generator=gen))
             cols.append(torch.rand(n_random, 3, generator=gen))
@@ -224,7 +257,6 @@ class CvdSplatModel(SplatfactoModel):
         if cfg.use_bilateral_grid:
             raise ValueError("use_bilateral_grid is not supported by cvd-scene; use appearance=per-frame")
 
-        metadata = self.kwargs.get("metadata") or {}
         frames = metadata.get("cvd_frames")
         if cfg.appearance == "per-video" and frames is not None:
             self._appearance_of_image = torch.tensor([f.video for f in frames], dtype=torch.long)
@@ -236,7 +268,7 @@ class CvdSplatModel(SplatfactoModel):
         self.appearance_params = Parameter(torch.zeros(n_codes if cfg.appearance != "none" else 0, 12))
 
         self.strategy = CappedDefaultStrategy(
-            max_gaussians=cfg.max_gaussians,
+            max_gaussians=max_gaussians,
             prune_opa=cfg.cull_alpha_thresh,
             grow_grad2d=cfg.densify_grad_thresh,
             grow_scale3d=cfg.densify_size_thresh,
