@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import signal
 import sys
 import threading
@@ -66,11 +67,49 @@ def stop_signals_raise():
             signal.signal(sig, handler)
 
 
+OVERRIDE = re.compile(r"(?:prompt|seed|[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)+)=")
+"""A ``KEY=VALUE`` config override: a dotted key (``fit.iterations=300``) or a top-level one (``prompt=...``)."""
+
+
+def overrides_last(argv: list[str]) -> list[str]:
+    """``argv`` with its ``KEY=VALUE`` overrides moved after everything else, in their order: the overrides are the
+    last positional argument of every command, and tyro takes a positional list only in one piece, so
+    ``plan RUN plan.num_videos=2 --quiet plan.num_frames=4`` means what it says. A token right after an option
+    (``--prompt a=b``) is that option's value and stays where it is."""
+    rest: list[str] = []
+    moved: list[str] = []
+    for i, token in enumerate(argv):
+        after_option = i > 0 and argv[i - 1].startswith("--") and "=" not in argv[i - 1]
+        is_flag_before = after_option and argv[i - 1].lstrip("-").replace("-", "_") in boolean_flags()
+        if OVERRIDE.match(token) and (not after_option or is_flag_before):
+            moved.append(token)
+        else:
+            rest.append(token)
+    return rest + moved
+
+
+def boolean_flags() -> frozenset[str]:
+    """Options of the commands that take no value (``--quiet``, ``--redo``, ...; ``--no-X`` too), from the command
+    functions' signatures: a ``KEY=VALUE`` after one of them is an override, not the option's value."""
+    import inspect
+
+    from cvd_scene import commands
+
+    names = set()
+    for module in vars(commands).values():
+        for fn in vars(module).values() if inspect.ismodule(module) else ():
+            if inspect.isfunction(fn) and fn.__module__ == module.__name__:
+                for name, param in inspect.signature(fn).parameters.items():
+                    if param.annotation in (bool, "bool"):
+                        names.update((name, f"no_{name}"))
+    return frozenset(names)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cvd-scene`` console script."""
     try:
         with stop_signals_raise():
-            app.cli(prog="cvd-scene", args=argv)
+            app.cli(prog="cvd-scene", args=overrides_last(list(sys.argv[1:] if argv is None else argv)))
     except BaseException as e:
         # A stop signal whose exception a library turned into another one (or swallowed) still ends as a stop.
         signum = e.signum if isinstance(e, Stopped) else stop_requested()

@@ -421,6 +421,21 @@ def test_log_lines_go_to_stderr_and_stdout_stays_clean(tmp_path):
     assert "stage plan" in proc.stderr and proc.stdout == ""
 
 
+def test_overrides_may_stand_between_options(tmp_path):
+    """``KEY=VALUE`` overrides before, between and after options all count (tyro alone takes a positional list
+    only in one piece); an option's own value that looks like one stays that option's."""
+    from cvd_scene.cli import main, overrides_last
+
+    run = tmp_path / "run"
+    fast = ["plan.reference_depth=false", "plan.covisibility_width_px=16", "plan.coverage_points=1000"]
+    assert main(["plan", str(run), "plan.num_videos=2", "--quiet", "plan.num_frames=4", "--preset", "demo", *fast]) == 0
+    cams = read_cameras_json(run / "plan" / "cameras.json")
+    assert (cams.num_videos, cams.num_frames) == (2, 4)
+    assert overrides_last(["run", "R", "--prompt", "a.b=c", "seed=1", "--redo", "fit.x=2"]) == [
+        "run", "R", "--prompt", "a.b=c", "--redo", "seed=1", "fit.x=2",
+    ]  # fmt: skip
+
+
 def test_plan_command_through_the_cli(tmp_path, monkeypatch, capsys):
     from cvd_scene.cli import main
 
