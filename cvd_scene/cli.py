@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import signal
 import sys
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
             print(f"cvd-scene: {how}; finished stages are kept, run the same command to resume", file=sys.stderr)
             return 128 + signum
+        if isinstance(e, BrokenPipeError):  # stdout piped into a reader that stopped (`cvd-scene --help | head`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+            return 0
         if not isinstance(e, (ConfigError, RunFolderError, StageRefused, CliError, ValueError, OSError)):
             raise
         # Bad input (a config, a file, an argument) or a place that cannot be written (full disk, read-only) is

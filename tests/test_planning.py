@@ -421,6 +421,18 @@ def test_log_lines_go_to_stderr_and_stdout_stays_clean(tmp_path):
     assert "stage plan" in proc.stderr and proc.stdout == ""
 
 
+def test_help_into_a_closed_pipe_is_quiet():
+    """``cvd-scene --help | head -1``: the reader stops early; no "Broken pipe" error, exit 0."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        f"'{sys.executable}' -m cvd_scene.cli --help | head -c 5", shell=True, check=False, capture_output=True,
+        text=True, timeout=60,
+    )
+    assert proc.stdout == "usage" and "Broken pipe" not in proc.stderr, proc.stderr
+
+
 def test_overrides_may_stand_between_options(tmp_path):
     """``KEY=VALUE`` overrides before, between and after options all count (tyro alone takes a positional list
     only in one piece); an option's own value that looks like one stays that option's."""
