@@ -68,8 +68,9 @@ def stop_signals_raise():
             signal.signal(sig, handler)
 
 
-OVERRIDE = re.compile(r"(?:prompt|seed|[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)+)=")
-"""A ``KEY=VALUE`` config override: a dotted key (``fit.iterations=300``) or a top-level one (``prompt=...``)."""
+OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*=")
+"""A ``KEY=VALUE`` config override: a dotted key (``fit.iterations=300``) or a top-level one (``prompt=...``; an
+unknown key too, so that the config check names it)."""
 
 
 def overrides_last(argv: list[str]) -> list[str]:
