@@ -1,8 +1,10 @@
 """Peak memory of a sampling call per memory mode: the pipeline's estimator against measured process memory (CPU,
 small models, each case in a fresh process), then the estimator's table at SD1.5 size.
 
-Measured: the resident memory one ``CVDPipeline`` call adds to a process that already holds the model (peak
-``ru_maxrss`` minus the resident size before the call), one denoising step, random weights, fp32 on the CPU.
+Measured: the resident memory one ``CVDPipeline`` call adds to a process that already holds the model (the peak
+resident size during the call, ``VmHWM`` after resetting it through ``/proc/self/clear_refs``, minus the resident
+size before the call; ``ru_maxrss`` where the peak cannot be reset), one denoising step, random weights, fp32 on
+the CPU.
 Estimated: :func:`cvd.pipeline.estimate_peak_memory` for the same call (activations, bias and, on the CPU, the
 call's fixed overhead; the weights are already in the process before the call in both). The SD1.5 table: fp16,
 CUDA device type (no attention scores materialised), 16 frames, weights counted on the meta device.
@@ -36,6 +38,26 @@ MEASURED = [  # (config, videos, frames, size, decode)
 ]
 
 
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident size (Linux: ``5`` into ``/proc/self/clear_refs``); False where not
+    possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident size since the last reset (``VmHWM`` of ``/proc/self/status``), MiB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    raise OSError("no VmHWM in /proc/self/status")
+
+
 def measure(spec: dict) -> dict:
     """One sampling call in this process: what it adds to the resident memory, and the estimate (MiB)."""
     import gc
@@ -62,9 +84,10 @@ def measure(spec: dict) -> dict:
     gc.collect()
     with open("/proc/self/statm") as fh:
         before = int(fh.read().split()[1]) * resource.getpagesize() / MIB
+    reset = _reset_peak_rss()  # else the peak could be one from before the call (building the model)
     pipe("a room", c2w, K, num_inference_steps=1, height=size, width=size, seed=0, pairing="partition",
          output_type="pt" if decode else "latent")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak = _peak_rss_mib() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     est = pipe.estimate_peak_memory(num_videos=v, num_frames=f, height=size, width=size, decode=decode,
                                     device_type="cpu")
     estimated = max(est.activations + est.bias, est.decode - est.weights if decode else 0) / MIB
