@@ -68,9 +68,10 @@ def stop_signals_raise():
             signal.signal(sig, handler)
 
 
-OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*=")
-"""A ``KEY=VALUE`` config override: a dotted key (``fit.iterations=300``) or a top-level one (``prompt=...``; an
-unknown key too, so that the config check names it)."""
+OVERRIDE = re.compile(r"[A-Za-z_][^=/\\\s]*=")
+"""A ``KEY=VALUE`` config override: a dotted key (``fit.iterations=300``) or a top-level one (``prompt=...``);
+unknown or malformed keys too (``nope=1``, ``fit..iterations=1``), so that the config check names them. A path
+(anything with a slash before the ``=``) is not one."""
 
 
 def overrides_last(argv: list[str]) -> list[str]:
