@@ -10,7 +10,7 @@ several seeds, every model measured three ways, mean ± std over seeds per arm.
     OUT=/path/to/results bash benchmarks/gpu_train.sh
 
 Units: one (arm, seed) pair each, ``<arm>-s<seed>``. Steps: (1) the shared autoencoder (``phase=autoencoder``,
-trained once, seed 0, reused by every unit), (2) every unit trained in its own process for exactly ``--steps``
+trained once, seed 0, reused by every unit; or ``--autoencoder FOLDER``), (2) every unit trained in its own process for exactly ``--steps``
 optimiser steps (``--jobs`` at a time) from its seed (weights, data stream, noise), with the epipolar-bias
 convention pinned to ``ours`` (checked in the saved ``cvd_model.json``), ending with the trainer's toy measure,
 (3) its measurements in this process: the warp measure of its model on known scenes (``known_scene_warp`` on the
@@ -276,6 +276,7 @@ def settings(args) -> dict:
         "warp_preset": args.warp_preset,
         "warp_set": list(args.warp_set),
         "protocol_pairs": args.protocol_pairs,
+        "autoencoder": args.autoencoder,
     }
 
 
@@ -557,6 +558,9 @@ def main() -> None:
     ap.add_argument("--protocol-pairs", type=int, default=8)
     ap.add_argument("--no-sheets", dest="sheets", action="store_false", help="no contact sheet per arm")
     ap.add_argument("--set", action="append", default=[], help="extra KEY=VALUE train override for every unit")
+    ap.add_argument("--autoencoder", default=None,
+                    help="a trained autoencoder folder every unit reuses (e.g. models/tiny-trained/vae) instead of "
+                    "training one first")
     args = ap.parse_args()
     args.arms = [a for a in args.arms.split(",") if a]
     for a in args.arms:
@@ -566,9 +570,13 @@ def main() -> None:
         fail(f"--jobs, --stop-after and --steps must be >= 1, got {args.jobs}, {args.stop_after}, {args.steps}")
     out = Path(args.out).resolve()
     work = Path(args.work).resolve() if args.work else out.parent / f"{out.name}-work"
+    if args.autoencoder is not None:
+        args.autoencoder = str(Path(args.autoencoder).resolve())
+        if not (Path(args.autoencoder) / "config.json").is_file():
+            fail(f"--autoencoder {args.autoencoder}: not a diffusers autoencoder folder (no config.json)")
+    state = load_state(out, args)  # before the imports: a rerun with other settings is refused at once
     check_environment(args)
     out.mkdir(parents=True, exist_ok=True)
-    state = load_state(out, args)
     state["work"] = str(work)
     for arm in args.arms:
         for seed in args.seeds:
@@ -582,14 +590,15 @@ def main() -> None:
 
     # 1. The shared autoencoder (seed 0; every unit reuses it).
     ae = work / "autoencoder-run"
-    if not (ae / "autoencoder" / "config.json").is_file():
+    ae_dir = Path(args.autoencoder) if args.autoencoder else ae / "autoencoder"
+    if not (ae_dir / "config.json").is_file():
         if ae.exists():
             shutil.rmtree(ae)
         ov = [o for o in overrides(args, ae, ["phase=autoencoder"]) if o != "resume=true"] + ["resume=false"]
         p = spawn(args, "autoencoder", ov, out / "autoencoder.log")
         if p.wait() != 0:
             fail(f"the autoencoder run failed (code {p.returncode}); see {out / 'autoencoder.log'}")
-    state["autoencoder"] = str(ae / "autoencoder")
+    state["autoencoder"] = str(ae_dir)
     if (ae / "autoencoder.json").is_file():
         shutil.copy2(ae / "autoencoder.json", out / "autoencoder.json")
     save_state(out, state)
@@ -625,7 +634,7 @@ def main() -> None:
             unit["checkpoint"] = latest_checkpoint(run)
             unit["status"] = "training" + (f" (resuming from {unit['checkpoint']})" if unit["checkpoint"] else "")
             save_state(out, state)
-            ov = overrides(args, run, [f"model.autoencoder={ae / 'autoencoder'}", *ARMS[unit["arm"]]],
+            ov = overrides(args, run, [f"model.autoencoder={ae_dir}", *ARMS[unit["arm"]]],
                            seed=unit["seed"])
             running[name] = (spawn(args, name, ov, run / "train.log"), time.time())
         for name, (p, started) in list(running.items()):
