@@ -41,6 +41,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -617,46 +618,50 @@ def main() -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {name}: done ({finished} unit(s) in this run)", flush=True)
 
     stopped = False
-    while (pending or running) and not stopped:
-        while pending and len(running) < args.jobs:
-            name = pending.pop(0)
-            unit = state["units"][name]
-            run = Path(unit["run_dir"])
-            if unit["status"] in ("trained",) or (
-                (trained_steps(run) or 0) >= target_steps(args) and (run / "toy_measure.json").is_file()
-            ):
-                if unit["status"] == "trained" or finish_training(args, out, state, name, None):
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # a kill stops the workers too
+    try:
+        while (pending or running) and not stopped:
+            while pending and len(running) < args.jobs:
+                name = pending.pop(0)
+                unit = state["units"][name]
+                run = Path(unit["run_dir"])
+                if unit["status"] in ("trained",) or (
+                    (trained_steps(run) or 0) >= target_steps(args) and (run / "toy_measure.json").is_file()
+                ):
+                    if unit["status"] == "trained" or finish_training(args, out, state, name, None):
+                        complete(name)
+                        if args.stop_after is not None and finished >= args.stop_after:
+                            stopped = True
+                            break
+                    continue
+                unit["checkpoint"] = latest_checkpoint(run)
+                unit["status"] = "training" + (f" (resuming from {unit['checkpoint']})" if unit["checkpoint"] else "")
+                save_state(out, state)
+                ov = overrides(args, run, [f"model.autoencoder={ae_dir}", *ARMS[unit["arm"]]],
+                               seed=unit["seed"])
+                running[name] = (spawn(args, name, ov, run / "train.log"), time.time())
+            for name, (p, started) in list(running.items()):
+                code = p.poll()
+                if code is None and args.timeout_min is not None and time.time() - started > 60 * args.timeout_min:
+                    p.kill()
+                    p.wait()
+                    code = None  # interrupted on purpose: partial, resumed from its checkpoint next time
+                    print(f"{name}: killed after {args.timeout_min} min", flush=True)
+                elif code is None:
+                    continue
+                del running[name]
+                if finish_training(args, out, state, name, code) and not stopped:
                     complete(name)
                     if args.stop_after is not None and finished >= args.stop_after:
                         stopped = True
-                        break
-                continue
-            unit["checkpoint"] = latest_checkpoint(run)
-            unit["status"] = "training" + (f" (resuming from {unit['checkpoint']})" if unit["checkpoint"] else "")
-            save_state(out, state)
-            ov = overrides(args, run, [f"model.autoencoder={ae_dir}", *ARMS[unit["arm"]]],
-                           seed=unit["seed"])
-            running[name] = (spawn(args, name, ov, run / "train.log"), time.time())
-        for name, (p, started) in list(running.items()):
-            code = p.poll()
-            if code is None and args.timeout_min is not None and time.time() - started > 60 * args.timeout_min:
+            if running and not stopped:
+                time.sleep(1.0)
+    finally:  # --stop-after, Ctrl-C, SIGTERM: no training process outlives the driver (each resumes next time)
+        for name, (p, _) in running.items():
+            if p.poll() is None:
                 p.kill()
                 p.wait()
-                code = None  # interrupted on purpose: partial, resumed from its checkpoint next time
-                print(f"{name}: killed after {args.timeout_min} min", flush=True)
-            elif code is None:
-                continue
-            del running[name]
-            if finish_training(args, out, state, name, code) and not stopped:
-                complete(name)
-                if args.stop_after is not None and finished >= args.stop_after:
-                    stopped = True
-        if running and not stopped:
-            time.sleep(1.0)
-    for name, (p, _) in running.items():  # --stop-after: the others resume from their checkpoints next time
-        p.kill()
-        p.wait()
-        finish_training(args, out, state, name, None)
+            finish_training(args, out, state, name, None)
     extra["seconds_this_run"] = round(time.time() - t0, 1)
     plot(args, out, state)
     results = write_tables(args, out, state, extra)
