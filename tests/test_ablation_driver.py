@@ -1,0 +1,85 @@
+"""The seeded ablation driver (benchmarks/train_ablation.py) continues where an interrupted run stopped: the real
+trainer on the committed clip cache, tiny sizes and a few steps, two arms of one seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "train_ablation.py"
+TINY = ["--set", "data.num_frames=4", "--set", "data.height_px=48", "--set", "data.width_px=48"]
+
+
+def driver(out: Path, *extra: str, ok: bool = True) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, str(SCRIPT), "--preset", "tiny-cpu", "--device", "cpu", "--threads", "1", "--dry-run",
+        "--out", str(out), "--arms", "epipolar,none", "--seeds", "0", "--steps", "4", *TINY, *extra,
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if ok:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_interrupted_ablation_resumes_without_retraining(tmp_path):
+    out = tmp_path / "ablation"
+    # The committed model's autoencoder (no autoencoder run); the warp measure and the sheets: the slow test below.
+    common = ("--autoencoder", str(ROOT / "models" / "tiny-trained" / "vae"), "--warp-seeds", "--no-sheets")
+    first = driver(out, *common, "--stop-after", "1")
+    assert "stopped after 1 unit(s)" in first.stdout
+    state = json.loads((out / "state.json").read_text())
+    assert state["units"]["epipolar-s0"]["status"] == "done"
+    assert state["units"]["none-s0"]["status"] == "pending"
+    done_model = Path(state["units"]["epipolar-s0"]["run_dir"]) / "model"
+    conv = json.loads((done_model / "cvd_model.json").read_text())["config"]["epipolar_bias"]["convention"]
+    assert conv == "ours"
+    # The partial table is already there.
+    partial = json.loads((out / "results.json").read_text())
+    assert partial["arms"]["epipolar"]["seeds_done"] == [0] and partial["arms"]["none"]["seeds_done"] == []
+    assert "| none-s0 | pending |" in (out / "ablation.md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in done_model.rglob("*") if p.is_file()}
+    toy_before = state["units"]["epipolar-s0"]["measures"]["toy"]
+
+    second = driver(out, *common)
+    assert "start epipolar-s0" not in second.stdout and "start none-s0" in second.stdout
+    assert "start autoencoder" not in first.stdout + second.stdout
+    assert {p: p.stat().st_mtime_ns for p in done_model.rglob("*") if p.is_file()} == stamps
+    state = json.loads((out / "state.json").read_text())
+    assert {u["status"] for u in state["units"].values()} == {"done"}
+    assert state["units"]["epipolar-s0"]["measures"]["toy"] == toy_before
+    results = json.loads((out / "results.json").read_text())
+    for arm in ("epipolar", "none"):
+        row = results["arms"][arm]
+        assert row["seeds_done"] == [0]
+        assert row["toy_partner_psnr_db"]["n"] == 1 and row["toy_partner_psnr_db"]["mean"] > 5.0
+        assert set(row["final_loss"]) == {"mean", "std", "n"}
+    table = (out / "ablation.md").read_text()
+    assert "mean ± std over seeds" in table and "| none-s0 | done | 4 |" in table
+    # Other settings in the same folder are refused, naming the key.
+    bad = driver(out, *common, "--steps", "5", ok=False)
+    assert bad.returncode == 2 and "steps=4" in bad.stderr and "steps=5" in bad.stderr
+
+
+@pytest.mark.slow
+def test_ablation_measures_every_unit_with_warp_and_sheets(tmp_path):
+    out = tmp_path / "ablation"
+    driver(out, "--seeds", "0", "1", "--arms", "epipolar,none", "--jobs", "2")
+    results = json.loads((out / "results.json").read_text())
+    for arm in ("epipolar", "none"):
+        row = results["arms"][arm]
+        assert row["seeds_done"] == [0, 1]
+        for key in ("warp_psnr_db", "warp_floor_psnr_db", "warp_ceiling_psnr_db", "toy_partner_psnr_db"):
+            assert row[key]["n"] == 2 and row[key]["std"] >= 0.0, (arm, key, row[key])
+        assert row["warp_ceiling_psnr_db"]["mean"] > row["warp_psnr_db"]["mean"]
+        assert (out / f"contact_{arm}.png").stat().st_size > 1000
+    # No cross-view module to switch off: the floor of `none` is its generated videos.
+    for unit in ("none-s0", "none-s1"):
+        warp = results["units"][unit]["measures"]["warp"]["0"]
+        assert warp["floor"]["psnr"] == pytest.approx(warp["psnr"], abs=1e-6)
