@@ -1,5 +1,6 @@
 """The seeded ablation driver (benchmarks/train_ablation.py) continues where an interrupted run stopped: the real
-trainer on the committed clip cache, tiny sizes and a few steps, two arms of one seed."""
+trainer on the committed clip cache, tiny sizes and a few steps, two arms of one seed. Both tests are ``slow``:
+each starts several training processes."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def driver(out: Path, *extra: str, ok: bool = True) -> subprocess.CompletedProce
     return result
 
 
+@pytest.mark.slow  # three training processes start (about 20 s each): over the default suite's budget
 def test_interrupted_ablation_resumes_without_retraining(tmp_path):
     out = tmp_path / "ablation"
     # The committed model's autoencoder (no autoencoder run); the warp measure and the sheets: the slow test below.
