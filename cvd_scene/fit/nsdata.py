@@ -101,7 +101,9 @@ class CvdDatamanager(FullImageDatamanager[InputDataset]):
         if config.data is not None:
             parser.data = Path(config.data)
         colmap = None
-        if config.load_3D_points and hasattr(parser, "load_3D_points"):
+        # A config.yml written before this class existed holds nerfstudio's own datamanager config: no field, the
+        # dataparser's setting as it was.
+        if getattr(config, "load_3D_points", False) and hasattr(parser, "load_3D_points"):
             parser.load_3D_points = True
             if isinstance(parser, NerfstudioDataParserConfig):
                 colmap = _colmap_model_without_ply(parser)
