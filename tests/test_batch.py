@@ -154,6 +154,7 @@ def test_the_gallery_shows_a_card_a_scene_in_headless_chromium(three_jobs, tmp_p
     assert "fit.iterations" in info["error"]
 
 
+@pytest.mark.slow  # 40 s of Ray scheduling on 2 cores: over the default suite's budget
 def test_model_actors_load_once_and_stages_of_different_jobs_overlap(local_ray, tmp_path):
     jobs = [Job(prompt=p) for p in ("a red room", "a green room", "a blue room")]
     assign_slugs(jobs)

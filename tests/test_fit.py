@@ -315,6 +315,7 @@ def _ns_env() -> dict:
     return env
 
 
+@pytest.mark.slow  # ns-train imports every method (18 s); test_ns_train_cvd_scene_on_cpu runs the real entry point
 def test_ns_train_lists_both_methods():
     out = subprocess.run([str(NS_TRAIN), "--help"], check=False, capture_output=True, text=True, timeout=300, env=_ns_env())
     assert out.returncode == 0, out.stderr[-2000:]
