@@ -72,6 +72,15 @@ MAX_POINT_ERROR_PX = 16.0
 finite, are dropped from the sparse points and the report's error statistics."""
 
 
+def _model_frames(run, model: colmap.Model | None):
+    """Poses [V, F, 4, 4] (NaN, to be filled), the registered mask [V, F] (False), the plan's frames ``(v, f)`` the
+    model registered, and the model's poses by image name (empty without a model)."""
+    V, F = run.plan.num_videos, run.plan.num_frames
+    poses = model.world_from_cam() if model is not None else {}
+    idx = [(v, f) for v in range(V) for f in range(F) if run.names[v][f] in poses]
+    return np.full((V, F, 4, 4), np.nan), np.zeros((V, F), bool), idx, poses
+
+
 def _errors_not_measured(report: dict, why: str) -> None:
     """Blank the pose-error entries of a registration ``report`` whose poses were not compared with a plan."""
     for key in ("rotation_error_deg_median", "position_error_m_median", "translation_direction_error_deg_median"):
@@ -614,13 +623,9 @@ def _align_to_plan(
     fewer than two frames registered), the poses [V, F, 4, 4] (NaN where not registered), the mask [V, F], the
     similarity and what to report about it."""
     plan, names = run.plan, run.names
-    V, F = plan.num_videos, plan.num_frames
-    registered = np.zeros((V, F), bool)
-    world_from_cam = np.full((V, F, 4, 4), np.nan)
+    world_from_cam, registered, idx, poses = _model_frames(run, model)
     if model is None:
         return None, world_from_cam, registered, Sim3.identity(), {}
-    poses = model.world_from_cam()
-    idx = [(v, f) for v in range(V) for f in range(F) if names[v][f] in poses]
     if len(idx) < 2:
         if idx:
             run.problems.append("only one frame registered: nothing to align to the plan")
@@ -651,14 +656,8 @@ def _level_world(
     from cvd_scene.register.world import level_world
 
     plan, names, opt = run.plan, run.names, run.opt
-    V, F = plan.num_videos, plan.num_frames
-    registered = np.zeros((V, F), bool)
-    world_from_cam = np.full((V, F, 4, 4), np.nan)
-    if model is None:
-        return None, world_from_cam, registered, Sim3.identity(), {}
-    poses = model.world_from_cam()
-    idx = [(v, f) for v in range(V) for f in range(F) if names[v][f] in poses]
-    if not idx:
+    world_from_cam, registered, idx, poses = _model_frames(run, model)
+    if model is None or not idx:
         return None, world_from_cam, registered, Sim3.identity(), {}
     src = np.stack([poses[names[v][f]] for v, f in idx])  # [N, 4, 4] model frame; the first registered camera first
     sim, info = level_world(src, model.points()[0], opt.camera_height_m, opt.scale_m, seed=run.seed)
