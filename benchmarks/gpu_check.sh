@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the README in one go, on one CUDA machine (H100/H200 class), about 17 minutes:
+# Every GPU measurement of the README in one go, on one CUDA machine (H100/H200 class): about 12 minutes, then
+# the seeded ablation for TRAIN_SECONDS more (default 300; it is resumable, so a later run continues it):
 #   1. the gsplat 1.4.0 CUDA kernels are JIT-built in the background (CPU only, ~3 min), while
 #   2. bench_unet     : one guided pair call, sd15 shapes, fp16, ours vs plain diffusers AnimateDiff
 #   3. bench_epipolar : bias memory/time, once per level in fp16 vs the release's per-module per-head fp32
 #   4. bench_sampling : a 6-view 256² x 16-frame scene, our default schedule in full vs the release's schedule
-#   5. gpu_train.sh   : the seeded small-gpu ablation (3 arms x 3 seeds, 2000 steps each, 3 at a time) with its
-#                       toy, warp and SIFT measures; resumable: rerun gpu_train.sh with the same OUT to finish it
-#   6. bench_raster   : the gsplat path vs our pure-torch rasteriser on the same scene (once the build is done)
-#   7. the gpu-marked tests of cvd.geometry and the pipeline (fp16, no host sync, model and sequential offload)
-#   8. bench_memory   : every memory mode (fast / balanced / low) measured at sd15 size against the estimator,
+#   5. bench_raster   : the gsplat path vs our pure-torch rasteriser on the same scene (once the build is done)
+#   6. the gpu-marked tests of cvd.geometry and the pipeline (fp16, no host sync, model and sequential offload)
+#   7. bench_memory   : every memory mode (fast / balanced / low) measured at sd15 size against the estimator,
 #                       and the frame-0 line draw (the release's per-call redraw vs per pair) on the same calls
-#   9. bench_fp16     : how far an sd15 UNet call moves with fp16 weights / an fp16 bias (here on the GPU's CPUs)
+#   8. bench_fp16     : how far an sd15 UNet call moves with fp16 weights / an fp16 bias (here on the GPU's CPUs)
+#   9. gpu_train.sh   : the seeded small-gpu ablation (3 arms x 3 seeds, 2000 steps each, 3 at a time) with its
+#                       toy, warp and SIFT measures, last because it takes what time is left; resumable: rerun
+#                       gpu_train.sh with the same OUT and WORK to finish it
 # Results land in $OUT: one text log per step and results.tar.gz (logs, JSON, plots, the small models).
 #
 #   OUT=/path/to/results bash benchmarks/gpu_check.sh            # PYTHON=python3 by default
@@ -64,13 +66,13 @@ step() {  # step NAME SECONDS command...
 step unet 150 "$PY" benchmarks/bench_unet.py --model sd15 --device cuda --dtype float16 --size 256 --frames 16
 step epipolar 60 "$PY" benchmarks/bench_epipolar.py --device cuda --repeats 3
 step sampling 150 "$PY" benchmarks/bench_sampling.py --model sd15 --device cuda --dtype float16 --schedules covisibility
-step train 600 env OUT="$RES/train" WORK="$RES/train-work" PYTHON="$PY" bash benchmarks/gpu_train.sh
 stamp "waiting for the gsplat build"
 wait "$build_pid"; cat "$RES/gsplat_build.txt" | tail -n 5
 step raster 90 "$PY" benchmarks/bench_raster.py --device cuda
 step gpu_tests 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_geometry.py tests/test_pipeline.py
 step memory 240 "$PY" benchmarks/bench_memory.py --device cuda
 step fp16 300 env OMP_NUM_THREADS=16 "$PY" benchmarks/bench_fp16.py --frames 4
+step train "${TRAIN_SECONDS:-300}" env OUT="$RES/train" WORK="$RES/train-work" PYTHON="$PY" bash benchmarks/gpu_train.sh
 
 tar -czf "$OUT/results.tar.gz" -C "$RES" --exclude='*.pt' --exclude='optimizer*' --exclude='./train-work' . 2>/dev/null
 ls -la "$OUT"
