@@ -8,6 +8,7 @@ import torch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -201,13 +202,24 @@ def read_video(path: str | os.PathLike, fps: float) -> np.ndarray:
     """[N, H, W, 3] uint8: the frames of a video file sampled at ``fps`` frames per second of the video (ffmpeg's
     ``fps`` filter rounding up: the frame on screen at t = 0, 1/fps, 2/fps, ...; the file's rotation metadata
     applied), decoded through imageio-ffmpeg. ``ValueError`` names the file when ffmpeg cannot read it or it has no
-    frames."""
-    import imageio_ffmpeg
-
+    frames. The array is read-only and shared: an import reads the same file in its checks, the plan and the
+    generate stage, and decodes it once (a changed file, by size or time, is decoded again)."""
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
     try:
-        gen = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", f"fps={float(fps)!r}:round=up"])
+        st = os.stat(path)
+    except OSError as e:
+        raise ValueError(f"{path}: not a video ffmpeg can read ({e.strerror or type(e).__name__})") from None
+    return _decode_video(os.fspath(path), os.path.realpath(path), st.st_size, st.st_mtime_ns, float(fps))
+
+
+@functools.lru_cache(maxsize=8)
+def _decode_video(path: str, real_path: str, size: int, mtime_ns: int, fps: float) -> np.ndarray:
+    """:func:`read_video`'s decoding, once per file version and rate (``path`` as given, for messages)."""
+    import imageio_ffmpeg
+
+    try:
+        gen = imageio_ffmpeg.read_frames(real_path, output_params=["-vf", f"fps={fps!r}:round=up"])
         meta = next(gen)
         raw = [np.frombuffer(buf, np.uint8) for buf in gen]
     except (OSError, RuntimeError, StopIteration) as e:
@@ -218,4 +230,6 @@ def read_video(path: str | os.PathLike, fps: float) -> np.ndarray:
     w, h = meta["size"]
     if meta.get("rotate") in (90, 270) or raw[0].size != w * h * 3:
         w, h = h, w
-    return np.stack(raw).reshape(len(raw), h, w, 3)
+    frames = np.stack(raw).reshape(len(raw), h, w, 3)
+    frames.flags.writeable = False
+    return frames
