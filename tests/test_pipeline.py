@@ -591,22 +591,21 @@ def test_consistency_hook_runs_on_a_saved_model(tmp_path):
     assert {r["rows"] for r in rows if r["pairing"].startswith("alone")} == {3}  # 3 generated videos, alone
 
 
+def model_of(pipe):
+    """The :class:`CVDModel` holding ``pipe``'s components (what the trainer's sampler takes)."""
+    from cvd.model import CVDModel
+
+    return CVDModel(config=pipe.model_config, unet=pipe.unet, pose_encoder=pipe.pose_encoder, vae=pipe.vae,
+                    text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, scheduler=pipe.scheduler)  # fmt: skip
+
+
 def test_pair_with_fixed_partner_matches_the_trainers_pair_sampler(pipe):
     """The toy measure's sampling: ``CVDPipeline`` with a fixed ground-truth partner (default pairing and seed)
     and the trainer's pair sampler (``cvd.training.sampling.sample_pair``, the pipeline with fixed latents) agree
     for the same noise."""
-    from cvd.model import CVDModel
     from cvd.training import sampling
 
-    model = CVDModel(
-        config=pipe.model_config,
-        unet=pipe.unet,
-        pose_encoder=pipe.pose_encoder,
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-        scheduler=pipe.scheduler,
-    )
+    model = model_of(pipe)
     K, c2w = _cams(2)
     z0 = torch.randn(4, FRAMES, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(3)
@@ -647,21 +646,12 @@ def test_the_trainers_pair_sampler_is_the_pipeline_with_fixed_latents(pipe, monk
 
     from diffusers import DDIMScheduler
 
-    from cvd.model import CVDModel
     from cvd.training import sampling
 
     source = inspect.getsource(sampling)
     for loop_part in (".unet(", "scheduler.step", ".step(", "make_context", "epipolar_biases", "add_noise"):
         assert loop_part not in source, loop_part
-    model = CVDModel(
-        config=pipe.model_config,
-        unet=pipe.unet,
-        pose_encoder=pipe.pose_encoder,
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-        scheduler=pipe.scheduler,
-    )
+    model = model_of(pipe)
     denoised = []
     denoise = CVDPipeline.denoise
 
