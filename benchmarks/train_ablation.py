@@ -19,9 +19,10 @@ its generated videos, as it has no cross-view module to switch off), the paper's
 needs pycolmap) and, per arm, a contact sheet of its first seed's model, (4) ``results.json`` and ``ablation.md``
 (mean ± std over seeds per arm, and each unit) rewritten after every unit.
 
-Training is unconditional (the trainer has no first-frame-conditioned objective); the measurements condition on the
-first frame at sampling: the warp measure holds the ground-truth first frame (``generate.image``'s latent path), the
-toy measure holds the partner's ground-truth video.
+Training is first-frame conditioned (``--first-frame-fraction``, default 0.8: that share of the pairs sees frame 0
+clean and leaves it out of the loss, ``optim.first_frame_fraction``; each saved model records ``first_frame:
+clean``, checked), and so is the warp measure: it holds the ground-truth first frame clean. The toy measure holds
+the partner's ground-truth video and no first frame.
 
 Resumable: ``state.json`` in ``--out`` records the settings, which units finished, where each unit's newest
 training checkpoint is and every measurement made. Rerunning the same command skips finished units, resumes a
@@ -127,7 +128,8 @@ def shared_overrides(args) -> list[str]:
     ov = [f"threads={args.threads}"] if args.threads else []
     if args.dry_run:
         ov += DRY_RUN
-    return [*ov, f"optim.steps={target_steps(args)}", *PINNED, *args.set]
+    return [*ov, f"optim.steps={target_steps(args)}", f"optim.first_frame_fraction={args.first_frame_fraction}",
+            *PINNED, *args.set]
 
 
 def overrides(args, run_dir: Path, extra: list[str], seed: int = 0) -> list[str]:
@@ -278,6 +280,7 @@ def settings(args) -> dict:
         "warp_set": list(args.warp_set),
         "protocol_pairs": args.protocol_pairs,
         "autoencoder": args.autoencoder,
+        "first_frame_fraction": args.first_frame_fraction,
     }
 
 
@@ -319,9 +322,10 @@ def trained_steps(run: Path) -> int | None:
     return int(json.loads(p.read_text()).get("steps", 0))
 
 
-def bias_convention(model_dir: Path) -> str | None:
-    meta = json.loads((model_dir / "cvd_model.json").read_text())
-    return (meta.get("config", {}).get("epipolar_bias") or {}).get("convention")
+def saved_settings(model_dir: Path) -> tuple[str | None, str]:
+    """The bias convention and the first-frame hold a saved model records."""
+    config = json.loads((model_dir / "cvd_model.json").read_text()).get("config", {})
+    return (config.get("epipolar_bias") or {}).get("convention"), config.get("first_frame", "noised")
 
 
 def measure_unit(args, out: Path, state: dict, name: str) -> None:
@@ -380,9 +384,12 @@ def finish_training(args, out: Path, state: dict, name: str, code: int | None) -
     elif not (run / "toy_measure.json").is_file():
         unit["status"] = f"failed (no toy_measure.json in {run})"
     else:
-        conv = bias_convention(run / "model")
+        conv, hold = saved_settings(run / "model")
+        want_hold = "clean" if args.first_frame_fraction > 0 else "noised"
         if conv != "ours":
             unit["status"] = f"failed ({run / 'model' / 'cvd_model.json'} records bias convention {conv!r}, not 'ours')"
+        elif hold != want_hold:
+            unit["status"] = f"failed ({run / 'model' / 'cvd_model.json'} records first_frame {hold!r}, not {want_hold!r})"
         else:
             unit["status"] = "trained"
             unit["bias_convention"] = conv
@@ -457,6 +464,7 @@ def table(results: dict) -> str:
     st = results["settings"]
     lines = [
         (f"Ablation ({'DRY RUN, ' if st['dry_run'] else ''}preset {st['preset']}, {st['steps']} steps a arm, "
+        f"first-frame conditioned on {st.get('first_frame_fraction', 0)} of the pairs, "
         f"bias convention pinned to ours; mean ± std over seeds; warp measure on the {st['warp_preset']} plan, "
         f"scene seeds {results['warp_seeds']}, ground-truth first frame held; the floor of `none` is its generated "
         "videos)"),
@@ -559,6 +567,9 @@ def main() -> None:
     ap.add_argument("--protocol-pairs", type=int, default=8)
     ap.add_argument("--no-sheets", dest="sheets", action="store_false", help="no contact sheet per arm")
     ap.add_argument("--set", action="append", default=[], help="extra KEY=VALUE train override for every unit")
+    ap.add_argument("--first-frame-fraction", type=float, default=0.8,
+                    help="share of training pairs first-frame conditioned (frame 0 clean, out of the loss; "
+                    "optim.first_frame_fraction); 0: text-to-video training only")
     ap.add_argument("--autoencoder", default=None,
                     help="a trained autoencoder folder every unit reuses (e.g. models/tiny-trained/vae) instead of "
                     "training one first")
@@ -567,6 +578,8 @@ def main() -> None:
     for a in args.arms:
         if a not in ARMS:
             fail(f"unknown arm {a!r}; arms: {', '.join(ARMS)}")
+    if not 0.0 <= args.first_frame_fraction <= 1.0:
+        fail(f"--first-frame-fraction must lie in [0, 1], got {args.first_frame_fraction}")
     if args.jobs < 1 or (args.stop_after is not None and args.stop_after < 1) or target_steps(args) < 1:
         fail(f"--jobs, --stop-after and --steps must be >= 1, got {args.jobs}, {args.stop_after}, {args.steps}")
     out = Path(args.out).resolve()

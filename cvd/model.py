@@ -332,13 +332,7 @@ class CVDModel:
         ``config``) is the file's, else :func:`convention_from_sources` of its provenance."""
         path = Path(path)
         meta_path = path / "cvd_model.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{path} is not a CVD model folder: {meta_path} is missing (make one with `cvd-scene convert`)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != MODEL_FORMAT:
-            raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {MODEL_FORMAT!r}")
-        if meta.get("version") != MODEL_FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: version {meta.get('version')!r}, this code reads {MODEL_FORMAT_VERSION}")
+        meta = _read_meta(path)
         if config is None:
             config = config_from_dict(CVDModelConfig, meta["config"])
             stored_convention = config.epipolar_bias.convention
@@ -486,6 +480,27 @@ def _diffusers_weights(folder: Path, component: str) -> Path:
     raise FileNotFoundError(
         f"--sd15 {folder}: no {component} weights; looked for {', '.join(str(sub / n) for n in _DIFFUSERS_WEIGHT_NAMES[component])}"
     )
+
+
+def _read_meta(path: Path) -> dict:
+    """A saved model folder's ``cvd_model.json``, its format and version checked."""
+    meta_path = path / "cvd_model.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path} is not a CVD model folder: {meta_path} is missing (make one with `cvd-scene convert`)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {MODEL_FORMAT!r}")
+    if meta.get("version") != MODEL_FORMAT_VERSION:
+        raise ValueError(f"{meta_path}: version {meta.get('version')!r}, this code reads {MODEL_FORMAT_VERSION}")
+    return meta
+
+
+def saved_config(path: str | Path) -> CVDModelConfig:
+    """The config a folder written by :meth:`CVDModel.save_pretrained` stores (its bias convention resolved as
+    :meth:`CVDModel.from_pretrained` resolves it): the architecture to fine-tune it with."""
+    meta = _read_meta(Path(path))
+    config = config_from_dict(CVDModelConfig, meta["config"])
+    return with_bias_convention(config, config.epipolar_bias.convention or convention_from_sources(meta.get("sources")))
 
 
 def _stored_convention(meta: dict, meta_path: Path) -> str | None:

@@ -261,6 +261,10 @@ class CVDModelConfig:
     """Image height the model was trained at."""
     width_px: int = 256
     """Image width the model was trained at."""
+    first_frame: Literal["noised", "clean"] = "noised"
+    """How a held first frame (``first_frame=`` of the pipeline, ``generate.image``) enters sampling: ``noised``
+    to every step's noise level with the video's own noise (training-free, any model), or ``clean`` at every step
+    (a model trained with ``optim.first_frame_fraction > 0``, which saw frame 0 clean and learned from the others)."""
 
     def __post_init__(self) -> None:
         u = self.unet
@@ -299,6 +303,8 @@ class CVDModelConfig:
                 f"num_frames={self.num_frames} exceeds the temporal position tables "
                 f"(motion.max_seq_length={self.motion.max_seq_length}, pose_encoder.max_frames={self.pose_encoder.max_frames})"
             )
+        if self.first_frame not in ("noised", "clean"):
+            raise ValueError(f"first_frame must be 'noised' or 'clean', got {self.first_frame!r}")
         if not self.model_units_per_metre > 0:
             raise ValueError(f"model_units_per_metre must be positive, got {self.model_units_per_metre=}")
         stride = self.vae_scale_factor * 2 ** (levels - 1)

@@ -36,10 +36,11 @@ run alone, its CVSMs skipped (exactly CameraCtrl on AnimateDiff), one evaluation
 current timestep (with that video's initial noise, as a deterministic DDIM trajectory through the ground truth
 would be); they act as partners only. This is the toy consistency measure's "fixed ground-truth partner".
 
-``first_frame``: one picture [H, W, 3] that is frame 0 of every video (image -> scene, training-free): its latent
-is held at the encoded picture, noised to the current timestep with each video's own initial noise at every
-evaluation (as for fixed partners), and put back clean before decoding, so frame 0 decodes to the auto-encoded
-picture and the other frames are denoised around it.
+``first_frame``: one picture [H, W, 3] that is frame 0 of every video (image -> scene): its latent is held at the
+encoded picture, noised to the current timestep with each video's own initial noise at every evaluation (as for
+fixed partners; training-free, any model), or clean at every evaluation for a model trained first-frame
+conditioned (``config.first_frame == "clean"``), and put back clean before decoding, so frame 0 decodes to the
+auto-encoded picture and the other frames are denoised around it.
 
 Imports torch, diffusers, numpy and ``cvd``; must never import ``cvd_scene``.
 """
@@ -1217,7 +1218,10 @@ class CVDPipeline(DiffusionPipeline):
                     for r, evaluation in enumerate(plan[i]):
                         check_weights(evaluation)
                         self._place_fixed(latents, fixed, state.noise, scheduler, t)
-                        self._hold_first_frame(latents, state.held, state.held_videos, state.noise, scheduler, t)
+                        self._hold_first_frame(
+                            latents, state.held, state.held_videos, state.noise, scheduler, t,
+                            clean=self.model_config.first_frame == "clean",
+                        )
                         eps = torch.zeros(
                             V, math.prod(shape[1:]), device=device, dtype=torch.float32
                         )  # [V, C·F·h·w]
@@ -1309,11 +1313,15 @@ class CVDPipeline(DiffusionPipeline):
 
     @staticmethod
     def _hold_first_frame(
-        latents: Tensor, held: Tensor | None, videos: list[int], noise: Tensor, scheduler, t: int
+        latents: Tensor, held: Tensor | None, videos: list[int], noise: Tensor, scheduler, t: int, clean: bool = False
     ) -> None:
         """``first_frame``: frame 0 of ``videos`` set to the picture's latent ``held`` [C, h, w] noised to timestep
-        ``t`` with each video's own initial noise (in place)."""
+        ``t`` with each video's own initial noise, or ``clean`` as it is (models trained first-frame conditioned,
+        ``config.first_frame == "clean"``), in place."""
         if held is None:
+            return
+        if clean:
+            latents[videos, :, 0] = held
             return
         a = float(scheduler.alphas_cumprod[t])
         latents[videos, :, 0] = math.sqrt(a) * held + math.sqrt(1 - a) * noise[videos, :, 0]

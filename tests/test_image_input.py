@@ -6,6 +6,8 @@ what ``tiny-trained``'s autoencoder was trained on."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 
@@ -17,7 +19,7 @@ from PIL import Image
 from cvd.pipeline import CVDPipeline
 from cvd_scene.cli import main
 from cvd_scene.generate.picture import crop_box, fov_x_deg, read_picture
-from tests.cvd_testing import camera_inputs, random_model
+from tests.cvd_testing import camera_inputs, random_model, tiny_config
 
 FRAMES = 12
 RUN = ["--preset", "demo-learned", "--until", "generate", "--quiet", "plan.num_videos=2", "generate.steps=4"]
@@ -145,6 +147,34 @@ def test_pipeline_holds_the_first_frame_latent_at_the_picture():
     assert not torch.allclose(free[:, :, 1:], out.frames[:, :, 1:], atol=1e-6)  # the picture reaches the rest
     with pytest.raises(ValueError, match=r"first_frame must be a tensor of shape \(32, 32, 3\)"):
         pipe("a room", c2w, K, first_frame=picture[:16], **args)
+
+
+def test_a_model_trained_first_frame_conditioned_gets_the_picture_clean_at_every_step():
+    """``config.first_frame == "clean"`` (what ``optim.first_frame_fraction`` saves): frame 0 of every row of every
+    UNet call is the picture's latent itself, as in training."""
+    model = random_model(seed=1, config=dataclasses.replace(tiny_config(), first_frame="clean"))
+    pipe = CVDPipeline.from_model(model)
+    pipe.set_progress_bar_config(disable=True)
+    K, c2w = camera_inputs(2, 3, 32)
+    picture = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(0))
+    seen = []
+    forward = pipe.unet.forward
+
+    def spy(sample, timestep, encoder_hidden_states, context=None):
+        seen.append(sample.clone())
+        return forward(sample, timestep, encoder_hidden_states, context)
+
+    pipe.unet.forward = spy
+    args = {"num_inference_steps": 3, "height": 32, "width": 32, "seed": 0, "pairing": "exhaustive"}
+    out = pipe("a room", c2w, K, first_frame=picture, output_type="latent", **args)
+    x0 = pipe.encode_frames(picture[None], torch.device("cpu"))[:, 0]
+    assert len(seen) == 3
+    for sample in seen:
+        for row in sample:
+            torch.testing.assert_close(row[:, 0], x0)
+    torch.testing.assert_close(out.frames[:, :, 0], x0.expand(2, *x0.shape))
+    with pytest.raises(ValueError, match="first_frame must be 'noised' or 'clean'"):
+        dataclasses.replace(model.config, first_frame="sharp")
 
 
 # ---------------------------------------------------------------------------------------------- a whole run

@@ -471,6 +471,61 @@ def test_the_loss_target_follows_the_models_prediction_type(cache_path, tiny_fol
         assert torch.equal(inp["timesteps"][0] != inp["timesteps"][1], torch.tensor(True))  # one t per video
 
 
+def test_first_frame_conditioning_gives_frame_0_clean_and_leaves_it_out_of_the_loss(cache_path, tiny_folder):
+    from cvd.training.trainer import encode_videos, prepare_inputs
+
+    model = CVDModel.from_pretrained(tiny_folder)
+    for kind, source in (("posed", CachedPairs(ClipCache(cache_path), FRAMES, SIZE, SIZE)),):
+        batch = collate_pairs([source.pair(0, 0, 1), source.pair(1, 0, 1)])
+        lat = encode_videos(model, batch["frames"].reshape(4, *batch["frames"].shape[2:]))
+
+        def inputs(fraction):
+            return prepare_inputs(model, batch, lat, generator=torch.Generator().manual_seed(0), bias_seed=0,
+                                  caption_dropout=0.0, first_frame_fraction=fraction)
+
+        plain, held, never = prepare_inputs(model, batch, lat, generator=torch.Generator().manual_seed(0), bias_seed=0,
+                                            caption_dropout=0.0), inputs(1.0), inputs(0.0)
+        assert batch["kind"] == kind and plain["mask"] is None
+        assert torch.equal(never["noisy"], plain["noisy"]) and "first_frame_held" not in never  # 0: the old stream
+        assert torch.equal(held["first_frame_held"], torch.ones(4, dtype=torch.bool))
+        assert torch.equal(held["noisy"][:, :, 0], lat[:, :, 0])  # clean at any timestep
+        assert torch.equal(held["noisy"][:, :, 1:], plain["noisy"][:, :, 1:])  # same noise and timesteps
+        assert torch.equal(held["mask"][:, :, 0], torch.zeros_like(held["mask"][:, :, 0]))
+        assert torch.equal(held["mask"][:, :, 1:], torch.ones_like(held["mask"][:, :, 1:]))
+        # a loss on frame 0 changes nothing; on frame 1 it does
+        pred = held["target"].clone()
+        pred[:, :, 0] += 5.0
+        assert float(masked_mse(pred, held["target"], held["mask"])) == 0.0
+        pred[:, :, 1] += 1.0
+        assert float(masked_mse(pred, held["target"], held["mask"])) > 0.0
+        some = prepare_inputs(model, batch, lat, generator=torch.Generator().manual_seed(3), bias_seed=0,
+                              caption_dropout=0.0, first_frame_fraction=0.5)["first_frame_held"]
+        assert torch.equal(some[0::2], some[1::2])  # both videos of a pair together
+
+
+def test_a_first_frame_conditioned_run_saves_a_model_that_holds_the_picture_clean(tmp_path, cache_path, tiny_folder):
+    cfg = _config(tmp_path / "ff", cache_path, None, steps=2, first_frame_fraction=0.5)
+    _trainer(cfg, tiny_folder, cache_path).run()
+    assert CVDModel.from_pretrained(tmp_path / "ff" / "model").config.first_frame == "clean"
+    assert CVDModel.from_pretrained(tiny_folder).config.first_frame == "noised"
+    with pytest.raises(ValueError, match="first_frame_fraction must lie in"):
+        OptimSection(first_frame_fraction=1.5)
+
+
+def test_fine_tuning_a_saved_model_starts_from_its_own_config(tmp_path):
+    """``model.init=pretrained``: the saved model's architecture and trained vocabulary, not the named config's
+    (a fine-tune of tiny-trained failed on the text encoder's vocabulary size)."""
+    from cvd_scene.train.training import load_train_config, model_config_for
+
+    weights = Path(__file__).resolve().parents[1] / "models" / "tiny-trained"
+    cfg = load_train_config("tiny-cpu", ("model.init=pretrained", f"model.weights={weights}",
+                                         "model.changes.pose_injection_scale=0.5"))
+    mcfg = model_config_for(cfg)
+    saved = CVDModel.from_pretrained(weights).config
+    assert mcfg.text_encoder == saved.text_encoder and mcfg.unet == saved.unet
+    assert mcfg.pose_injection_scale == 0.5  # model.changes still apply
+
+
 def _all_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

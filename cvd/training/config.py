@@ -218,6 +218,11 @@ class OptimSection:
     """Exponential moving average of the trained weights (0: none); warmed up as min(decay, (1+n)/(10+n))."""
     caption_dropout: float = 0.1
     """Probability of training a pair with the empty caption (for classifier-free guidance)."""
+    first_frame_fraction: float = 0.0
+    """Probability of training a pair first-frame conditioned: frame 0 of both videos (one picture: a pair starts at
+    one camera) enters the UNet clean at every noise level and is left out of the loss, so the model learns to carry
+    a given picture along the cameras. Above 0 the saved model samples a held first frame clean
+    (``first_frame: clean`` in its ``cvd_model.json``); the other pairs keep it a text-to-video model."""
     max_minutes: float | None = None
     """Stop (and save) after this much wall time even if ``steps`` are not done."""
     gradient_checkpointing: bool = False
@@ -231,6 +236,8 @@ class OptimSection:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout must lie in [0, 1], got {self.caption_dropout}")
+        if not 0.0 <= self.first_frame_fraction <= 1.0:
+            raise ValueError(f"first_frame_fraction must lie in [0, 1], got {self.first_frame_fraction}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.grad_clip < 0:

@@ -98,6 +98,8 @@ def build_model_config(base: CVDModelConfig, config: TrainConfig) -> CVDModelCon
         cfg = dataclasses.replace(cfg, epipolar_bias=dataclasses.replace(cfg.epipolar_bias, mode=m.bias_mode))
     if not m.cross_view:
         cfg = dataclasses.replace(cfg, cvsm=dataclasses.replace(cfg.cvsm, enabled=False))
+    if config.optim.first_frame_fraction > 0:
+        cfg = dataclasses.replace(cfg, first_frame="clean")
     d = config.data
     return dataclasses.replace(cfg, num_frames=d.num_frames, height_px=d.height_px, width_px=d.width_px)
 
@@ -156,12 +158,15 @@ def prepare_inputs(
     generator: torch.Generator,
     bias_seed: int,
     caption_dropout: float,
+    first_frame_fraction: float = 0.0,
     scheduler=None,
 ) -> dict:
     """Everything one training forward needs for a collated micro-batch (:func:`~cvd.training.datasets.collate_pairs`),
     without gradients: per-video timesteps and noise and the caption dropout drawn from ``generator`` (CPU), the
     noisy latents, token ids, Plücker rays (posed pairs), the epipolar or pseudo-epipolar bias of every level
-    (drawn with ``bias_seed``), partners and the latent-grid validity mask (homography pairs)."""
+    (drawn with ``bias_seed``), partners and the latent-grid validity mask (homography pairs). With
+    ``first_frame_fraction`` > 0 that share of the pairs is first-frame conditioned: frame 0 of both videos enters
+    clean and the mask leaves it out of the loss (drawn after everything else, so 0 keeps the stream unchanged)."""
     from diffusers import DDPMScheduler
 
     mcfg = model.config
@@ -205,9 +210,18 @@ def prepare_inputs(
             else:
                 H = batch["homography"].reshape(n, f, 3, 3).to(device)
                 bias = homography_bias_pyramid(H, (h, w), grids=grids, config=mcfg.epipolar_bias, generator=bgen)
-    return {"noisy": noisy, "timesteps": timesteps, "ids": ids.to(device), "rays": rays, "bias": bias,
+        out = {"noisy": noisy, "timesteps": timesteps, "ids": ids.to(device), "rays": rays, "bias": bias,
             "partner": partner if mcfg.cvsm.enabled else None, "noise": noise, "target": target,
             "mask": None if posed else mask, "kind": batch["kind"]}
+        if first_frame_fraction > 0:
+            held = (torch.rand(b, generator=generator) < first_frame_fraction).repeat_interleave(2).to(device)  # [N]
+            if bool(held.any()):
+                noisy[held, :, 0] = latents[held, :, 0]
+                loss_mask = mask.clone() if not posed else torch.ones_like(mask)
+                loss_mask[held, :, 0] = 0.0
+                out["mask"] = loss_mask
+            out["first_frame_held"] = held
+    return out
 
 
 def encode_videos(model: CVDModel, frames: Tensor, autocast=None) -> Tensor:  # [N, F, H, W, 3] uint8 -> [N, C, F, h, w]
@@ -411,7 +425,8 @@ class Trainer:
     def _inputs(self, model: CVDModel, batch: dict, micro: int, device) -> dict:
         latents = self._latents(model, batch["frames"], batch["keys"], device)
         return prepare_inputs(model, batch, latents, generator=self._gen, bias_seed=self._bias_seed(micro),
-                              caption_dropout=self.config.optim.caption_dropout, scheduler=self._scheduler)
+                              caption_dropout=self.config.optim.caption_dropout,
+                              first_frame_fraction=self.config.optim.first_frame_fraction, scheduler=self._scheduler)
 
     def _bias_seed(self, micro: int) -> int:
         return (self.config.seed * 1_000_003 + self.accelerator.process_index * 7919 + micro) % (2**63 - 1)

@@ -34,14 +34,21 @@ def load_train_config(config: str, overrides: tuple[str, ...] | dict = ()):
 
 
 def model_config_for(train_config):
-    """The model config the run starts from: ``configs/model/<model.config>.yaml`` with ``model.changes``."""
+    """The model config the run starts from: ``configs/model/<model.config>.yaml`` with ``model.changes``; for
+    ``model.init=pretrained`` the saved model's own config (its architecture and trained vocabulary) with them."""
     import yaml
 
-    from cvd.model_config import CVDModelConfig, config_from_dict
+    from cvd.model import saved_config
+    from cvd.model_config import CVDModelConfig, config_from_dict, config_to_dict
     from cvd_scene.config import merge
 
-    path = preset_path("model", train_config.model.config)
-    data = yaml.safe_load(path.read_text()) or {}
+    m = train_config.model
+    if m.init == "pretrained" and m.weights and (resolve_path(m.weights) / "cvd_model.json").is_file():
+        path = resolve_path(m.weights) / "cvd_model.json"
+        data = config_to_dict(saved_config(resolve_path(m.weights)))
+    else:
+        path = preset_path("model", m.config)
+        data = yaml.safe_load(path.read_text()) or {}
     try:
         return config_from_dict(CVDModelConfig, merge(data, train_config.model.changes))
     except ValueError as e:
