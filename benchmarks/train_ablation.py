@@ -134,6 +134,8 @@ def shared_overrides(args) -> list[str]:
 
 def overrides(args, run_dir: Path, extra: list[str], seed: int = 0) -> list[str]:
     ov = [f"output_dir={run_dir}", f"device={args.device}", "progress=false", "resume=true", f"seed={seed}"]
+    if args.checkpoint_every:  # not a setting: a resumed run continues the same loss curve (tests/test_training.py)
+        ov.append(f"checkpoint_every={args.checkpoint_every}")
     return ov + shared_overrides(args) + extra
 
 
@@ -146,7 +148,16 @@ def spawn(args, name: str, ov: list[str], log_path: Path) -> subprocess.Popen:
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     print(f"[{time.strftime('%H:%M:%S')}] start {name}: log {log_path}", flush=True)
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log_path, "a"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log_path, "a"), stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the driver dies, even by SIGKILL, which no ``finally`` sees;
+    the unit resumes from its newest checkpoint on the next run."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def worker(argv: list[str]) -> None:
@@ -567,6 +578,9 @@ def main() -> None:
     ap.add_argument("--protocol-pairs", type=int, default=8)
     ap.add_argument("--no-sheets", dest="sheets", action="store_false", help="no contact sheet per arm")
     ap.add_argument("--set", action="append", default=[], help="extra KEY=VALUE train override for every unit")
+    ap.add_argument("--checkpoint-every", type=int, default=None,
+                    help="trainer checkpoint interval (default: the preset's); an interrupted unit loses at most "
+                    "this many steps")
     ap.add_argument("--first-frame-fraction", type=float, default=0.8,
                     help="share of training pairs first-frame conditioned (frame 0 clean, out of the loss; "
                     "optim.first_frame_fraction); 0: text-to-video training only")

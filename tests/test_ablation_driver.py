@@ -40,8 +40,9 @@ def test_interrupted_ablation_resumes_without_retraining(tmp_path):
     assert state["units"]["epipolar-s0"]["status"] == "done"
     assert state["units"]["none-s0"]["status"] == "pending"
     done_model = Path(state["units"]["epipolar-s0"]["run_dir"]) / "model"
-    conv = json.loads((done_model / "cvd_model.json").read_text())["config"]["epipolar_bias"]["convention"]
-    assert conv == "ours"
+    saved = json.loads((done_model / "cvd_model.json").read_text())["config"]
+    assert saved["epipolar_bias"]["convention"] == "ours"
+    assert saved["first_frame"] == "clean"  # trained first-frame conditioned (--first-frame-fraction 0.8)
     # The partial table is already there.
     partial = json.loads((out / "results.json").read_text())
     assert partial["arms"]["epipolar"]["seeds_done"] == [0] and partial["arms"]["none"]["seeds_done"] == []
@@ -85,3 +86,45 @@ def test_ablation_measures_every_unit_with_warp_and_sheets(tmp_path):
     for unit in ("none-s0", "none-s1"):
         warp = results["units"][unit]["measures"]["warp"]["0"]
         assert warp["floor"]["psnr"] == pytest.approx(warp["psnr"], abs=1e-6)
+
+
+def _workers(out: Path) -> list[int]:
+    """Process ids of the training workers whose command line names ``out``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "worker" in cmd and str(out) in cmd:
+                pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_a_killed_driver_leaves_no_training_process_behind(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "ablation"
+    cmd = [
+        sys.executable, str(SCRIPT), "--preset", "tiny-cpu", "--device", "cpu", "--threads", "1", "--dry-run",
+        "--out", str(out), "--arms", "epipolar", "--seeds", "0", "--steps", "100000", "--warp-seeds", "--no-sheets",
+        "--autoencoder", str(ROOT / "models" / "tiny-trained" / "vae"), *TINY,
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    driver_proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not _workers(out) and time.time() < deadline:
+            time.sleep(0.5)
+        assert _workers(out), "no worker started"
+    finally:
+        driver_proc.send_signal(signal.SIGKILL)  # no finally block of the driver runs
+        driver_proc.wait()
+    deadline = time.time() + 30
+    while _workers(out) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _workers(out) == []
