@@ -148,16 +148,21 @@ def spawn(args, name: str, ov: list[str], log_path: Path) -> subprocess.Popen:
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     print(f"[{time.strftime('%H:%M:%S')}] start {name}: log {log_path}", flush=True)
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log_path, "a"), stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    env["CVD_ABLATION_DRIVER_PID"] = str(os.getpid())
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log_path, "a"), stderr=subprocess.STDOUT)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM when the driver dies, even by SIGKILL, which no ``finally`` sees;
-    the unit resumes from its newest checkpoint on the next run."""
+def _die_with_driver() -> None:
+    """In a worker (Linux): SIGTERM when the driver dies, even by SIGKILL, which no ``finally`` of the driver sees;
+    the unit resumes from its newest checkpoint on the next run. A driver already gone: exit now."""
+    driver = os.environ.get("CVD_ABLATION_DRIVER_PID")
+    if not driver or not sys.platform.startswith("linux"):
+        return
     import ctypes
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(driver):
+        sys.exit(f"worker: the driver {driver} is gone")
 
 
 def worker(argv: list[str]) -> None:
@@ -168,6 +173,7 @@ def worker(argv: list[str]) -> None:
     ap.add_argument("--preset", required=True)
     ap.add_argument("--set", action="append", default=[])
     a = ap.parse_args(argv)
+    _die_with_driver()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from cvd_scene.train.training import load_train_config, run_training
 

@@ -7,7 +7,6 @@ what ``tiny-trained``'s autoencoder was trained on."""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 
