@@ -397,7 +397,9 @@ def finish_training(args, out: Path, state: dict, name: str, code: int | None) -
     if code not in (None, 0):
         unit["status"] = f"failed (exit code {code}, see {run / 'train.log'})"
     elif steps is None or steps < target_steps(args):
-        unit["status"] = f"partial ({steps or 0}/{target_steps(args)} steps; rerun to resume from {unit['checkpoint']})"
+        saved = int(Path(unit["checkpoint"]).name.split("-")[-1]) if unit["checkpoint"] else 0
+        unit["status"] = (f"partial ({max(steps or 0, saved)}/{target_steps(args)} steps saved; rerun to resume from "
+                          f"{unit['checkpoint']})")
     elif not (run / "toy_measure.json").is_file():
         unit["status"] = f"failed (no toy_measure.json in {run})"
     else:
