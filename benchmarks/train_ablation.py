@@ -133,7 +133,10 @@ def shared_overrides(args) -> list[str]:
 
 
 def overrides(args, run_dir: Path, extra: list[str], seed: int = 0) -> list[str]:
-    ov = [f"output_dir={run_dir}", f"device={args.device}", "progress=false", "resume=true", f"seed={seed}"]
+    # Every unit trains exactly --steps: a preset's wall-time cap (tiny-cpu stops at 46 minutes) would end a unit
+    # early on a slow or shared machine; --timeout-min is the driver's own, resumable cap.
+    ov = [f"output_dir={run_dir}", f"device={args.device}", "progress=false", "resume=true", f"seed={seed}",
+          "optim.max_minutes=null"]
     if args.checkpoint_every:  # not a setting: a resumed run continues the same loss curve (tests/test_training.py)
         ov.append(f"checkpoint_every={args.checkpoint_every}")
     return ov + shared_overrides(args) + extra

@@ -1,6 +1,6 @@
 """The seeded ablation driver (benchmarks/train_ablation.py) continues where an interrupted run stopped: the real
-trainer on the committed clip cache, tiny sizes and a few steps, two arms of one seed. Both tests are ``slow``:
-each starts several training processes."""
+trainer on the committed clip cache, tiny sizes and a few steps, two arms of one seed. The runs are ``slow``: each
+starts several training processes; the overrides every unit trains with are checked without training."""
 
 from __future__ import annotations
 
@@ -128,3 +128,23 @@ def test_a_killed_driver_leaves_no_training_process_behind(tmp_path):
     while _workers(out) and time.time() < deadline:
         time.sleep(0.5)
     assert _workers(out) == []
+
+
+def test_every_unit_trains_exactly_the_steps_asked_whatever_the_presets_time_cap():
+    """tiny-cpu caps training at 46 minutes; on a slow machine a unit stopped at 1170 of 2000 steps. The driver's
+    overrides lift the cap (its own --timeout-min is resumable) and pin the steps and the first-frame share."""
+    import argparse
+    import importlib.util
+
+    from cvd_scene.train.training import load_train_config
+
+    spec = importlib.util.spec_from_file_location("train_ablation", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = argparse.Namespace(threads=1, dry_run=False, steps=2000, set=[], first_frame_fraction=0.8,
+                              checkpoint_every=100, device="cpu")
+    ov = module.overrides(args, Path("/tmp/unit"), ["model.bias_mode=none"], seed=1)
+    assert load_train_config("tiny-cpu", ()).optim.max_minutes == 46
+    cfg = load_train_config("tiny-cpu", tuple(ov))
+    assert cfg.optim.max_minutes is None and cfg.optim.steps == 2000 and cfg.checkpoint_every == 100
+    assert cfg.optim.first_frame_fraction == 0.8 and cfg.seed == 1 and cfg.model.bias_mode == "none"
