@@ -426,6 +426,29 @@ def test_sighup_is_handled_like_ctrl_c(run_dir, capsys, monkeypatch):
     assert tree(run_dir) == before  # the stop is raised again when the stage returns: nothing recorded
 
 
+def test_sigterm_during_registration_is_handled_like_ctrl_c(run_dir):
+    """Importing pycolmap installs glog's failure-signal handler over Python's for SIGTERM: a ``kill`` during
+    registration printed a stack trace and aborted the process, skipping every cleanup. (In a subprocess: the old
+    behaviour would abort the test process itself.)"""
+    before = tree(run_dir)
+    code = (
+        "import os, signal, sys\n"
+        "from cvd_scene.register import colmap\n"
+        "real = colmap.read_database_stats\n"
+        "def stop(*a, **kw):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return real(*a, **kw)\n"
+        "colmap.read_database_stats = stop\n"
+        "from cvd_scene.cli import main\n"
+        f"sys.exit(main(['register', {str(run_dir)!r}, '--quiet']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert "stack trace" not in proc.stderr and "stopped by SIGTERM" in proc.stderr
+    assert tree(run_dir) == before  # no lock, no temporary folder, nothing recorded
+
+
 # ---------------------------------------------------------------------------------------------------- locks
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,19 @@ def _pycolmap():
         raise ImportError("registration needs pycolmap (pip install 'pycolmap>=3.11')") from e
     # COLMAP logs every image at INFO and solver hiccups at WARNING through glog; the report carries the outcome.
     pycolmap.logging.minloglevel = 2
+    _reassert_sigterm()
     return pycolmap
+
+
+def _reassert_sigterm() -> None:
+    """Importing pycolmap installs glog's failure-signal handler, SIGTERM included, over Python's: a ``kill`` then
+    printed a stack trace and aborted instead of stopping the stage cleanly (``cvd_scene.cli.stop_signals_raise``).
+    Python still reports its own handler, so setting it again puts it back in force (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler is not None:
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _threads(num_threads: int) -> int:
