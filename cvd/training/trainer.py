@@ -211,14 +211,15 @@ def prepare_inputs(
                 H = batch["homography"].reshape(n, f, 3, 3).to(device)
                 bias = homography_bias_pyramid(H, (h, w), grids=grids, config=mcfg.epipolar_bias, generator=bgen)
         out = {"noisy": noisy, "timesteps": timesteps, "ids": ids.to(device), "rays": rays, "bias": bias,
-            "partner": partner if mcfg.cvsm.enabled else None, "noise": noise, "target": target,
-            "mask": None if posed else mask, "kind": batch["kind"]}
+               "partner": partner if mcfg.cvsm.enabled else None, "noise": noise, "target": target,
+               "mask": None if posed else mask, "kind": batch["kind"]}
         if first_frame_fraction > 0:
-            held = (torch.rand(b, generator=generator) < first_frame_fraction).repeat_interleave(2).to(device)  # [N]
-            if bool(held.any()):
-                noisy[held, :, 0] = latents[held, :, 0]
-                loss_mask = mask.clone() if not posed else torch.ones_like(mask)
-                loss_mask[held, :, 0] = 0.0
+            held = (torch.rand(b, generator=generator) < first_frame_fraction).repeat_interleave(2)  # [N], host
+            if bool(held.any()):  # decided on the host: no device sync
+                on = held.to(device)
+                noisy[on, :, 0] = latents[on, :, 0]
+                loss_mask = torch.ones_like(mask) if posed else mask.clone()
+                loss_mask[on, :, 0] = 0.0
                 out["mask"] = loss_mask
             out["first_frame_held"] = held
     return out
