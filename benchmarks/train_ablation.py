@@ -168,11 +168,6 @@ def _die_with_driver() -> None:
         sys.exit(f"worker: the driver {driver} is gone")
 
 
-def stop_on_sigterm() -> None:
-    """SIGTERM ends the driver through its ``finally`` (workers killed, their state saved)."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
 def worker(argv: list[str]) -> None:
     """One training run in this process (``worker --preset NAME --set KEY=VALUE ...``)."""
     import logging
@@ -656,13 +651,13 @@ def main() -> None:
     def complete(name: str) -> None:
         nonlocal finished
         measure_unit(args, out, state, name)
-        stop_on_sigterm()  # COLMAP's logging installs its own SIGTERM handler (a stack trace and an abort)
         write_tables(args, out, state, extra)
         finished += 1
         print(f"[{time.strftime('%H:%M:%S')}] {name}: done ({finished} unit(s) in this run)", flush=True)
 
     stopped = False
-    stop_on_sigterm()
+    # A kill stops the workers too; pycolmap's import no longer replaces this handler (register/colmap._pycolmap).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         while (pending or running) and not stopped:
             while pending and len(running) < args.jobs:
