@@ -348,6 +348,9 @@ def _section_evaluate(run_dir: Path) -> str:
     warp = cons.get("warp")
     if isinstance(warp, dict) and warp.get("psnr") is not None:
         out.append(_warp_table(warp))
+    cross = cons.get("cross_video_reconstruction")
+    if isinstance(cross, dict) and cross.get("per_video"):
+        out.append(_cross_video_table(cross))
     out.append("</section>")
     return "".join(out)
 
@@ -370,6 +373,18 @@ def _warp_table(warp: dict) -> str:
         "<h3>Warp measure (ground-truth depth; any sharpness)</h3>"
         + _table(["", "PSNR (dB)", "SSIM", "kept fraction"], rows)
         + note
+    )
+
+
+def _cross_video_table(cross: dict) -> str:
+    """Cross-video reconstruction: per video, the fit of the other videos scored at its cameras."""
+    rows = [[vid, m.get("psnr"), m.get("ssim"), m.get("frames"), m.get("train_frames")] for vid, m in cross["per_video"].items()]
+    rows.append(["mean", cross.get("psnr"), cross.get("ssim"), None, None])
+    return (
+        "<h3>Cross-video reconstruction (each video from a fit of the others)</h3>"
+        + _table(["held-out video", "PSNR (dB)", "SSIM", "frames", "training frames"], rows)
+        + f"<p class='muted'>{_esc(cross.get('method', '?'))}, {_esc(cross.get('iterations', '?'))} iterations per fit, "
+        f"{_esc(cross.get('poses', '?'))} poses (evaluate/cross_video.png).</p>"
     )
 
 

@@ -337,6 +337,16 @@ class RunLayout:
         """``evaluate/warp_known_scene.png``: ground truth, generated and cross-view-off videos of the known scene."""
         return self.stage("evaluate") / "warp_known_scene.png"
 
+    def cross_video_fit(self, video_id: str) -> Path:
+        """``evaluate/cross_video/<vid>/``: the fit of the other videos scored on this one (``metrics.json``,
+        ``eval/``), laid out as a ``fit`` folder."""
+        return join_inside(self.stage("evaluate") / "cross_video", check_id(video_id))
+
+    @property
+    def cross_video_sheet(self) -> Path:
+        """``evaluate/cross_video.png``: each video's frames above the fit of the other videos rendered there."""
+        return self.stage("evaluate") / "cross_video.png"
+
     # fit
     @property
     def fit_gaussians(self) -> Path:
@@ -396,6 +406,28 @@ class RunLayout:
 
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 """Error numbers that mean "cannot write here" (full disk or quota, read-only, permissions, file-size limit)."""
+
+
+def read_stage_record(run_dir: str | os.PathLike, name: str) -> dict | None:
+    """Stage ``name``'s record in ``run_dir/run.json``, read without opening the run (None when the file, the
+    record or valid JSON is missing)."""
+    try:
+        record = json.loads(RunLayout(run_dir).run_json.read_text(encoding="utf-8")).get("stages", {}).get(name)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def check_registration(run_dir: str | os.PathLike, who: str = "stage 'fit'") -> None:
+    """Refuse (:class:`StageRefused`, with the reason, naming ``who`` needs it) when the registration failed or
+    left nothing to fit."""
+    record = read_stage_record(run_dir, "register")
+    if record is not None and record.get("status") == "failed":
+        raise StageRefused(f"{who} needs a registration, and it failed: {record.get('message') or 'no reason given'}")
+    transforms = RunLayout(run_dir).register_transforms
+    if not transforms.is_file():
+        why = (record or {}).get("message") or "no frame was registered"
+        raise StageRefused(f"{who} needs {transforms}, which is missing ({why}); run or redo the register stage")
 
 
 def free_bytes(path: Path) -> int | None:

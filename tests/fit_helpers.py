@@ -74,13 +74,15 @@ def make_run(
     points_per_frame: int = 150,
     prompt: str = "a cosy room with a red sofa",
     fit: dict | None = None,
+    plan: dict | None = None,
 ) -> RunConfig:
-    """A run folder with plan, generate and a fixture register stage; returns its config."""
+    """A run folder with plan, generate and a fixture register stage; returns its config (``plan``: more of the
+    plan's keys)."""
     config = from_dict(
         RunConfig,
         {
             "prompt": prompt,
-            "plan": {"num_videos": num_videos, "num_frames": num_frames, "width": size, "height": size},
+            "plan": {"num_videos": num_videos, "num_frames": num_frames, "width": size, "height": size, **(plan or {})},
             "generate": {"samples_per_pixel": 1},
             "fit": fit or {},
         },

@@ -32,6 +32,13 @@ class EvaluateConfig:
     ground-truth first frame held as frame 0 of every video, and report the generated videos next to the ceiling
     (the ground-truth renders) and the floor (the same model, cross-view modules off, same seed). Costs two
     generations and one render; off by default."""
+    cross_video_fits: bool = False
+    """Cross-video reconstruction: for each video, fit the registered frames of the other videos (the fit stage's
+    settings, ``fit.held_out_video``) and score the fit at that video's cameras against its frames (PSNR, SSIM):
+    videos that agree with each other predict each other. Needs ``register/transforms.json``; costs one fit per
+    video; off by default."""
+    cross_video_iterations: int | None = None
+    """Iterations of each cross-video fit (None: ``fit.iterations``)."""
     covisibility_min: float = 0.2
     """Pairs whose planned co-visibility (either direction) is below this are skipped and counted: an essential
     matrix from the few matches of a sliver of shared view is ill-conditioned (on the demo run, pairs sharing under
@@ -49,5 +56,6 @@ class EvaluateConfig:
                 "ransac_max_error_px": "> 0",
                 "min_baseline_fraction": ">= 0",
                 "covisibility_min": "in [0, 1]",
+                "cross_video_iterations": ">= 1 or null",
             },
         )

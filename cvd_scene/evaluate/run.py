@@ -4,7 +4,9 @@ Reads ``generate/frames`` and the plan, writes ``evaluate/consistency.json`` (an
 to the paper's numbers, which is also logged). Where the generator left ground-truth depth (``generate/gt/depth``)
 it also scores the warp measure (:mod:`cvd_scene.evaluate.warp_consistency`), which works at any sharpness; with
 ``evaluate.warp_known_scene`` a CVD run scores it on the prompt's reference scene, with ceiling and floor
-(:mod:`cvd_scene.evaluate.known_scene`, ``warp_known_scene.png``). Import-light: numpy and pycolmap are imported
+(:mod:`cvd_scene.evaluate.known_scene`, ``warp_known_scene.png``). With ``evaluate.cross_video_fits`` it fits the
+registered frames of all videos but one, once per video, and scores each fit on the video it did not see
+(``cross_video/``, ``cross_video.png``). Import-light: numpy and pycolmap are imported
 inside :func:`run_evaluate`.
 """
 
@@ -76,6 +78,8 @@ def run_evaluate(config, run_dir: Path, out_dir: Path):
             )  # fmt: skip
     if config.evaluate.warp_known_scene:
         result["warp"] = _known_scene_warp(config, plan, run_dir, files)
+    if config.evaluate.cross_video_fits:
+        result["cross_video_reconstruction"] = _cross_video_fits(config, run_dir, files)
     write_json(files.consistency, result)
     table = format_table(result)
     files.consistency_md.write_text(table + "\n")
@@ -93,6 +97,8 @@ def run_evaluate(config, run_dir: Path, out_dir: Path):
         for arm in ("ceiling", "floor"):
             if arm in result["warp"]:
                 summary[f"warp_{arm}_psnr"] = result["warp"][arm]["psnr"]
+    if result.get("cross_video_reconstruction", {}).get("psnr") is not None:
+        summary["cross_video_fit_psnr"] = result["cross_video_reconstruction"]["psnr"]
     scored = sum(result[k]["pairs_scored"] for k in ("cross_video", "within_video"))
     if scored == 0:
         return StageResult(
@@ -139,3 +145,68 @@ def _known_scene_warp(config, plan, run_dir: Path, files) -> dict:
                 videos.info["scene_kind"], arm, m["psnr"], m["ssim"], 100 * m["kept_fraction"],
             )  # fmt: skip
     return warp
+
+
+def _cross_video_fits(config, run_dir: Path, files) -> dict:
+    """``evaluate.cross_video_fits``: per video, the fit stage's fit (its settings, ``evaluate.cross_video_iterations``
+    iterations, no views) on the registered frames of the other videos, scored at this video's cameras. Keeps each
+    fit's ``metrics.json`` and ``eval/`` pictures under ``cross_video/<vid>/`` (not its checkpoint) and draws
+    ``cross_video.png``."""
+    import dataclasses
+    import json
+    import shutil
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    from cvd_scene.camera_io import read_transforms_json
+    from cvd_scene.fit.train import fit_run_folder
+    from cvd_scene.media import contact_sheet
+    from cvd_scene.runfolder import RunLayout, StageRefused, check_registration
+
+    run = RunLayout(run_dir)
+    check_registration(run_dir, "evaluate.cross_video_fits")
+    cams = read_transforms_json(run.register_transforms).cameras
+    registered = np.all(np.isfinite(cams.world_from_cam), axis=(-2, -1))  # [V, F]
+    videos = [vid for v, vid in enumerate(cams.video_ids) if registered[v].any()]
+    if len(videos) < 2:
+        raise StageRefused(
+            f"evaluate.cross_video_fits needs registered frames in two videos or more; {run.register_transforms} has "
+            f"them in {len(videos)}"
+        )
+    fit = dataclasses.replace(
+        config.fit, views=False, iterations=config.evaluate.cross_video_iterations or config.fit.iterations
+    )
+    per_video: dict[str, dict] = {}
+    gt = np.zeros((len(videos), cams.num_frames, cams.height, cams.width, 3), np.uint8)
+    pred = np.zeros_like(gt)
+    for i, vid in enumerate(videos):
+        log.info("cross-video reconstruction %d/%d: fitting every video but %s", i + 1, len(videos), vid)
+        out = files.cross_video_fit(vid)
+        m = fit_run_folder(run_dir, out, dataclasses.replace(fit, held_out_video=vid), seed=config.seed)
+        kept = RunLayout.of_stage("fit", out)
+        shutil.rmtree(kept.fit_nerfstudio, ignore_errors=True)  # the fit itself is not kept, its scores are
+        kept.fit_gaussians.unlink(missing_ok=True)
+        kept.fit_frame.unlink(missing_ok=True)
+        per_video[vid] = {
+            "psnr": m["psnr"], "ssim": m["ssim"], "lpips": m.get("lpips"), "frames": m["heldout_frames"],
+            "train_frames": m["train_frames"], "iterations": m["iterations"],
+        }  # fmt: skip
+        log.info("cross-video reconstruction of %s: PSNR %.2f dB, SSIM %.3f", vid, m["psnr"], m["ssim"])
+        for f in range(cams.num_frames):
+            stem = kept.fit_eval_stem(vid, f)
+            if stem.with_name(stem.name + "_gt.png").is_file():
+                gt[i, f] = iio.imread(stem.with_name(stem.name + "_gt.png"))[..., :3]
+                pred[i, f] = iio.imread(stem.with_name(stem.name + "_pred.png"))[..., :3]
+    sheet = np.stack([x for i in range(len(videos)) for x in (gt[i], pred[i])])
+    ids = [name for vid in videos for name in (vid, f"{vid} from the others")]
+    contact_sheet(sheet, files.cross_video_sheet, max_frames=config.generate.contact_sheet_frames, video_ids=ids)
+    report = json.loads(run.register_report.read_text()) if run.register_report.is_file() else {}
+    return {
+        "poses": report.get("poses", "estimated"),
+        "iterations": fit.iterations,
+        "method": fit.method,
+        "psnr": float(np.mean([m["psnr"] for m in per_video.values()])),
+        "ssim": float(np.mean([m["ssim"] for m in per_video.values()])),
+        "per_video": per_video,
+    }

@@ -30,6 +30,9 @@ class FitConfig:
     """Stop training after this many seconds of wall-clock time and keep what was fitted (None: no limit)."""
     eval_every_k: int = 6
     """Hold out every k-th frame of every video for evaluation (frame index % k == k - 1)."""
+    held_out_video: str | None = None
+    """Hold out every frame of this video instead, and fit the other videos (``eval_every_k`` unused): the held-out
+    PSNR then says how well the other videos predict this one (``evaluate.cross_video_fits`` does it per video)."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
     sh_degree: int = 1
@@ -68,3 +71,7 @@ class FitConfig:
         if self.appearance not in APPEARANCES:
             raise ValueError(f"appearance must be {', '.join(APPEARANCES)}, got {self.appearance!r}")
         check_device(self.device, "device")
+        if self.held_out_video is not None:
+            from cvd_scene.paths import check_id
+
+            check_id(self.held_out_video, "fit.held_out_video")

@@ -5,7 +5,8 @@ Reads ``register/transforms.json`` (nerfstudio format written by the register st
 :func:`cvd_scene.camera_io.read_transforms_json`, and ``register/sparse_pc.ply``. The run's Y-up metric world is
 mapped to nerfstudio's frame (+z up, the scene within about [-1, 1]^3) by a similarity recorded as the
 ``dataparser_transform``/``dataparser_scale`` (see :mod:`cvd_scene.fit.frames`), so every output can be mapped
-back. Every ``eval_every_k``-th frame of every video (index % k == k - 1) is held out for evaluation.
+back. Every ``eval_every_k``-th frame of every video (index % k == k - 1) is held out for evaluation, or, with
+``held_out_video``, every frame of that one video (cross-video reconstruction).
 
 Imports only nerfstudio's dataparser and camera modules (ns-train imports every plugin at start; models and
 datamanagers here would make a circular import).
@@ -29,7 +30,7 @@ from cvd_scene.camera_io import read_transforms_json
 from cvd_scene.fit.frames import NerfstudioFrame, nerfstudio_frame
 from cvd_scene.media import ImageFileError, check_image
 from cvd_scene.paths import UnsafePathError, join_inside
-from cvd_scene.runfolder import RunLayout, frame_key
+from cvd_scene.runfolder import RunLayout, frame_key, read_stage_record
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ class CvdSceneDataParserConfig(DataParserConfig):
     """The run folder (reads ``register/transforms.json`` and ``register/sparse_pc.ply``), or a transforms.json."""
     eval_every_k: int = 6
     """Hold out every k-th frame of every video (frame index % k == k - 1) for evaluation (k >= 2)."""
+    held_out_video: str | None = None
+    """Hold out every frame of this video instead (``eval_every_k`` is then unused) and train on the other videos:
+    how well the other videos predict it (cross-video reconstruction)."""
     scale_from: Literal["points", "cameras"] = "points"
     """What sets the scale: the 95th-percentile distance of the sparse points from the cameras' centre
     (``points``, right for cameras inside a room and around an object alike) or the cameras' extent."""
@@ -112,7 +116,7 @@ def locate_registration(data: Path) -> tuple[Path, Path]:
             raise RunFolderDataError(
                 f"--data {data} is not a cvd-scene run folder (no run.json); make one with `cvd-scene run {data}`"
             )
-        record = _register_record(data)
+        record = read_stage_record(data, "register")
         if record is not None and record.get("status") == "failed":
             raise RunFolderDataError(
                 f"--data {data}: its register stage failed ({record.get('message') or 'no reason given'}); "
@@ -122,17 +126,6 @@ def locate_registration(data: Path) -> tuple[Path, Path]:
             f"{data} has no register/transforms.json: its register stage has not run (cvd-scene register {data})"
         )
     return data, transforms
-
-
-def _register_record(run_dir: Path) -> dict | None:
-    """The register stage's record in ``run_dir/run.json`` (None when absent or unreadable)."""
-    import json
-
-    try:
-        record = json.loads(RunLayout(run_dir).run_json.read_text(encoding="utf-8")).get("stages", {}).get("register")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def nerfstudio_cameras(frame: NerfstudioFrame, world_from_cam: np.ndarray, K: np.ndarray, width: int,
@@ -150,6 +143,23 @@ def nerfstudio_cameras(frame: NerfstudioFrame, world_from_cam: np.ndarray, K: np
         height=height,
         camera_type=CameraType.PERSPECTIVE,
     )
+
+
+def held_out_frames(video_ids, num_frames: int, eval_every_k: int, held_out_video: str | None = None) -> np.ndarray:
+    """Which frames [V, F] are held out for evaluation: every frame of ``held_out_video`` when it is given
+    (``ValueError`` naming the videos when the run has no such video), else frames ``k - 1, 2k - 1, ...`` of every
+    video."""
+    video_ids = list(video_ids)
+    if held_out_video is None:
+        per_frame = (np.arange(num_frames) % eval_every_k) == eval_every_k - 1
+        return np.broadcast_to(per_frame, (len(video_ids), num_frames)).copy()
+    if held_out_video not in video_ids:
+        raise RunFolderDataError(f"held_out_video={held_out_video!r}: the run's videos are {', '.join(video_ids)}")
+    if len(video_ids) < 2:
+        raise RunFolderDataError(f"held_out_video={held_out_video!r}: the run has one video, nothing to train on")
+    out = np.zeros((len(video_ids), num_frames), bool)
+    out[video_ids.index(held_out_video)] = True
+    return out
 
 
 @dataclass
@@ -194,7 +204,9 @@ class CvdSceneDataParser(DataParser):
             radius = 1.0
         frame = nerfstudio_frame(centre, radius)
 
-        held_out = (np.arange(cams.num_frames) % cfg.eval_every_k) == cfg.eval_every_k - 1  # [F]
+        held_out = held_out_frames(cams.video_ids, cams.num_frames, cfg.eval_every_k, cfg.held_out_video)  # [V, F]
+        if cfg.held_out_video is not None and not ok[cams.video_ids.index(cfg.held_out_video)].any():
+            raise RunFolderDataError(f"{transforms_path}: video {cfg.held_out_video} has no registered frame to hold out")
         want_eval = split in ("val", "test")
         if split not in ("train", "val", "test"):
             raise ValueError(f"unknown split {split!r}")
@@ -202,7 +214,7 @@ class CvdSceneDataParser(DataParser):
         files: list[Path] = []
         for v, vid in enumerate(cams.video_ids):
             for f in range(cams.num_frames):
-                if not ok[v, f] or bool(held_out[f]) != want_eval:
+                if not ok[v, f] or bool(held_out[v, f]) != want_eval:
                     continue
                 try:  # a frame path from the file must name a file inside the run folder
                     path = join_inside(run_dir, str((base / tf.file_paths[v][f]).relative_to(run_dir))).resolve()
@@ -220,9 +232,11 @@ class CvdSceneDataParser(DataParser):
                 index.append(FrameIndex(vid, f, v))
                 files.append(path)
         if not files:
+            rule = (f"held_out_video={cfg.held_out_video}" if cfg.held_out_video is not None
+                    else f"eval_every_k={cfg.eval_every_k}")  # fmt: skip
             raise RunFolderDataError(
-                f"{transforms_path}: the {split} split is empty (eval_every_k={cfg.eval_every_k}, "
-                f"{cams.num_frames} frames per video, {int(ok.sum())} registered)"
+                f"{transforms_path}: the {split} split is empty ({rule}, {cams.num_videos} videos of "
+                f"{cams.num_frames} frames, {int(ok.sum())} registered)"
             )
         sel_v = np.array([i.video for i in index])
         sel_f = np.array([i.frame for i in index])

@@ -13,33 +13,12 @@ log = logging.getLogger(__name__)
 def validate(config, size) -> None:
     """Before any stage runs: a plan ``size`` (:class:`cvd_scene.stages.PlanSize`) that leaves frames to hold out."""
     k = config.fit.eval_every_k
-    if size.frames < k:
+    if config.fit.held_out_video is None and size.frames < k:
         raise ValueError(
             f"fit.eval_every_k={k} holds out frames {k - 1}, {2 * k - 1}, ... of every video, but the plan has "
             f"{size.frames} frames per video ({size.source}): nothing would be held out; set fit.eval_every_k <= "
             f"{max(2, size.frames)} or plan more frames"
         )
-
-
-def check_registration(run_dir: Path) -> None:
-    """Refuse (``StageRefused``, with the reason) when the registration failed or left nothing to fit."""
-    import json
-
-    from cvd_scene.runfolder import RunLayout, StageRefused
-
-    record = None
-    run_json = RunLayout(run_dir).run_json
-    if run_json.is_file():
-        try:
-            record = json.loads(run_json.read_text()).get("stages", {}).get("register")
-        except ValueError:
-            record = None
-    if record is not None and record.get("status") == "failed":
-        raise StageRefused(f"stage 'fit' needs a registration, and it failed: {record.get('message') or 'no reason given'}")
-    transforms = RunLayout(run_dir).register_transforms
-    if not transforms.is_file():
-        why = (record or {}).get("message") or "no frame was registered"
-        raise StageRefused(f"stage 'fit' needs {transforms}, which is missing ({why}); run or redo the register stage")
 
 
 def run_fit(config, run_dir: Path, out_dir: Path):
@@ -52,7 +31,7 @@ def run_fit(config, run_dir: Path, out_dir: Path):
 
     from cvd.devices import resolve_device
     from cvd_scene.fit.train import fit_run_folder
-    from cvd_scene.runfolder import RunLayout, StageResult
+    from cvd_scene.runfolder import RunLayout, StageResult, check_registration
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg: FitConfig = config.fit

@@ -63,6 +63,7 @@ def trainer_config(run_dir: Path, out_dir: Path, fit: FitConfig, seed: int = 0, 
             model.log2_hashmap_size = 17
     config.data = Path(run_dir).resolve()
     config.pipeline.datamanager.data = config.data
+    config.pipeline.datamanager.dataparser.held_out_video = fit.held_out_video
     config.output_dir = Path(out_dir).resolve()
     config.experiment_name = "nerfstudio"
     config.timestamp = "run"
