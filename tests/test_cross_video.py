@@ -63,16 +63,15 @@ def _evaluate(run_dir: Path, iterations: int) -> dict:
 
 
 def test_evaluate_fits_every_video_but_one_and_scores_the_one(two_videos, tmp_path):
-    """Two fits of 300 iterations: each scores the video it never saw, and consistent videos predict each other
-    better than the same videos with one of them mirrored (a video of another scene): measured 19.3 vs 16.4 dB."""
+    """Two short fits: each scores the video it never saw; scores and pictures kept, the fits themselves not."""
     run_dir = shutil.copytree(two_videos, tmp_path / "run")
-    result = _evaluate(run_dir, 300)
-    assert set(result["per_video"]) == {"v00", "v01"} and result["iterations"] == 300
+    result = _evaluate(run_dir, 20)
+    assert set(result["per_video"]) == {"v00", "v01"} and result["iterations"] == 20
     for m in result["per_video"].values():
-        assert m["frames"] == 6 and m["train_frames"] == 6 and m["iterations"] == 300
+        assert m["frames"] == 6 and m["train_frames"] == 6 and m["iterations"] == 20
     assert result["psnr"] == pytest.approx(np.mean([m["psnr"] for m in result["per_video"].values()]))
     out = run_dir / "evaluate"
-    for vid in ("v00", "v01"):  # scores and pictures kept, the fits themselves not
+    for vid in ("v00", "v01"):
         kept = {p.relative_to(out / "cross_video" / vid).as_posix() for p in (out / "cross_video" / vid).rglob("*")}
         assert "metrics.json" in kept and f"eval/{vid}_0000_pred.png" in kept
         assert not any(k.startswith("nerfstudio") or k.endswith(".ply") for k in kept), kept
@@ -81,11 +80,16 @@ def test_evaluate_fits_every_video_but_one_and_scores_the_one(two_videos, tmp_pa
     assert record["summary"]["cross_video_fit_psnr"] == pytest.approx(result["psnr"])
     assert "Cross-video reconstruction" in (run_dir / "report.html").read_text()
 
+
+@pytest.mark.slow  # four fits of 300 iterations, about a minute on 2 cores
+def test_consistent_videos_predict_each_other_and_a_mirrored_one_is_not_predicted(two_videos, tmp_path):
+    """Measured: 19.3 dB for the two consistent videos, 16.4 dB with one of them mirrored (another scene)."""
+    consistent = _evaluate(shutil.copytree(two_videos, tmp_path / "run"), 300)
     mirrored = shutil.copytree(two_videos, tmp_path / "mirrored")
     for path in (mirrored / "generate" / "frames" / "v01").glob("*.png"):
         iio.imwrite(path, iio.imread(path)[:, ::-1])
     other = _evaluate(mirrored, 300)
-    assert result["psnr"] > other["psnr"] + 2.0, (result["psnr"], other["psnr"])
+    assert consistent["psnr"] > other["psnr"] + 2.0, (consistent["psnr"], other["psnr"])
 
 
 def test_cross_video_fits_need_a_registration(tmp_path, capsys):
