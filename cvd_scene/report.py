@@ -378,11 +378,15 @@ def _warp_table(warp: dict) -> str:
 
 def _cross_video_table(cross: dict) -> str:
     """Cross-video reconstruction: per video, the fit of the other videos scored at its cameras."""
-    rows = [[vid, m.get("psnr"), m.get("ssim"), m.get("frames"), m.get("train_frames")] for vid, m in cross["per_video"].items()]
-    rows.append(["mean", cross.get("psnr"), cross.get("ssim"), None, None])
+    rows = [
+        [vid, m.get("psnr"), m.get("flat_psnr"), m.get("ssim"), m.get("frames"), m.get("train_frames")]
+        for vid, m in cross["per_video"].items()
+    ]
+    rows.append(["mean", cross.get("psnr"), cross.get("flat_psnr"), cross.get("ssim"), None, None])
+    headers = ["held-out video", "PSNR (dB)", "flat: own mean colour (dB)", "SSIM", "frames", "training frames"]
     return (
         "<h3>Cross-video reconstruction (each video from a fit of the others)</h3>"
-        + _table(["held-out video", "PSNR (dB)", "SSIM", "frames", "training frames"], rows)
+        + _table(headers, rows)
         + f"<p class='muted'>{_esc(cross.get('method', '?'))}, {_esc(cross.get('iterations', '?'))} iterations per fit, "
         f"{_esc(cross.get('poses', '?'))} poses (evaluate/cross_video.png).</p>"
     )

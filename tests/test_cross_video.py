@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cvd_scene import cli
+from cvd_scene.evaluate.run import flat_psnr
 from cvd_scene.fit.dataparser import CvdSceneDataParserConfig, RunFolderDataError, held_out_frames
 from tests.fit_helpers import make_run
 
@@ -48,6 +49,13 @@ def test_the_dataparser_trains_on_the_other_videos_and_evaluates_on_the_held_out
         CvdSceneDataParserConfig(data=two_videos, held_out_video="v02").setup().get_dataparser_outputs("train")
 
 
+def test_flat_psnr_is_the_psnr_of_a_frames_own_mean_colour():
+    half = np.zeros((4, 8, 3), np.uint8)
+    half[:, 4:] = 255  # mean 0.5 everywhere, error 0.5 everywhere: MSE 0.25
+    assert flat_psnr(half) == pytest.approx(-10 * np.log10(0.25))
+    assert flat_psnr(np.full((4, 4, 3), 77, np.uint8)) == pytest.approx(120.0)  # a flat frame: no error (capped)
+
+
 def test_fit_held_out_video_is_checked_when_the_config_is_read():
     from cvd_scene.fit.config import FitConfig
 
@@ -70,11 +78,14 @@ def test_evaluate_fits_every_video_but_one_and_scores_the_one(two_videos, tmp_pa
     for m in result["per_video"].values():
         assert m["frames"] == 6 and m["train_frames"] == 6 and m["iterations"] == 20
     assert result["psnr"] == pytest.approx(np.mean([m["psnr"] for m in result["per_video"].values()]))
+    assert result["gain_over_flat"] == pytest.approx(result["psnr"] - result["flat_psnr"])
     out = run_dir / "evaluate"
     for vid in ("v00", "v01"):
         kept = {p.relative_to(out / "cross_video" / vid).as_posix() for p in (out / "cross_video" / vid).rglob("*")}
         assert "metrics.json" in kept and f"eval/{vid}_0000_pred.png" in kept
         assert not any(k.startswith("nerfstudio") or k.endswith(".ply") for k in kept), kept
+        frames = [iio.imread(p) for p in sorted((out / "cross_video" / vid / "eval").glob("*_gt.png"))]
+        assert result["per_video"][vid]["flat_psnr"] == pytest.approx(np.mean([flat_psnr(f) for f in frames]))
     assert iio.imread(out / "cross_video.png").ndim == 3
     record = json.loads((run_dir / "run.json").read_text())["stages"]["evaluate"]
     assert record["summary"]["cross_video_fit_psnr"] == pytest.approx(result["psnr"])
@@ -90,6 +101,7 @@ def test_consistent_videos_predict_each_other_and_a_mirrored_one_is_not_predicte
         iio.imwrite(path, iio.imread(path)[:, ::-1])
     other = _evaluate(mirrored, 300)
     assert consistent["psnr"] > other["psnr"] + 2.0, (consistent["psnr"], other["psnr"])
+    assert consistent["gain_over_flat"] > other["gain_over_flat"] + 2.0
 
 
 def test_cross_video_fits_need_a_registration(tmp_path, capsys):
