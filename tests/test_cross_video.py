@@ -56,6 +56,17 @@ def test_flat_psnr_is_the_psnr_of_a_frames_own_mean_colour():
     assert flat_psnr(np.full((4, 4, 3), 77, np.uint8)) == pytest.approx(120.0)  # a flat frame: no error (capped)
 
 
+def test_ns_train_takes_the_held_out_video_on_its_dataparser():
+    """``ns-train cvd-scene --data RUN_DIR cvd-scene-data --held-out-video v01``, as nerfstudio's tyro reads it."""
+    import tyro
+    from cvd_scene_plugins.methods import cvd_scene_method
+
+    spec = cvd_scene_method.config
+    config = tyro.cli(type(spec), default=spec, args=["cvd-scene-data", "--held-out-video", "v01"])
+    assert isinstance(config.pipeline.datamanager.dataparser, CvdSceneDataParserConfig)
+    assert config.pipeline.datamanager.dataparser.held_out_video == "v01"
+
+
 def test_fit_held_out_video_is_checked_when_the_config_is_read():
     from cvd_scene.fit.config import FitConfig
 
