@@ -51,7 +51,8 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if 
 def stop_signals_raise():
     """While inside, SIGTERM and SIGHUP raise :class:`~cvd_scene.runfolder.Stopped` in the main thread (as SIGINT
     raises ``KeyboardInterrupt``), so every ``finally`` and cleanup runs; the previous handlers come back after
-    (the request itself stays readable through :func:`~cvd_scene.runfolder.stop_requested` until cleared)."""
+    (the request itself stays readable through :func:`~cvd_scene.runfolder.stop_requested` until cleared).
+    A signal ignored on entry stays ignored: ``nohup cvd-scene run ...`` keeps running when its terminal closes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -60,7 +61,7 @@ def stop_signals_raise():
         request_stop(signum)
 
     clear_stop()
-    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield
     finally:

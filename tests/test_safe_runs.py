@@ -399,6 +399,28 @@ def test_a_stopped_run_leaves_no_lock_and_no_temporary_folder(tmp_path, capsys, 
     assert sorted(os.listdir(run)) == ["generate", "plan", "report.html", "run.json"]
 
 
+def test_a_hangup_ignored_on_entry_stays_ignored(run_dir, monkeypatch):
+    """``nohup cvd-scene ...``: SIGHUP is ignored when the command starts, so a closed terminal must not stop it."""
+    from cvd_scene import media
+
+    real = media.write_mp4
+    hung_up = []
+
+    def hang_up(*args, **kw):
+        hung_up.append(True)
+        os.kill(os.getpid(), signal.SIGHUP)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(media, "write_mp4", hang_up)
+    on_entry = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert main(["generate", str(run_dir), "--quiet", "--redo"]) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, on_entry)
+    assert hung_up
+
+
 def test_sighup_is_handled_like_ctrl_c(run_dir, capsys, monkeypatch):
     from cvd_scene import media
 
@@ -410,10 +432,14 @@ def test_sighup_is_handled_like_ctrl_c(run_dir, capsys, monkeypatch):
 
     monkeypatch.setattr(media, "write_mp4", hang_up)
     before = tree(run_dir)
-    assert main(["generate", str(run_dir), "--quiet", "--redo"]) == 128 + signal.SIGHUP
+    on_entry = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as from a terminal (the suite may run under nohup)
+    try:
+        assert main(["generate", str(run_dir), "--quiet", "--redo"]) == 128 + signal.SIGHUP
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # the handler is the command's alone
+    finally:
+        signal.signal(signal.SIGHUP, on_entry)
     assert "stopped by SIGHUP" in capsys.readouterr().err
     assert tree(run_dir) == before  # previous outputs intact, no lock, no temporary folder
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # the handler is the command's alone
 
     def swallowed(*args, **kw):  # a library that catches everything (as a C extension's import can) and goes on
         with contextlib.suppress(KeyboardInterrupt):
