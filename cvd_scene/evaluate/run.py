@@ -150,17 +150,18 @@ def _known_scene_warp(config, plan, run_dir: Path, files) -> dict:
 
 def _cross_video_fits(config, run_dir: Path, files) -> dict:
     """``evaluate.cross_video_fits``: per video, the fit stage's fit (its settings, ``evaluate.cross_video_iterations``
-    iterations, no views) on the registered frames of the other videos, scored at this video's cameras. Keeps each
-    fit's ``metrics.json`` and ``eval/`` pictures under ``cross_video/<vid>/`` (not its checkpoint) and draws
-    ``cross_video.png``."""
+    iterations, no views) on the registered frames of the other videos, scored at this video's cameras. Each fit is
+    made in a temporary folder; its ``metrics.json`` and ``eval/`` pictures are kept under ``cross_video/<vid>/``
+    (not its checkpoint or splat), and ``cross_video.png`` is drawn."""
     import dataclasses
     import json
     import shutil
+    import tempfile
 
     import imageio.v3 as iio
     import numpy as np
 
-    from cvd_scene.camera_io import read_transforms_json
+    from cvd_scene.camera_io import read_transforms_json, write_json
     from cvd_scene.fit.train import fit_run_folder
     from cvd_scene.media import contact_sheet
     from cvd_scene.runfolder import RunLayout, StageRefused, check_registration
@@ -183,12 +184,14 @@ def _cross_video_fits(config, run_dir: Path, files) -> dict:
     pred = np.zeros_like(gt)
     for i, vid in enumerate(videos):
         log.info("cross-video reconstruction %d/%d: fitting every video but %s", i + 1, len(videos), vid)
-        out = files.cross_video_fit(vid)
-        m = fit_run_folder(run_dir, out, dataclasses.replace(fit, held_out_video=vid), seed=config.seed)
-        kept = RunLayout.of_stage("fit", out)
-        shutil.rmtree(kept.fit_nerfstudio, ignore_errors=True)  # the fit itself is not kept, its scores are
-        kept.fit_gaussians.unlink(missing_ok=True)
-        kept.fit_frame.unlink(missing_ok=True)
+        kept = RunLayout.of_stage("fit", files.cross_video_fit(vid))  # laid out as a fit folder: metrics, eval/
+        with tempfile.TemporaryDirectory(prefix=".cross-video-", dir=files.stage("evaluate")) as tmp:
+            fitted = RunLayout(tmp)  # the fit is written to tmp/fit
+            m = fit_run_folder(run_dir, fitted.stage("fit"), dataclasses.replace(fit, held_out_video=vid), seed=config.seed)
+            kept.stage("fit").mkdir(parents=True)
+            shutil.move(fitted.fit_eval, kept.fit_eval)  # its scores and pictures are kept, the fit itself is not
+        m.pop("nerfstudio_config", None)
+        write_json(kept.fit_metrics, m)
         flat = []
         for f in range(cams.num_frames):
             stem = kept.fit_eval_stem(vid, f)
@@ -227,5 +230,7 @@ def flat_psnr(frame) -> float:
     the baseline of the cross-view reconstruction (low-contrast, blurry videos score high on PSNR alone)."""
     import numpy as np
 
+    from cvd_scene.evaluate.warp_consistency import psnr_from_mse
+
     x = np.asarray(frame, np.float64) / 255.0
-    return float(-10.0 * np.log10(max(float(np.mean((x - x.mean(axis=(0, 1))) ** 2)), 1e-12)))
+    return psnr_from_mse(float(np.mean((x - x.mean(axis=(0, 1))) ** 2)))

@@ -127,10 +127,10 @@ def warp_consistency(
                 filled = np.where(ok[..., None], warped, frames[a, k])
                 s = float(ssim_map(frames[a, k], filled)[ok].sum())
                 se_sum, ssim_sum, kept_sum = se_sum + se, ssim_sum + s, kept_sum + n
-                rows.append([a, b, k, _psnr(se / (3 * n)), s / n, n])
+                rows.append([a, b, k, psnr_from_mse(se / (3 * n)), s / n, n])
     mse = se_sum / (3 * kept_sum) if kept_sum else float("nan")
     return {
-        "psnr": _psnr(mse) if kept_sum else None,
+        "psnr": psnr_from_mse(mse) if kept_sum else None,
         "ssim": ssim_sum / kept_sum if kept_sum else None,
         "kept_fraction": kept_sum / scored if scored else 0.0,
         "pairs": len(rows),
@@ -139,7 +139,8 @@ def warp_consistency(
     }
 
 
-def _psnr(mse: float) -> float:
+def psnr_from_mse(mse: float) -> float:
+    """PSNR (dB) of a mean squared error of [0, 1] images (capped at 120 dB)."""
     return float(10 * np.log10(1.0 / max(mse, 1e-12)))
 
 
